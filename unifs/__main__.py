@@ -1,0 +1,3 @@
+from unifs.cli import main
+
+main()

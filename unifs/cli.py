@@ -1,0 +1,147 @@
+"""The `unifs` command line: argument parsing and messages, no logic."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+import yaml
+
+from unifs.errors import ConfigError, UserError
+
+
+class _Group(click.Group):
+    """Every failure is one line per problem and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            for line in e.problems:
+                click.echo(f"unifs: error: {line}", err=True)
+            sys.exit(1)
+        except UserError as e:
+            click.echo(f"unifs: error: {e}", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("unifs: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001
+            if os.environ.get("UNIFS_DEBUG"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"unifs: internal error: {type(e).__name__}: {first} "
+                       "(set UNIFS_DEBUG=1 for a traceback)", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="unifs")
+def main():
+    """unifs: one FUSE namespace over S3, GCS, Azure Blob, HDFS and any fsspec store."""
+
+
+_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+@main.command()
+@click.argument("mountpoint")
+@click.option("--config", "-c", "config", metavar="FILE", help="mount table (default: search order)")
+@click.option("--foreground", "-f", is_flag=True, help="stay in the foreground (for systemd and docker)")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="FUSE option, e.g. -o allow_other (repeatable)")
+@click.option("--log-level", default="info", type=_LEVELS, show_default=True)
+@click.option("--log-file", metavar="FILE", help="log here (default: stderr in the foreground)")
+@click.option("--status-fd", type=int, hidden=True)
+def mount(mountpoint, config, foreground, options, log_level, log_file, status_fd):
+    """Mount the namespace of the mount table at MOUNTPOINT."""
+    from unifs import daemon, mountinfo
+    from unifs.config import load_config
+
+    mp = mountinfo.normalise_mountpoint(mountpoint)
+    try:
+        table, cfg_path = load_config(config)
+        if status_fd is None:
+            opts = daemon.parse_fuse_options(options)
+            mountinfo.check_mountpoint(mp, nonempty=bool(opts.get("nonempty")))
+            mountinfo.check_dev_fuse()
+    except UserError as e:
+        _report_to_status_fd(status_fd, e)
+        raise
+    if foreground:
+        daemon.run_foreground(mp, table, cfg_path, options, log_level, log_file, status_fd)
+        return
+    log_path = daemon.start_background(mp, cfg_path, options, log_level, log_file)
+    click.echo(f"unifs: mounted {mp} ({len(table.mounts)} store mount(s)); log: {log_path}")
+
+
+def _report_to_status_fd(fd, err):
+    if fd is None:
+        return
+    try:
+        msg = "; ".join(err.problems) if isinstance(err, ConfigError) else str(err)
+        os.write(fd, b"error:" + msg.encode() + b"\n")
+    except OSError:
+        pass
+
+
+@main.command()
+@click.argument("mountpoint")
+@click.option("--lazy", "-z", is_flag=True, help="detach now even if files are open")
+def umount(mountpoint, lazy):
+    """Unmount MOUNTPOINT (also cleans up the stale mount of a dead daemon)."""
+    from unifs import daemon, mountinfo
+
+    click.echo("unifs: " + daemon.unmount(mountinfo.normalise_mountpoint(mountpoint), lazy=lazy))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(as_json):
+    """List live unifs mounts and their stores."""
+    from unifs import daemon
+
+    rows = daemon.status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no unifs mounts")
+        return
+    for r in rows:
+        click.echo(f"{r['mountpoint']}  {r['state']}  pid {r['pid'] or '?'}  config {r['config'] or '?'}")
+        for m in r["mounts"]:
+            ro = "  (read-only)" if m.get("read_only") else ""
+            click.echo(f"  {m['path']:<24} -> {m['url']}{ro}")
+        if r["state"] == "stale":
+            click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
+
+
+@main.group()
+def config():
+    """Mount table commands."""
+
+
+@config.command("check")
+@click.option("--config", "-c", "config_file", metavar="FILE", help="mount table (default: search order)")
+def config_check(config_file):
+    """Validate the mount table and print it resolved, secrets redacted."""
+    from unifs.config import describe_table, load_config
+
+    table, path = load_config(config_file)
+    click.echo(f"# {path}: OK, {len(table.mounts)} mount(s)")
+    click.echo(yaml.safe_dump(describe_table(table), sort_keys=False).rstrip())
+
+
+@main.command()
+@click.option("--files", default=500, show_default=True, help="number of sample images")
+@click.option("--keep", is_flag=True, help="leave the server and mount running (prints how to stop them)")
+def demo(files, keep):
+    """Start a local S3 server, load sample images, mount them and read every file."""
+    from unifs.demo import run_demo
+
+    run_demo(files=files, keep=keep)

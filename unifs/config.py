@@ -1,0 +1,461 @@
+"""The mount table: YAML loading, ${VAR} interpolation, schema and validation.
+
+Every problem becomes one line naming the file, the line, the entry and the
+field, e.g. ``mounts.yaml:7: mounts[1] (/ckpt): unknown key 'read_onyl'``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from unifs.errors import ConfigError, UserError
+from unifs.units import parse_duration, parse_size
+
+SEARCH_ORDER_HELP = "$UNIFS_CONFIG, ./mounts.yaml, ~/.config/unifs/mounts.yaml, /etc/unifs/mounts.yaml"
+
+# Option names whose values are credentials; matched as substrings, case-insensitively.
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "sas",
+                 "connection_string", "signature", "auth")
+REDACTED = "***"
+
+
+# ---------------------------------------------------------------------------
+# YAML with line numbers
+# ---------------------------------------------------------------------------
+
+class _LineDict(dict):
+    """A mapping that remembers the line of each key (1-based) and its own."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class _LineList(list):
+    line: int = 0
+    item_lines: list
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader, node):
+    loader.flatten_mapping(node)
+    result = _LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader, node):
+    result = _LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _line_of(raw: Any, loc: tuple) -> Optional[int]:
+    """Best line number for a pydantic error location inside the raw YAML tree."""
+    line = getattr(raw, "line", None)
+    node = raw
+    for part in loc:
+        if isinstance(node, _LineDict) and part in node:
+            line = node.key_lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, _LineList) and isinstance(part, int) and part < len(node):
+            line = node.item_lines[part]
+            node = node[part]
+        else:
+            break
+    return line
+
+
+# ---------------------------------------------------------------------------
+# ${VAR} interpolation
+# ---------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+
+
+class _Interpolation:
+    def __init__(self, env):
+        self.env = env
+        self.problems: list[tuple[tuple, str]] = []
+
+    def apply(self, node, loc=()):
+        if isinstance(node, _LineDict):
+            for key in list(node):
+                node[key] = self.apply(node[key], loc + (key,))
+            return node
+        if isinstance(node, _LineList):
+            for i, item in enumerate(node):
+                node[i] = self.apply(item, loc + (i,))
+            return node
+        if isinstance(node, str) and "$" in node:
+            return _VAR.sub(lambda m: self._value(m, loc), node)
+        return node
+
+    def _value(self, m, loc):
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in self.env:
+            return self.env[name]
+        if default is not None:
+            return default
+        self.problems.append((loc, f"environment variable {name} is not set"))
+        return ""
+
+
+# ---------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------
+
+def _size(v):
+    return parse_size(v)
+
+
+def _duration(v):
+    return parse_duration(v)
+
+
+class MountEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="absolute path inside the mount point")
+    url: str = Field(description="fsspec URL of the store root, e.g. s3://bucket/prefix")
+    read_only: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+    metadata_ttl: float = 60.0
+    client: str = "auto"
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str) -> str:
+        if not isinstance(v, str) or not v:
+            raise ValueError("must be a non-empty absolute path like /imagenet")
+        if not v.startswith("/"):
+            raise ValueError(f"must be absolute (start with '/'), got {v!r}")
+        parts = [p for p in v.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise ValueError(f"must not contain '.' or '..' components, got {v!r}")
+        if "\0" in v:
+            raise ValueError("must not contain NUL characters")
+        return "/" + "/".join(parts)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return check_url(v)
+
+    @field_validator("metadata_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v):
+        return _duration(v)
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, v):
+        if v not in ("auto", "fsspec", "obstore"):
+            raise ValueError(f"must be one of auto, fsspec, obstore; got {v!r}")
+        return v
+
+
+class StoreSettings(BaseModel):
+    """How unifs talks to stores: every call has a timeout and bounded retries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    retries: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("timeout", "connect_timeout", mode="before")
+    @classmethod
+    def _d(cls, v):
+        d = _duration(v)
+        if d <= 0:
+            raise ValueError("must be greater than 0")
+        return d
+
+
+class ReadSettings(BaseModel):
+    """Sequential read-ahead of large objects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_request: int = 1024 * 1024
+    part_size: int = 8 * 1024 * 1024
+    max_window: int = 64 * 1024 * 1024
+    budget: int = 512 * 1024 * 1024
+    threads: int = Field(default=16, ge=1, le=256)
+
+    @field_validator("first_request", "part_size", "max_window", "budget", mode="before")
+    @classmethod
+    def _s(cls, v):
+        s = _size(v)
+        if s <= 0:
+            raise ValueError("must be greater than 0")
+        return s
+
+
+class MountTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mounts: list[MountEntry] = Field(min_length=1)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    read: ReadSettings = Field(default_factory=ReadSettings)
+
+
+# ---------------------------------------------------------------------------
+# URL checks
+# ---------------------------------------------------------------------------
+
+_BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+
+
+def check_url(url: str) -> str:
+    import fsspec
+
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("must be a store URL like s3://bucket/prefix")
+    url = url.strip()
+    if "://" not in url:
+        raise ValueError(f"must be a URL with a scheme like s3://bucket/prefix, got {url!r}")
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    known = set(fsspec.available_protocols())
+    if scheme not in known:
+        raise ValueError(f"unknown scheme '{scheme}://' (fsspec knows e.g. s3, gs, az, abfs, hdfs, file, memory, http)")
+    if scheme in _BUCKET_SCHEMES and not rest.strip("/"):
+        raise ValueError(f"needs a bucket or container, e.g. {scheme}://my-bucket/prefix")
+    return url
+
+
+def missing_package_hint(scheme: str) -> Optional[str]:
+    """A one-line hint when the fsspec backend for a scheme is not installed."""
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+        return None
+    except ImportError:
+        impl = known_implementations.get(scheme, {})
+        extra = {"gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
+                 "adl": "azure", "hdfs": "hdfs"}.get(scheme)
+        err = impl.get("err") or f"the fsspec backend for {scheme}:// is not installed"
+        hint = f"pip install 'unifs[{extra}]'" if extra else ""
+        return f"{err}{' (' + hint + ')' if hint else ''}"
+    except ValueError:
+        return f"unknown scheme '{scheme}://'"
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+def find_config(explicit: Optional[str]) -> Path:
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.exists():
+            raise UserError(f"config file {explicit} does not exist")
+        return p
+    env = os.environ.get("UNIFS_CONFIG")
+    if env:
+        p = Path(env).expanduser()
+        if not p.exists():
+            raise UserError(f"config file {env} (from $UNIFS_CONFIG) does not exist")
+        return p
+    for candidate in (Path("mounts.yaml"), Path("~/.config/unifs/mounts.yaml").expanduser(),
+                      Path("/etc/unifs/mounts.yaml")):
+        if candidate.exists():
+            return candidate
+    raise UserError(f"no mount table found (looked at {SEARCH_ORDER_HELP}); pass --config FILE")
+
+
+def _describe(raw, loc: tuple) -> str:
+    """'mounts[1] (/ckpt).options.key' for a location tuple."""
+    out = ""
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if isinstance(node, list) and part < len(node):
+                node = node[part]
+                if isinstance(node, dict) and isinstance(node.get("path"), str):
+                    out += f" ({node['path']})"
+            else:
+                node = None
+        else:
+            out += ("." if out else "") + str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "top level"
+
+
+def _pydantic_problem(err: dict) -> tuple[tuple, str]:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return loc[:-1], f"unknown key '{loc[-1]}'" + _suggest(loc[-1], err)
+    if kind == "missing":
+        return loc[:-1], f"missing required key '{loc[-1]}'"
+    if kind == "too_short" and loc == ("mounts",):
+        return loc, "must list at least one mount (path and url)"
+    if kind in ("dict_type", "model_type"):
+        return loc, "must be a mapping of keys to values"
+    if kind == "list_type":
+        return loc, "must be a list"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return loc, msg
+
+
+def _suggest(key, err) -> str:
+    import difflib
+
+    fields = {
+        (): MountTable.model_fields,
+        ("mounts",): MountEntry.model_fields,
+        ("store",): StoreSettings.model_fields,
+        ("read",): ReadSettings.model_fields,
+    }
+    loc = tuple(p for p in err["loc"][:-1] if not isinstance(p, int))
+    names = fields.get(loc)
+    if not names or not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, list(names), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
+    """Validate mount-table YAML text; raise ConfigError with one line per problem."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{source}: YAML error: {e}"]) from None
+    if raw is None:
+        raise ConfigError([f"{source}: the file is empty; it needs a 'mounts:' list"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}:1: top level must be a mapping with a 'mounts:' list"])
+
+    interp = _Interpolation(env)
+    interp.apply(raw)
+    problems = [(loc, msg) for loc, msg in interp.problems]
+
+    table = None
+    try:
+        table = MountTable.model_validate(raw)
+    except ValidationError as e:
+        for err in e.errors():
+            problems.append(_pydantic_problem(err))
+
+    if table is not None:
+        problems.extend(_cross_checks(table))
+
+    if problems:
+        lines = []
+        seen = set()
+        for loc, msg in problems:
+            line = _line_of(raw, loc)
+            text_line = f"{source}:{line}: {_describe(raw, loc)}: {msg}" if line else \
+                f"{source}: {_describe(raw, loc)}: {msg}"
+            if text_line not in seen:
+                seen.add(text_line)
+                lines.append(text_line)
+        raise ConfigError(lines)
+    return table
+
+
+def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
+    problems = []
+    seen: dict[str, int] = {}
+    for i, m in enumerate(table.mounts):
+        if m.path in seen:
+            problems.append((("mounts", i, "path"),
+                             f"duplicate path {m.path} (already used by mounts[{seen[m.path]}])"))
+        else:
+            seen[m.path] = i
+        scheme = m.url.split("://", 1)[0].lower()
+        hint = missing_package_hint(scheme)
+        if hint:
+            problems.append((("mounts", i, "url"), hint))
+    return problems
+
+
+def load_config(path: Optional[str] = None) -> tuple[MountTable, Path]:
+    cfg_path = find_config(path)
+    try:
+        text = cfg_path.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read config file {cfg_path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {cfg_path} is not UTF-8 text") from None
+    return parse_table(text, str(cfg_path)), cfg_path
+
+
+# ---------------------------------------------------------------------------
+# Redaction
+# ---------------------------------------------------------------------------
+
+def is_secret_key(name: str) -> bool:
+    n = str(name).lower()
+    if n in ("anon", "key_prefix", "keyfile_name"):
+        return False
+    return any(w in n for w in _SECRET_WORDS)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of an options tree with credential values replaced by ***."""
+    if key and is_secret_key(key) and not isinstance(value, (dict, list, bool)) and value is not None:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in URL user-info (scheme://user:pass@host)."""
+    return re.sub(r"(://[^/@:]+):[^/@]+@", r"\1:" + REDACTED + "@", url)
+
+
+def describe_table(table: MountTable) -> dict:
+    """The resolved table as plain data, secrets redacted (for `config check` and status)."""
+    data = table.model_dump()
+    for m in data["mounts"]:
+        m["url"] = redact_url(m["url"])
+        m["options"] = redact(m["options"])
+    return data
+
+
+def join_mount_path(parent: str, name: str) -> str:
+    return posixpath.join(parent, name)

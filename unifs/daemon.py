@@ -1,0 +1,264 @@
+"""Mount lifecycle: serve in the foreground, start a background daemon, unmount, status.
+
+The background mode re-executes `unifs mount --foreground` in a new session
+instead of letting libfuse fork: store clients (fsspec's event loop thread,
+obstore's runtime) do not survive a fork, so the daemon builds them itself.
+The parent waits on a status pipe and returns only once the mount is live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+from unifs.config import MountTable, describe_table, redact_url
+from unifs.errors import StoreError, UserError
+from unifs.logs import setup_logging
+from unifs import mountinfo
+
+log = logging.getLogger("unifs.daemon")
+
+READY_TIMEOUT = 300.0
+
+
+def parse_fuse_options(opts: tuple[str, ...]) -> dict:
+    out: dict = {}
+    for group in opts:
+        for item in group.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            k, eq, v = item.partition("=")
+            out[k] = v if eq else True
+    return out
+
+
+def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
+    ttl = min(m.metadata_ttl for m in table.mounts)
+    kw = {
+        "fsname": "unifs",
+        "subtype": "unifs",
+        "attr_timeout": ttl,
+        "entry_timeout": ttl,
+        "negative_timeout": ttl,
+        "max_read": 131072,
+        "big_writes": True,
+        "max_write": 1 << 20,
+    }
+    kw.update(user_opts)
+    return kw
+
+
+def _open_mounts(table: MountTable):
+    from unifs.namespace import Mount
+    from unifs.stores import open_store
+
+    mounts = []
+    for entry in table.mounts:
+        try:
+            store = open_store(entry, table.store)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - backend constructors raise anything
+            raise UserError(f"mount {entry.path} ({redact_url(entry.url)}): cannot create the store "
+                            f"client: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        mounts.append(Mount(entry, store))
+
+    def _check(m):
+        try:
+            m.store.check()
+        except StoreError as e:
+            reason = e.strerror
+            if e.errno == 13:
+                reason = f"credentials refused by the store ({e.strerror})"
+            raise UserError(f"mount {m.path} ({redact_url(m.entry.url)}): {reason}") from None
+
+    with ThreadPoolExecutor(max(1, min(8, len(mounts)))) as pool:
+        for f in [pool.submit(_check, m) for m in mounts]:
+            f.result()
+    return mounts
+
+
+def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict,
+          status_fd: Optional[int] = None, log_path: Optional[str] = None) -> None:
+    """Mount and serve until unmounted (blocks). Raises UserError before mounting."""
+    import mfusepy
+
+    from unifs.fuse_ops import FuseOps
+    from unifs.namespace import Namespace
+    from unifs.vfs import FileSystem
+
+    mountinfo.check_mountpoint(mountpoint, nonempty=bool(user_opts.get("nonempty")))
+    mountinfo.check_dev_fuse()
+    mounts = _open_mounts(table)
+    fs = FileSystem(Namespace(mounts), table.read)
+
+    def ready():
+        mountinfo.write_state(mountpoint, {
+            "mountpoint": mountpoint, "pid": os.getpid(), "config": str(config_path),
+            "log_file": log_path, "started": time.time(),
+            "mounts": describe_table(table)["mounts"],
+        })
+        log.info("mounted %s with %d store mount(s)", mountpoint, len(mounts))
+        if status_fd is not None:
+            try:
+                os.write(status_fd, b"ready\n")
+                os.close(status_fd)
+            except OSError:
+                pass
+
+    try:
+        mfusepy.FUSE(FuseOps(fs, ready), mountpoint, raw_fi=True, foreground=True, nothreads=False,
+                     **fuse_kwargs(table, user_opts))
+    except RuntimeError as e:
+        raise UserError(f"mounting {mountpoint} failed (libfuse error {e}); see the log for libfuse's reason") \
+            from None
+    finally:
+        mountinfo.remove_state(mountpoint)
+        log.info("unmounted %s", mountpoint)
+
+
+def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], log_level: str,
+                     log_file: Optional[str]) -> str:
+    """Start the daemon; return its log path once the mount is live, or raise UserError."""
+    log_path = log_file or str(mountinfo.log_file(mountpoint))
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "unifs", "mount", mountpoint, "--foreground",
+           "--config", str(config_path.resolve()), "--log-level", log_level, "--log-file", log_path,
+           "--status-fd", str(w)]
+    for o in opts:
+        cmd += ["-o", o]
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log_start = Path(log_path).stat().st_size if Path(log_path).exists() else 0
+    # libfuse reports its own failures on stderr: keep them in the daemon's log
+    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as logf:
+        os.chmod(log_path, 0o600)
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=logf, stderr=logf,
+                                pass_fds=(w,), start_new_session=True, cwd="/")
+    os.close(w)
+    deadline = time.monotonic() + READY_TIMEOUT
+    msg = b""
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], 0.5)
+            if ready:
+                chunk = os.read(r, 4096)
+                msg += chunk
+                if not chunk or msg.endswith(b"\n"):
+                    break
+            if proc.poll() is not None and not ready:
+                break
+    finally:
+        os.close(r)
+    if msg.startswith(b"ready"):
+        return log_path
+    if msg.startswith(b"error:"):
+        _reap(proc, log_path, log_start)
+        raise UserError(msg[len(b"error:"):].decode(errors="replace").strip())
+    if proc.poll() is None:
+        proc.kill()
+        _reap(proc, log_path, log_start)
+        raise UserError(f"the unifs daemon did not mount {mountpoint} within {READY_TIMEOUT:.0f} s; "
+                        f"see {log_path}")
+    err = _reap(proc, log_path, log_start)
+    raise UserError(f"the unifs daemon exited before mounting {mountpoint}: "
+                    f"{err or 'no message'} (log: {log_path})")
+
+
+def _reap(proc, log_path: str, log_start: int) -> str:
+    """Wait for a failed daemon; return the last line it logged."""
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(log_start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Traceback")]
+    return lines[-1].strip() if lines else ""
+
+
+def _fusermount() -> list[str]:
+    for name in ("fusermount", "fusermount3"):
+        path = shutil.which(name)
+        if path:
+            return [path, "-u"]
+    return ["umount"]
+
+
+def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> str:
+    """Unmount; handles a dead daemon's stale mount. Returns a one-line report."""
+    live = mountinfo.find_mount(mountpoint)
+    state = mountinfo.read_state(mountpoint)
+    pid = state.get("pid") if state else None
+    if live is None:
+        if state is not None:
+            mountinfo.remove_state(mountpoint)
+        raise UserError(f"{mountpoint} is not mounted")
+    if live.fstype != mountinfo.FSTYPE:
+        raise UserError(f"{mountpoint} is mounted by {live.fstype}, not by unifs")
+    stale = mountinfo.is_stale(mountpoint) or (pid is not None and not mountinfo.pid_alive(pid))
+    cmd = _fusermount()
+    if lazy or stale:
+        cmd = cmd + ["-z"] if cmd[0] != "umount" else ["umount", "-l"]
+    res = subprocess.run(cmd + [mountpoint], capture_output=True, text=True)
+    if res.returncode != 0:
+        why = (res.stderr or res.stdout).strip().splitlines()
+        why_line = why[-1] if why else f"exit {res.returncode}"
+        if "busy" in why_line.lower():
+            raise UserError(f"{mountpoint} is busy (files open or a shell inside it); close them, "
+                            "or use 'unifs umount --lazy' to detach now")
+        raise UserError(f"unmounting {mountpoint} failed: {why_line}")
+    if pid and mountinfo.pid_alive(pid):
+        end = time.monotonic() + timeout
+        while mountinfo.pid_alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        if mountinfo.pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    mountinfo.remove_state(mountpoint)
+    return f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "")
+
+
+def status() -> list[dict]:
+    states = {s.get("mountpoint"): s for s in mountinfo.all_states()}
+    rows = []
+    for live in mountinfo.mounted():
+        if live.fstype != mountinfo.FSTYPE:
+            continue
+        st = states.pop(live.mountpoint, {})
+        pid = st.get("pid")
+        alive = mountinfo.pid_alive(pid)
+        stale = mountinfo.is_stale(live.mountpoint) or (pid is not None and not alive)
+        rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": "stale" if stale else "live",
+                     "config": st.get("config"), "log_file": st.get("log_file"),
+                     "mounts": st.get("mounts", [])})
+    for mp, st in states.items():
+        if not mountinfo.pid_alive(st.get("pid")):
+            mountinfo.remove_state(mp)
+    return rows
+
+
+def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, status_fd) -> None:
+    setup_logging(log_level, log_file)
+    try:
+        serve(mountpoint, table, config_path, parse_fuse_options(opts), status_fd, log_file)
+    except UserError as e:
+        if status_fd is not None:
+            try:
+                os.write(status_fd, b"error:" + str(e).encode() + b"\n")
+            except OSError:
+                pass
+        raise

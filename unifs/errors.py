@@ -1,0 +1,52 @@
+"""Exceptions shared by the layers.
+
+`UserError` is anything a user can fix (bad config, bad mount point, refused
+credentials); the CLI prints its message as one line and exits non-zero.
+Store errors are normalised so the file system can map them to one errno
+whatever the backend.
+"""
+
+import errno
+
+
+class UserError(Exception):
+    """A problem the user can fix; str(e) is the one-line message."""
+
+
+class ConfigError(UserError):
+    """The mount table is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StoreError(OSError):
+    """A store call failed; `errno` says how the file system should report it."""
+
+    def __init__(self, err: int, message: str):
+        super().__init__(err, message)
+
+
+class ObjectNotFound(StoreError):
+    def __init__(self, message: str = "no such object"):
+        super().__init__(errno.ENOENT, message)
+
+
+class AccessDenied(StoreError):
+    def __init__(self, message: str = "access denied by the store"):
+        super().__init__(errno.EACCES, message)
+
+
+class ObjectChanged(StoreError):
+    """The object changed under an open handle (ETag no longer matches)."""
+
+    def __init__(self, message: str = "object changed in the store while open; reopen it"):
+        super().__init__(errno.ESTALE, message)
+
+
+class StoreUnavailable(StoreError):
+    """Unreachable, timed out or failing after retries."""
+
+    def __init__(self, message: str = "store unavailable"):
+        super().__init__(errno.EIO, message)

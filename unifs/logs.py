@@ -1,0 +1,27 @@
+"""Logging setup. Third-party clients stay at WARNING: their debug output can
+carry request headers, and credentials must never reach a log."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+_NOISY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "azure", "adlfs", "gcsfs",
+          "google", "asyncio", "obstore", "mfusepy", "fuse")
+
+
+def setup_logging(level: str = "info", log_file: Optional[str] = None) -> None:
+    lvl = getattr(logging, str(level).upper(), logging.INFO)
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(log_file)
+        os.chmod(log_file, 0o600)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(max(lvl, logging.WARNING))

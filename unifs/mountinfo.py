@@ -1,0 +1,184 @@
+"""Live-mount bookkeeping: /proc mount table, per-mount state files, mount point checks."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from unifs.errors import UserError
+
+FSTYPE = "fuse.unifs"
+
+
+def state_dir() -> Path:
+    if os.geteuid() == 0:
+        base = Path(os.environ.get("UNIFS_RUN_DIR", "/run/unifs"))
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = Path(os.environ.get("UNIFS_RUN_DIR") or
+                    (Path(runtime) / "unifs" if runtime else Path.home() / ".cache" / "unifs" / "run"))
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o700)
+    return base
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass
+class LiveMount:
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def mounted() -> list[LiveMount]:
+    out = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        lf, rf = left.split(), right.split()
+        if len(lf) < 5 or len(rf) < 2:
+            continue
+        out.append(LiveMount(_unescape(lf[4]), rf[0], _unescape(rf[1])))
+    return out
+
+
+def find_mount(mountpoint: str) -> Optional[LiveMount]:
+    found = None
+    for m in mounted():
+        if m.mountpoint == mountpoint:
+            found = m  # the last one is the top of the stack
+    return found
+
+
+def normalise_mountpoint(path: str) -> str:
+    """Absolute path without resolving through the mount itself (it may be stale)."""
+    p = os.path.abspath(os.path.expanduser(path))
+    parent, name = os.path.split(p)
+    try:
+        return os.path.join(os.path.realpath(parent), name)
+    except OSError:
+        return p
+
+
+def is_stale(mountpoint: str) -> bool:
+    try:
+        os.stat(mountpoint)
+        return False
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+
+
+def check_mountpoint(mountpoint: str, nonempty: bool = False) -> None:
+    live = find_mount(mountpoint)
+    if is_stale(mountpoint):
+        raise UserError(f"mount point {mountpoint} has a stale mount from a dead daemon; "
+                        f"run 'unifs umount {mountpoint}' first")
+    if live is not None:
+        raise UserError(f"mount point {mountpoint} is already mounted ({live.fstype}); "
+                        f"unmount it first with 'unifs umount {mountpoint}'")
+    if not os.path.lexists(mountpoint):
+        raise UserError(f"mount point {mountpoint} does not exist (create it with: mkdir -p {mountpoint})")
+    if not os.path.isdir(mountpoint):
+        raise UserError(f"mount point {mountpoint} is not a directory")
+    if not nonempty:
+        try:
+            entries = os.listdir(mountpoint)
+        except PermissionError:
+            raise UserError(f"mount point {mountpoint} is not readable by this user") from None
+        if entries:
+            raise UserError(f"mount point {mountpoint} is not empty; use an empty directory "
+                            "or pass -o nonempty to mount over its contents")
+    if not os.access(mountpoint, os.W_OK) and os.geteuid() != 0:
+        raise UserError(f"mount point {mountpoint} is not writable by this user")
+
+
+def check_dev_fuse() -> None:
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+        os.close(fd)
+    except FileNotFoundError:
+        raise UserError("/dev/fuse is not available: install fuse3 and libfuse2 (apt-get install fuse3 "
+                        "libfuse2) or, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN") from None
+    except PermissionError:
+        raise UserError("/dev/fuse is not accessible to this user: add the user to the 'fuse' group "
+                        "or run as root") from None
+    except OSError as e:
+        raise UserError(f"/dev/fuse cannot be opened: {e.strerror}") from None
+
+
+def state_file(mountpoint: str) -> Path:
+    digest = hashlib.sha1(mountpoint.encode()).hexdigest()[:16]
+    return state_dir() / f"mount-{digest}.json"
+
+
+def log_file(mountpoint: str) -> Path:
+    return state_file(mountpoint).with_suffix(".log")
+
+
+def write_state(mountpoint: str, data: dict) -> None:
+    path = state_file(mountpoint)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_state(mountpoint: str) -> Optional[dict]:
+    try:
+        return json.loads(state_file(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def all_states() -> list[dict]:
+    out = []
+    for p in sorted(state_dir().glob("mount-*.json")):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def remove_state(mountpoint: str) -> None:
+    try:
+        state_file(mountpoint).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def pid_alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # a zombie counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True

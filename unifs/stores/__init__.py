@@ -1,0 +1,34 @@
+"""Store construction from a mount-table entry."""
+
+from __future__ import annotations
+
+import logging
+
+from unifs.config import MountEntry, StoreSettings
+from unifs.errors import UserError
+from unifs.stores.base import Listing, ObjectInfo, Store
+
+log = logging.getLogger("unifs.store")
+
+__all__ = ["Listing", "ObjectInfo", "Store", "open_store"]
+
+
+def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
+    scheme = entry.url.split("://", 1)[0].lower()
+    common = dict(timeout=settings.timeout, connect_timeout=settings.connect_timeout,
+                  retries=settings.retries)
+    if scheme in ("s3", "s3a") and entry.client in ("auto", "obstore"):
+        from unifs.stores.obstore_s3 import ObstoreS3Store, map_s3_options
+
+        cfg = map_s3_options(entry.options)
+        if cfg is not None:
+            log.debug("mount %s: S3 data path through obstore", entry.path)
+            return ObstoreS3Store(entry.url, cfg, **common)
+        if entry.client == "obstore":
+            raise UserError(f"mount {entry.path}: options include some that obstore cannot take; "
+                            "use client: fsspec (or auto)")
+    elif entry.client == "obstore":
+        raise UserError(f"mount {entry.path}: client: obstore supports s3:// only")
+    from unifs.stores.fsspec_store import FsspecStore
+
+    return FsspecStore(entry.url, entry.options, **common)

@@ -1,0 +1,39 @@
+"""Map any backend's exception to one of the normalised store errors.
+
+Stores disagree (s3fs raises PermissionError, adlfs an HttpResponseError with
+status 403, obstore its own classes); the file system only sees these four.
+"""
+
+from __future__ import annotations
+
+from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreUnavailable
+
+
+def _status(exc: BaseException):
+    for attr in ("status_code", "status", "code"):
+        v = getattr(exc, attr, None)
+        if isinstance(v, int):
+            return v
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict):
+        return resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+def normalise(exc: BaseException, what: str) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0][:300] if str(exc) else name
+    status = _status(exc)
+    if isinstance(exc, FileNotFoundError) or name in ("NotFoundError", "NoSuchKey", "NoSuchBucket") \
+            or status == 404:
+        return ObjectNotFound(f"{what}: not found")
+    if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError") \
+            or status in (401, 403):
+        return AccessDenied(f"{what}: access denied by the store ({text})")
+    if name in ("PreconditionError",) or status == 412:
+        return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return StoreUnavailable(f"{what}: timed out ({text})")
+    return StoreUnavailable(f"{what}: {name}: {text}")

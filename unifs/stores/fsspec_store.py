@@ -1,0 +1,162 @@
+"""A Store over any fsspec filesystem (s3fs, gcsfs, adlfs, hdfs, file, memory ...)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import posixpath
+from typing import Any, Optional
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from unifs.errors import ObjectNotFound
+from unifs.stores.base import Listing, ObjectInfo
+from unifs.stores.errormap import normalise
+from unifs.stores.retry import retrying
+
+log = logging.getLogger("unifs.store")
+
+_BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+
+
+def _to_ts(v) -> float:
+    if v is None:
+        return 0.0
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, _dt.datetime):
+        return v.timestamp()
+    if isinstance(v, str):
+        try:
+            return _dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def info_to_object(key: str, info: dict) -> ObjectInfo:
+    mtime = next((_to_ts(info[k]) for k in ("LastModified", "mtime", "last_modified", "updated",
+                                            "modified", "created") if info.get(k)), 0.0)
+    etag = next((str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash") if info.get(k)), None)
+    version = next((str(info[k]) for k in ("VersionId", "version_id", "generation") if info.get(k)), None)
+    return ObjectInfo(key=key, size=int(info.get("size") or 0), mtime=mtime, etag=etag, version=version)
+
+
+def _s3_defaults(options: dict, timeout: float, connect_timeout: float) -> dict:
+    opts = dict(options)
+    opts.setdefault("use_listings_cache", False)
+    # unifs retries itself (tenacity); nested retry loops would multiply the wait.
+    opts.setdefault("retries", 1)
+    cfg = dict(opts.get("config_kwargs") or {})
+    cfg.setdefault("connect_timeout", connect_timeout)
+    cfg.setdefault("read_timeout", timeout)
+    cfg.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+    opts["config_kwargs"] = cfg
+    return opts
+
+
+class FsspecStore:
+    def __init__(self, url: str, options: dict[str, Any], timeout: float = 30.0,
+                 connect_timeout: float = 5.0, retries: int = 3):
+        self.url = url
+        self.scheme = url.split("://", 1)[0].lower()
+        opts = dict(options)
+        if self.scheme in ("s3", "s3a"):
+            opts = _s3_defaults(opts, timeout, connect_timeout)
+        opts.setdefault("skip_instance_cache", True)
+        try:
+            self.fs, root = url_to_fs(url, **opts)
+        except TypeError as e:
+            from unifs.errors import UserError
+            raise UserError(f"{url}: invalid option for the {self.scheme}:// backend: {e}") from None
+        self.root = root.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self._async = bool(getattr(self.fs, "async_impl", False))
+
+    # -- helpers ---------------------------------------------------------
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        if self._async:
+            # fsspec's sync() takes the timeout itself: a dead store cannot hang a reader.
+            kwargs["timeout"] = self.timeout
+        for attempt in retrying(self.retries, what):
+            with attempt:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - every backend error is normalised
+                    raise normalise(e, what) from e
+        raise AssertionError("unreachable")
+
+    # -- Store protocol ----------------------------------------------------
+    def check(self) -> None:
+        try:
+            self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False)
+        except ObjectNotFound:
+            if self.scheme in _BUCKET_SCHEMES:
+                bucket = self.root.split("/", 1)[0]
+                try:
+                    self._call(f"list {self.scheme}://{bucket}", self.fs.ls, bucket, detail=False)
+                except ObjectNotFound:
+                    raise ObjectNotFound(f"bucket or container '{bucket}' does not exist") from None
+
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        try:
+            info = self._call(f"stat {key}", self.fs.info, self._path(key))
+        except ObjectNotFound:
+            return None
+        if info.get("type") == "directory":
+            return None
+        return info_to_object(key, info)
+
+    def is_dir(self, key: str) -> bool:
+        if not key:
+            return True
+        try:
+            info = self._call(f"stat {key}/", self.fs.info, self._path(key))
+        except ObjectNotFound:
+            return False
+        return info.get("type") == "directory"
+
+    def list_dir(self, key: str) -> Listing:
+        path = self._path(key)
+        entries = self._call(f"list {key or '/'}", self.fs.ls, path, detail=True)
+        out = Listing()
+        base = path.rstrip("/")
+        for e in entries:
+            name = str(e.get("name", "")).rstrip("/")
+            if name == base or not name:
+                continue
+            leaf = posixpath.basename(name)
+            if not leaf:
+                continue
+            child = f"{key}/{leaf}" if key else leaf
+            if e.get("type") == "directory":
+                out.dirs.add(leaf)
+            else:
+                out.files[leaf] = info_to_object(child, e)
+        return out
+
+    def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
+        if end <= start:
+            return b""
+        if self.scheme in ("s3", "s3a") and etag:
+            return self._call(f"read {key}", self._s3_get_if_match, key, start, end, etag)
+        return self._call(f"read {key}", self.fs.cat_file, self._path(key), start=start, end=end)
+
+    def _s3_get_if_match(self, key, start, end, etag, timeout=None):
+        async def _get():
+            bucket, k, _ = self.fs.split_path(self._path(key))
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=k,
+                                          Range=f"bytes={start}-{end - 1}", IfMatch=etag)
+            try:
+                return await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+        return fsspec.asyn.sync(self.fs.loop, _get, timeout=timeout)
+
+    def close(self) -> None:
+        pass

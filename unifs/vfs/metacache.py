@@ -1,0 +1,96 @@
+"""Stat and listing cache with a TTL per entry and negative entries.
+
+A fresh listing of a directory is authoritative for its children: a name not
+in it is a negative hit, so `ls -l` of a 10,000-object prefix costs one paged
+listing and no HEADs.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+from collections import OrderedDict
+from typing import Optional, Union
+
+from unifs.vfs.attrs import Attr
+
+
+class _Negative:
+    def __repr__(self):
+        return "NEGATIVE"
+
+
+NEGATIVE = _Negative()
+Lookup = Union[Attr, _Negative, None]
+
+
+class MetaCache:
+    def __init__(self, max_entries: int = 1_000_000, max_listings: int = 10_000):
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, Optional[Attr]]] = OrderedDict()
+        self._listings: OrderedDict[str, tuple[float, dict[str, Attr]]] = OrderedDict()
+        self.max_entries = max_entries
+        self.max_listings = max_listings
+
+    def get(self, path: str) -> Lookup:
+        """An Attr, NEGATIVE for a known-missing path, or None when unknown."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(path)
+            if hit is not None:
+                expires, attr = hit
+                if expires > now:
+                    return attr if attr is not None else NEGATIVE
+                del self._entries[path]
+            parent, name = posixpath.split(path)
+            listing = self._listings.get(parent)
+            if listing is not None and listing[0] > now:
+                attr = listing[1].get(name)
+                return attr if attr is not None else NEGATIVE
+        return None
+
+    def put(self, path: str, attr: Optional[Attr], ttl: float) -> None:
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._entries[path] = (time.monotonic() + ttl, attr)
+            self._entries.move_to_end(path)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def get_listing(self, path: str) -> Optional[dict[str, Attr]]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._listings.get(path)
+            if hit is None:
+                return None
+            if hit[0] <= now:
+                del self._listings[path]
+                return None
+            self._listings.move_to_end(path)
+            return hit[1]
+
+    def put_listing(self, path: str, children: dict[str, Attr], ttl: float) -> None:
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._listings[path] = (time.monotonic() + ttl, children)
+            self._listings.move_to_end(path)
+            # entries cached before the listing may be staler than it
+            prefix = path.rstrip("/") + "/"
+            for name in children:
+                self._entries.pop(prefix + name, None)
+            while len(self._listings) > self.max_listings:
+                self._listings.popitem(last=False)
+
+    def invalidate(self, path: str) -> None:
+        with self._lock:
+            self._entries.pop(path, None)
+            self._listings.pop(path, None)
+            self._listings.pop(posixpath.dirname(path), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._listings.clear()

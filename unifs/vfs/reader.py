@@ -1,0 +1,194 @@
+"""Per-handle reads: exact ranged GETs for random access, a growing parallel
+read-ahead window for sequential streams.
+
+FUSE delivers at most 128 KiB per read and the kernel's own read-ahead sends
+several of those at once, slightly out of order, so "sequential" means the
+read lands on or inside what this handle already fetched or at its frontier.
+All handles share one byte budget for read-ahead: 64 open shards cannot use
+more memory than the budget plus one demand fetch each.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from unifs.errors import ObjectChanged
+
+Fetch = Callable[[int, int], bytes]
+
+
+class ReadBudget:
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+@dataclass
+class _Segment:
+    start: int
+    end: int
+    future: Future
+    budgeted: bool
+
+
+class HandleReader:
+    def __init__(self, fetch: Fetch, size: int, pool: ThreadPoolExecutor, budget: ReadBudget,
+                 first_request: int, part_size: int, max_window: int):
+        self.fetch = fetch
+        self.size = size
+        self.pool = pool
+        self.budget = budget
+        self.first_request = first_request
+        self.part_size = part_size
+        self.max_window = max_window
+        self.window = first_request
+        self.next_offset = 0
+        self.segments: list[_Segment] = []  # sorted, non-overlapping
+        self._lock = threading.Lock()
+        self.closed = False
+
+    # -- public ------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        demands: list[_Segment] = []
+        with self._lock:
+            sequential = abs(offset - self.next_offset) <= self.first_request or self._covered(offset)
+            if not sequential:
+                self._drop_all()
+                self.window = self.first_request
+            needed = self._plan(offset, end, sequential, demands)
+            if sequential:
+                self._read_ahead(end)
+                self.window = min(self.max_window, self.window * 2)
+            self.next_offset = max(self.next_offset, end) if sequential else end
+        for seg in demands:
+            self._run(seg)
+        parts = []
+        try:
+            for seg in needed:
+                data = seg.future.result()
+                parts.append(data[max(offset, seg.start) - seg.start: min(end, seg.end) - seg.start])
+        except BaseException:
+            with self._lock:
+                self._forget(needed)
+            raise
+        with self._lock:
+            self._drop_behind(offset - self.first_request)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            self._drop_all()
+
+    # -- internals (called with the lock held) -------------------------------
+    def _covered(self, offset: int) -> bool:
+        return any(s.start <= offset < s.end for s in self.segments)
+
+    def _plan(self, offset: int, end: int, sequential: bool, demands: list) -> list[_Segment]:
+        needed = []
+        pos = offset
+        for seg in self.segments:
+            if seg.end <= pos or seg.start >= end:
+                continue
+            if seg.start > pos:
+                needed.append(self._demand(pos, seg.start, demands))
+            needed.append(seg)
+            pos = seg.end
+            if pos >= end:
+                break
+        if pos < end:
+            stop = end
+            if sequential:
+                stop = min(self.size, max(end, pos + self.first_request))
+                if self.size - stop <= self.first_request:
+                    stop = self.size  # small objects and tails come in one GET
+            nxt = next((s.start for s in self.segments if s.start > pos), self.size)
+            needed.append(self._demand(pos, min(stop, nxt), demands))
+        return needed
+
+    def _demand(self, start: int, end: int, demands: list) -> _Segment:
+        seg = _Segment(start, end, Future(), budgeted=False)
+        self._insert(seg)
+        demands.append(seg)
+        return seg
+
+    def _read_ahead(self, end: int) -> None:
+        frontier = end
+        for seg in self.segments:
+            if seg.start <= frontier < seg.end or seg.start == frontier:
+                frontier = seg.end
+        target = min(self.size, end + self.window)
+        while frontier < target:
+            n = min(self.part_size, target - frontier)
+            if not self.budget.try_acquire(n):
+                break
+            seg = _Segment(frontier, frontier + n, Future(), budgeted=True)
+            self._insert(seg)
+            self.pool.submit(self._run, seg)
+            frontier += n
+
+    def _insert(self, seg: _Segment) -> None:
+        i = 0
+        while i < len(self.segments) and self.segments[i].start < seg.start:
+            i += 1
+        self.segments.insert(i, seg)
+
+    def _run(self, seg: _Segment) -> None:
+        if not seg.future.set_running_or_notify_cancel():
+            return
+        try:
+            data = self.fetch(seg.start, seg.end)
+            if len(data) != seg.end - seg.start:
+                raise ObjectChanged(f"object returned {len(data)} bytes for range "
+                                    f"[{seg.start}, {seg.end}); it changed while open")
+            seg.future.set_result(data)
+        except BaseException as e:  # delivered to whichever reader waits on it
+            seg.future.set_exception(e)
+
+    def _release(self, seg: _Segment) -> None:
+        if seg.budgeted:
+            seg.budgeted = False
+            self.budget.release(seg.end - seg.start)
+
+    def _forget(self, segs) -> None:
+        for seg in segs:
+            if seg in self.segments:
+                self.segments.remove(seg)
+                self._release(seg)
+
+    def _drop_all(self) -> None:
+        for seg in self.segments:
+            seg.future.cancel()
+            self._release(seg)
+        self.segments = []
+
+    def _drop_behind(self, offset: int) -> None:
+        # keeps a little behind the reader: the kernel's parallel read-ahead requests
+        # arrive slightly out of order and must not turn into new GETs
+        keep = []
+        for seg in self.segments:
+            if seg.end <= offset and seg.future.done():
+                self._release(seg)
+            else:
+                keep.append(seg)
+        self.segments = keep
