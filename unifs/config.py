@@ -77,6 +77,8 @@ def _line_of(raw: Any, loc: tuple) -> Optional[int]:
     line = getattr(raw, "line", None)
     node = raw
     for part in loc:
+        if isinstance(part, _AtKey):
+            part = str(part)
         if isinstance(node, _LineDict) and part in node:
             line = node.key_lines.get(part, line)
             node = node[part]
@@ -297,6 +299,8 @@ def _describe(raw, loc: tuple) -> str:
     out = ""
     node = raw
     for part in loc:
+        if isinstance(part, _AtKey):
+            break
         if isinstance(part, int):
             out += f"[{part}]"
             if isinstance(node, list) and part < len(node):
@@ -311,11 +315,16 @@ def _describe(raw, loc: tuple) -> str:
     return out or "top level"
 
 
+class _AtKey(str):
+    """A location part used for the line number only, not the description."""
+
+
 def _pydantic_problem(err: dict) -> tuple[tuple, str]:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        return loc[:-1], f"unknown key '{loc[-1]}'" + _suggest(loc[-1], err)
+        # described by its parent entry, located at the key's own line
+        return loc[:-1] + (_AtKey(loc[-1]),), f"unknown key '{loc[-1]}'" + _suggest(loc[-1], err)
     if kind == "missing":
         return loc[:-1], f"missing required key '{loc[-1]}'"
     if kind == "too_short" and loc == ("mounts",):

@@ -81,16 +81,21 @@ def normalise_mountpoint(path: str) -> str:
 
 
 def is_stale(mountpoint: str) -> bool:
+    """True when the FUSE daemon behind a mount point is gone."""
+    state = read_state(mountpoint)
+    if state and not pid_alive(state.get("pid")):
+        return True
     try:
-        os.stat(mountpoint)
+        # statvfs always reaches the daemon; a stat of the root may come from the kernel cache
+        os.statvfs(mountpoint)
         return False
     except OSError as e:
-        return e.errno == errno.ENOTCONN
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def check_mountpoint(mountpoint: str, nonempty: bool = False) -> None:
     live = find_mount(mountpoint)
-    if is_stale(mountpoint):
+    if live is not None and is_stale(mountpoint):
         raise UserError(f"mount point {mountpoint} has a stale mount from a dead daemon; "
                         f"run 'unifs umount {mountpoint}' first")
     if live is not None:

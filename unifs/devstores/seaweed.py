@@ -50,7 +50,11 @@ def free_port_block(size: int = 5, grpc_offset: int = 10000) -> int:
 
 
 class SeaweedS3:
-    def __init__(self, workdir: str, access_key: str = "unifs-dev", secret_key: Optional[str] = None):
+    def __init__(self, workdir: str, access_key: str = "unifs-dev", secret_key: Optional[str] = None,
+                 extra_identities: Optional[list[dict]] = None):
+        """extra_identities: [{"name", "access_key", "secret_key", "actions": [...]}], e.g. a
+        list-only user to provoke AccessDenied on reads."""
+        self.extra_identities = extra_identities or []
         self.workdir = Path(workdir)
         self.access_key = access_key
         self.secret_key = secret_key or secrets.token_hex(16)
@@ -71,9 +75,13 @@ class SeaweedS3:
         data.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
         auth = self.workdir / "s3.json"
-        auth.write_text(json.dumps({"identities": [{
-            "name": "unifs", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        identities = [{"name": "unifs",
+                       "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                       "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]
+        for ident in self.extra_identities:
+            identities.append({"name": ident["name"], "actions": ident["actions"], "credentials": [
+                {"accessKey": ident["access_key"], "secretKey": ident["secret_key"]}]})
+        auth.write_text(json.dumps({"identities": identities}))
         os.chmod(auth, 0o600)
         for attempt in range(3):
             p = free_port_block()

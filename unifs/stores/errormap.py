@@ -6,7 +6,13 @@ status 403, obstore its own classes); the file system only sees these four.
 
 from __future__ import annotations
 
+import errno
+import re
+
 from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreUnavailable
+
+
+_STATUS_IN_TEXT = re.compile(r"status code: (\d{3})|\b(\d{3}) (?:Forbidden|Not Found|Unauthorized|Precondition Failed)")
 
 
 def _status(exc: BaseException):
@@ -17,6 +23,10 @@ def _status(exc: BaseException):
     resp = getattr(exc, "response", None)
     if isinstance(resp, dict):
         return resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    # obstore's GenericError only carries the status in its message
+    m = _STATUS_IN_TEXT.search(str(exc))
+    if m:
+        return int(m.group(1) or m.group(2))
     return None
 
 
@@ -28,6 +38,8 @@ def normalise(exc: BaseException, what: str) -> StoreError:
     status = _status(exc)
     if isinstance(exc, FileNotFoundError) or name in ("NotFoundError", "NoSuchKey", "NoSuchBucket") \
             or status == 404:
+        return ObjectNotFound(f"{what}: not found")
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno in (errno.ENOENT,):
         return ObjectNotFound(f"{what}: not found")
     if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError") \
             or status in (401, 403):

@@ -46,8 +46,6 @@ def info_to_object(key: str, info: dict) -> ObjectInfo:
 def _s3_defaults(options: dict, timeout: float, connect_timeout: float) -> dict:
     opts = dict(options)
     opts.setdefault("use_listings_cache", False)
-    # unifs retries itself (tenacity); nested retry loops would multiply the wait.
-    opts.setdefault("retries", 1)
     cfg = dict(opts.get("config_kwargs") or {})
     cfg.setdefault("connect_timeout", connect_timeout)
     cfg.setdefault("read_timeout", timeout)
@@ -71,6 +69,9 @@ class FsspecStore:
             from unifs.errors import UserError
             raise UserError(f"{url}: invalid option for the {self.scheme}:// backend: {e}") from None
         self.root = root.rstrip("/")
+        if self.scheme in ("s3", "s3a"):
+            # unifs retries itself (tenacity); nested retry loops would multiply the wait
+            self.fs.retries = 1
         self.timeout = timeout
         self.retries = retries
         self._async = bool(getattr(self.fs, "async_impl", False))

@@ -92,9 +92,10 @@ class ObstoreS3Store:
         raise AssertionError("unreachable")
 
     def check(self) -> None:
+        def _first():
+            return next(iter(obstore.list(self.store, None, chunk_size=1)), None)
         try:
-            stream = self._call(f"list {self.url}", obstore.list, self.store, None, chunk_size=1)
-            self._call(f"list {self.url}", next, iter(stream), None)
+            self._call(f"list {self.url}", _first)
         except ObjectNotFound:
             raise ObjectNotFound(f"bucket '{self.bucket}' does not exist") from None
 

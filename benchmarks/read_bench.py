@@ -1,0 +1,624 @@
+#!/usr/bin/env python3
+"""Read throughput of a unifs mount side by side with direct fsspec (s3fs) and obstore.
+
+One run starts a local SeaweedFS S3 server, uploads one big object and many
+small ones (random bytes, sha256 remembered), mounts the bucket with
+`unifs mount MP --config CFG` exactly as a user would, and measures:
+
+  a. sequential read of the big object, one reader, 1 MiB read() calls (MiB/s),
+     cold; versus s3fs `fs.open(block_size=8 MiB)` + 1 MiB reads and obstore
+     `get_range` over 8 MiB ranges with a few threads;
+  b. all small files read whole by 8 threads, in listing order (files/s), cold;
+     versus s3fs `cat_file` and obstore `get` with 8 threads;
+  c. `ls -l` of the small-file directory (scandir + stat of every entry), cold
+     on a fresh mount and warm (second run);
+  d. warm re-read of the big file and the small files through the same mount.
+
+"Cold" means: a fresh `unifs mount` (empty metadata cache, fresh kernel
+attribute/dentry cache) and the page cache dropped just before the measurement
+(`sync; echo 3 > /proc/sys/vm/drop_caches`, needs root). Each direct client is
+a new instance, measured after the same page-cache drop. After the drop the
+SeaweedFS data files are read back into the page cache (unless --cold-server)
+so that every client sees the same warm local server, and the numbers compare
+client paths rather than the server's disk.
+
+Every byte read through the mount is checked against the sha256 taken at
+upload; a mismatch aborts the run with exit status 3. The direct clients are
+checked too.
+
+    python benchmarks/read_bench.py [--client auto|fsspec|obstore] [--repeat K] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from unifs.devstores.seaweed import SeaweedS3
+
+MIB = 1 << 20
+KIB = 1 << 10
+READ_CHUNK = MIB          # read() size of the sequential readers
+FSSPEC_BLOCK = 8 * MIB    # s3fs block_size of the typical user
+OBSTORE_RANGE = 8 * MIB   # obstore get_range size for the big object
+OBSTORE_BIG_THREADS = 4
+SMALL_THREADS = 8
+BUCKET = "bench"
+BIG_KEY = "big/big.bin"
+SMALL_PREFIX = "small"
+MOUNT_PATH = "/bench"
+
+TARGET_SEQ = 0.7
+TARGET_SMALL = 0.7
+TARGET_LS_S = 2.0
+
+
+class VerificationError(Exception):
+    pass
+
+
+def sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- caches
+
+
+class CacheControl:
+    def __init__(self, server_data: Path, warm_server: bool):
+        self.server_data = server_data
+        self.warm_server = warm_server
+        self.can_drop = True
+
+    def cold(self) -> None:
+        """Drop the page cache, then (by default) read the server's data files back in."""
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+        except OSError as e:
+            if self.can_drop:
+                log(f"WARNING: cannot drop the page cache ({e.strerror}); 'cold' numbers are not cold "
+                    "(run as root)")
+            self.can_drop = False
+        if self.warm_server:
+            buf = bytearray(4 * MIB)
+            for root, _, files in os.walk(self.server_data):
+                for name in files:
+                    try:
+                        with open(os.path.join(root, name), "rb", buffering=0) as f:
+                            while f.readinto(buf):
+                                pass
+                    except OSError:
+                        pass
+
+
+# --------------------------------------------------------------------------- mount
+
+
+def unifs_cmd() -> list[str]:
+    exe = shutil.which("unifs")
+    return [exe] if exe else [sys.executable, "-m", "unifs"]
+
+
+class Mount:
+    """`unifs mount MP --config CFG` ... `unifs umount MP`, as a user would type them."""
+
+    def __init__(self, mountpoint: Path, config: Path):
+        self.mp = mountpoint
+        self.config = config
+        self.mounted = False
+        self.pid: Optional[int] = None
+        self.log_file: Optional[str] = None
+
+    def __enter__(self) -> "Mount":
+        self.mp.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(unifs_cmd() + ["mount", str(self.mp), "--config", str(self.config)],
+                             capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"unifs mount failed ({res.returncode}): {res.stderr.strip()}")
+        self.mounted = True
+        st = subprocess.run(unifs_cmd() + ["status", "--json"], capture_output=True, text=True, timeout=60)
+        for row in json.loads(st.stdout or "[]"):
+            if row.get("mountpoint") == os.path.realpath(self.mp):
+                self.pid, self.log_file = row.get("pid"), row.get("log_file")
+        return self
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the daemon so far (all threads)."""
+        if not self.pid:
+            return float("nan")
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def __exit__(self, *exc) -> None:
+        self.unmount()
+
+    def unmount(self) -> None:
+        if not self.mounted:
+            return
+        res = subprocess.run(unifs_cmd() + ["umount", str(self.mp)], capture_output=True, text=True,
+                             timeout=120)
+        if res.returncode != 0:
+            log(f"unifs umount failed: {res.stderr.strip()}; retrying with --lazy")
+            subprocess.run(unifs_cmd() + ["umount", "--lazy", str(self.mp)], capture_output=True,
+                           text=True, timeout=120)
+        self.mounted = False
+
+
+def is_mounted(mp: Path) -> bool:
+    real = os.path.realpath(mp)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_seq_file(path: str, size: int) -> bytearray:
+    """One reader, 1 MiB read() calls, straight into a buffer (hashing happens outside the timing)."""
+    buf = bytearray(size)
+    mv = memoryview(buf)
+    off = 0
+    with open(path, "rb", buffering=0) as f:
+        while off < size:
+            n = f.readinto(mv[off:off + READ_CHUNK])
+            if not n:
+                break
+            off += n
+        if off == size and f.read(1):
+            raise VerificationError(f"{path}: longer than {size} bytes")
+    if off != size:
+        raise VerificationError(f"{path}: read {off} bytes, expected {size}")
+    return buf
+
+
+def read_seq_fsspec(fs, path: str, size: int) -> bytearray:
+    buf = bytearray(size)
+    off = 0
+    with fs.open(path, "rb", block_size=FSSPEC_BLOCK) as f:
+        while True:
+            chunk = f.read(READ_CHUNK)
+            if not chunk:
+                break
+            buf[off:off + len(chunk)] = chunk
+            off += len(chunk)
+    if off != size:
+        raise VerificationError(f"fsspec {path}: read {off} bytes, expected {size}")
+    return buf
+
+
+def read_ranges_obstore(store, key: str, size: int) -> bytearray:
+    import obstore
+
+    buf = bytearray(size)
+    mv = memoryview(buf)
+
+    def one(start):
+        end = min(size, start + OBSTORE_RANGE)
+        data = obstore.get_range(store, key, start=start, end=end)
+        if len(data) != end - start:
+            raise VerificationError(f"obstore {key}[{start}:{end}]: got {len(data)} bytes")
+        mv[start:end] = memoryview(data)
+
+    with ThreadPoolExecutor(OBSTORE_BIG_THREADS) as pool:
+        list(pool.map(one, range(0, size, OBSTORE_RANGE)))
+    return buf
+
+
+def read_all(names: list, read_one: Callable, threads: int = SMALL_THREADS) -> list:
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(read_one, names))
+
+
+def read_whole(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def check_big(who: str, buf, expected: str) -> None:
+    got = sha256(buf)
+    if got != expected:
+        raise VerificationError(f"{who}: sha256 of the big object is {got}, expected {expected}")
+
+
+def check_small(who: str, names: list, blobs: list, expected: dict) -> None:
+    if sorted(names) != sorted(expected):
+        missing = sorted(set(expected) - set(names))[:3]
+        extra = sorted(set(names) - set(expected))[:3]
+        raise VerificationError(f"{who}: listing differs from the upload (missing {missing}, extra {extra})")
+    bad = [n for n, b in zip(names, blobs) if sha256(b) != expected[n]]
+    if bad:
+        raise VerificationError(f"{who}: {len(bad)} small file(s) have wrong bytes, e.g. {bad[:3]}")
+
+
+def new_s3fs(server: SeaweedS3):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=server.endpoint, key=server.access_key, secret=server.secret_key,
+                           skip_instance_cache=True)
+    fs.info(f"{BUCKET}/{BIG_KEY}")  # session and connection set up outside the timing, like the mount's
+    return fs
+
+
+def new_obstore(server: SeaweedS3):
+    import obstore
+
+    store = server.obstore(BUCKET)
+    obstore.head(store, BIG_KEY)
+    return store
+
+
+class Results:
+    """Best of K per measurement: max for rates, min for seconds."""
+
+    def __init__(self):
+        self.samples: dict[str, list[float]] = {}
+        self.daemon_cpu: dict[str, list[float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.samples.setdefault(name, []).append(value)
+
+    def cpu(self, name: str, seconds: float) -> None:
+        self.daemon_cpu.setdefault(name, []).append(seconds)
+
+    def best(self, name: str) -> Optional[float]:
+        vals = self.samples.get(name)
+        if not vals:
+            return None
+        return min(vals) if name.endswith("_s") else max(vals)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, big_size: int) -> None:
+    # unifs: fresh mount, cold page cache, then a warm re-read through the same mount
+    with mount_factory() as m:
+        path = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), BIG_KEY)
+        cache.cold()
+        c0 = m.cpu_seconds()
+        dt, buf = timed(lambda: read_seq_file(path, big_size))
+        res.cpu("big_cold", m.cpu_seconds() - c0)
+        check_big("unifs (cold)", buf, big_sha)
+        res.add("big_cold.unifs", big_size / MIB / dt)
+        log(f"a. big cold    unifs   {big_size / MIB / dt:8.1f} MiB/s")
+        del buf
+        c0 = m.cpu_seconds()
+        dt, buf = timed(lambda: read_seq_file(path, big_size))
+        res.cpu("big_warm", m.cpu_seconds() - c0)
+        check_big("unifs (warm)", buf, big_sha)
+        res.add("big_warm.unifs", big_size / MIB / dt)
+        log(f"d. big warm    unifs   {big_size / MIB / dt:8.1f} MiB/s")
+        del buf
+    # direct s3fs, a new instance, same cold state
+    cache.cold()
+    fs = new_s3fs(server)
+    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
+    check_big("fsspec", buf, big_sha)
+    res.add("big_cold.fsspec", big_size / MIB / dt)
+    log(f"a. big cold    fsspec  {big_size / MIB / dt:8.1f} MiB/s")
+    del buf
+    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
+    check_big("fsspec (2nd)", buf, big_sha)
+    res.add("big_warm.fsspec", big_size / MIB / dt)
+    del buf
+    # direct obstore
+    cache.cold()
+    store = new_obstore(server)
+    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
+    check_big("obstore", buf, big_sha)
+    res.add("big_cold.obstore", big_size / MIB / dt)
+    log(f"a. big cold    obstore {big_size / MIB / dt:8.1f} MiB/s")
+    del buf
+    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
+    check_big("obstore (2nd)", buf, big_sha)
+    res.add("big_warm.obstore", big_size / MIB / dt)
+    del buf
+
+
+def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -> None:
+    n = len(small)
+    prefix = SMALL_PREFIX + "/"
+    with mount_factory() as m:
+        d = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), SMALL_PREFIX)
+
+        def run():
+            names = os.listdir(d)  # listing order
+            return names, read_all(names, lambda name: read_whole(os.path.join(d, name)))
+        cache.cold()
+        c0 = m.cpu_seconds()
+        dt, (names, blobs) = timed(run)
+        res.cpu("small_cold", m.cpu_seconds() - c0)
+        check_small("unifs (cold)", [prefix + x for x in names], blobs, small)
+        res.add("small_cold.unifs", n / dt)
+        log(f"b. small cold  unifs   {n / dt:8.1f} files/s")
+        c0 = m.cpu_seconds()
+        dt, (names, blobs) = timed(run)
+        res.cpu("small_warm", m.cpu_seconds() - c0)
+        check_small("unifs (warm)", [prefix + x for x in names], blobs, small)
+        res.add("small_warm.unifs", n / dt)
+        log(f"d. small warm  unifs   {n / dt:8.1f} files/s")
+        del blobs
+
+    cache.cold()
+    fs = new_s3fs(server)
+
+    def run_fs():
+        names = fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=False)
+        return names, read_all(names, fs.cat_file)
+    dt, (names, blobs) = timed(run_fs)
+    check_small("fsspec", [x.split("/", 1)[1] for x in names], blobs, small)
+    res.add("small_cold.fsspec", n / dt)
+    log(f"b. small cold  fsspec  {n / dt:8.1f} files/s")
+    fs.invalidate_cache()
+    dt, (names, blobs) = timed(run_fs)
+    res.add("small_warm.fsspec", n / dt)
+    del blobs
+
+    import obstore
+
+    cache.cold()
+    store = new_obstore(server)
+
+    def run_ob():
+        names = [o["path"] for o in obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]]
+        return names, read_all(names, lambda k: bytes(obstore.get(store, k).bytes()))
+    dt, (names, blobs) = timed(run_ob)
+    check_small("obstore", names, blobs, small)
+    res.add("small_cold.obstore", n / dt)
+    log(f"b. small cold  obstore {n / dt:8.1f} files/s")
+    dt, (names, blobs) = timed(run_ob)
+    res.add("small_warm.obstore", n / dt)
+    del blobs
+
+
+def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> None:
+    n = len(small)
+
+    def ls_l(d):
+        count = 0
+        total = 0
+        with os.scandir(d) as it:
+            for entry in it:
+                total += entry.stat().st_size
+                count += 1
+        return count, total
+
+    expected_total = args.small_kib * KIB * n
+    with mount_factory() as m:
+        d = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), SMALL_PREFIX)
+        cache.cold()
+        c0 = m.cpu_seconds()
+        for label in ("ls_cold_s", "ls_warm_s"):
+            dt, (count, total) = timed(lambda: ls_l(d))
+            if (count, total) != (n, expected_total):
+                raise VerificationError(f"unifs ls -l: {count} entries / {total} bytes, "
+                                        f"expected {n} / {expected_total}")
+            res.add(label + ".unifs", dt)
+            log(f"c. {label:<11} unifs   {dt:8.3f} s")
+        res.cpu("ls", m.cpu_seconds() - c0)
+
+    # reference: one detailed listing with each direct client (what `ls -l` needs)
+    cache.cold()
+    fs = new_s3fs(server)
+    dt, entries = timed(lambda: fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=True))
+    if len(entries) != n or sum(e["size"] for e in entries) != expected_total:
+        raise VerificationError(f"fsspec ls: {len(entries)} entries")
+    res.add("ls_cold_s.fsspec", dt)
+    import obstore
+
+    store = new_obstore(server)
+    dt, listing = timed(lambda: obstore.list_with_delimiter(store, SMALL_PREFIX))
+    if len(listing["objects"]) != n:
+        raise VerificationError(f"obstore list: {len(listing['objects'])} entries")
+    res.add("ls_cold_s.obstore", dt)
+
+
+# --------------------------------------------------------------------------- report
+
+
+ROWS = [
+    ("big_cold", "a. sequential 1 reader, cold", "MiB/s"),
+    ("small_cold", "b. small files 8 threads, cold", "files/s"),
+    ("ls_cold_s", "c. ls -l cold (fresh mount)", "s"),
+    ("ls_warm_s", "c. ls -l warm (2nd run)", "s"),
+    ("big_warm", "d. sequential re-read, warm", "MiB/s"),
+    ("small_warm", "d. small files re-read, warm", "files/s"),
+]
+
+
+def ratio(name: str, unifs: Optional[float], other: Optional[float]) -> Optional[float]:
+    if not unifs or not other:
+        return None
+    return other / unifs if name.endswith("_s") else unifs / other
+
+
+def report(args, res: Results, info: dict) -> dict:
+    def fmt(v, unit):
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if unit == "s" else f"{v:.1f}"
+
+    def fr(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    header = f"{'measurement':<34}{'unit':>8}{'unifs':>10}{'fsspec':>10}{'obstore':>10}" \
+             f"{'vs fsspec':>11}{'vs obstore':>11}"
+    lines = [header, "-" * len(header)]
+    table = {}
+    for key, title, unit in ROWS:
+        u, f, o = (res.best(f"{key}.{c}") for c in ("unifs", "fsspec", "obstore"))
+        rf, ro = ratio(key, u, f), ratio(key, u, o)
+        table[key] = {"title": title, "unit": unit, "unifs": u, "fsspec": f, "obstore": o,
+                      "ratio_fsspec": rf, "ratio_obstore": ro,
+                      "samples": {c: res.samples.get(f"{key}.{c}", []) for c in ("unifs", "fsspec", "obstore")}}
+        lines.append(f"{title:<34}{unit:>8}{fmt(u, unit):>10}{fmt(f, unit):>10}{fmt(o, unit):>10}"
+                     f"{fr(rf):>11}{fr(ro):>11}")
+    seq = table["big_cold"]["ratio_fsspec"]
+    sml = table["small_cold"]["ratio_fsspec"]
+    lsc = table["ls_cold_s"]["unifs"]
+    targets = [
+        ("cold sequential >= 0.7x direct fsspec", seq is not None and seq >= TARGET_SEQ, fr(seq)),
+        ("small files, 8 threads >= 0.7x direct fsspec", sml is not None and sml >= TARGET_SMALL, fr(sml)),
+        (f"ls -l of {args.small_count} entries < 2 s cold", lsc is not None and lsc < TARGET_LS_S,
+         "-" if lsc is None else f"{lsc:.3f} s"),
+    ]
+    print()
+    print(f"unifs read benchmark: client={args.client or 'auto (default)'}, big {args.big_mib} MiB, "
+          f"{args.small_count} x {args.small_kib} KiB, best of {args.repeat}, {os.cpu_count()} CPUs")
+    print("ratio = unifs speed / direct speed (> 1: unifs faster); for seconds, direct time / unifs time")
+    print("fsspec/obstore in rows c: one detailed listing of the prefix (fs.ls detail / list_with_delimiter)")
+    print("fsspec/obstore in rows d: the same read repeated with the same client (no client cache)")
+    print()
+    print("\n".join(lines))
+    print()
+    print("targets:")
+    for text, ok, val in targets:
+        print(f"  {'PASS' if ok else 'MISS'}  {text:<48} {val}")
+    cpu = {k: min(v) for k, v in res.daemon_cpu.items()}
+    if cpu:
+        print()
+        print("unifs daemon CPU seconds (user+sys, best run): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    if not info.get("page_cache_dropped", True):
+        print("WARNING: the page cache could not be dropped; 'cold' rows are not cold")
+    return {"table": table, "targets": [{"target": t, "pass": ok, "value": v} for t, ok, v in targets],
+            "daemon_cpu_s": cpu}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--big-mib", type=int, default=1024, help="size of the big object in MiB")
+    ap.add_argument("--small-count", type=int, default=2000, help="number of small objects")
+    ap.add_argument("--small-kib", type=int, default=100, help="size of each small object in KiB")
+    ap.add_argument("--client", choices=["auto", "fsspec", "obstore"], default=None,
+                    help="set the mount entry's client: key (default: leave it out, i.e. auto)")
+    ap.add_argument("--repeat", type=int, default=1, help="best of K runs of every measurement")
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--workdir", help="server data and mount point go here (default: a new temp dir)")
+    ap.add_argument("--keep-workdir", action="store_true", help="do not delete the work directory")
+    ap.add_argument("--cold-server", action="store_true",
+                    help="after dropping the page cache, do not re-read the server's data files "
+                         "(the server then reads from disk too)")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+
+    own_workdir = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unifs-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = SeaweedS3(str(workdir / "seaweed"))
+    mountpoint = workdir / "mnt"
+    mounts: list[Mount] = []
+    started = time.time()
+    rc = 0
+    try:
+        log(f"starting SeaweedFS in {workdir}")
+        server.start()
+        server.create_bucket(BUCKET)
+        log(f"S3 endpoint {server.endpoint}")
+
+        big_size = args.big_mib * MIB
+        log(f"uploading {args.small_count} x {args.small_kib} KiB and {args.big_mib} MiB (random bytes)")
+        small_data = {f"{SMALL_PREFIX}/f_{i:06d}.bin": os.urandom(args.small_kib * KIB)
+                      for i in range(args.small_count)}
+        small = {k: sha256(v) for k, v in small_data.items()}
+        server.put_many(BUCKET, small_data)
+        del small_data
+        big = os.urandom(big_size)
+        big_sha = sha256(big)
+        import obstore
+
+        obstore.put(server.obstore(BUCKET), BIG_KEY, big)
+        del big
+        log(f"uploaded in {time.time() - started:.0f} s")
+
+        entry = {"path": MOUNT_PATH, "url": f"s3://{BUCKET}", "read_only": True,
+                 "options": server.mount_options()}
+        if args.client:
+            entry["client"] = args.client
+        cfg = workdir / "mounts.yaml"
+        cfg.write_text(yaml.safe_dump({"mounts": [entry]}, sort_keys=False))
+        os.chmod(cfg, 0o600)
+
+        def mount_factory():
+            m = Mount(mountpoint, cfg)
+            mounts.append(m)
+            return m
+
+        cache = CacheControl(workdir / "seaweed" / "data", warm_server=not args.cold_server)
+        res = Results()
+        for k in range(args.repeat):
+            log(f"--- run {k + 1} of {args.repeat}")
+            phase_big(args, server, cache, mount_factory, res, big_sha, big_size)
+            phase_small(args, server, cache, mount_factory, res, small)
+            phase_ls(args, server, cache, mount_factory, res, small)
+
+        info = {"page_cache_dropped": cache.can_drop, "server_warm_after_drop": not args.cold_server}
+        out = report(args, res, info)
+        elapsed = time.time() - started
+        print(f"\ntotal time {elapsed:.0f} s")
+        if args.json:
+            doc = {"config": {"client": args.client or "auto (key not set)", "big_mib": args.big_mib,
+                              "small_count": args.small_count, "small_kib": args.small_kib,
+                              "repeat": args.repeat, "threads_small": SMALL_THREADS,
+                              "read_chunk": READ_CHUNK, "fsspec_block_size": FSSPEC_BLOCK,
+                              "obstore_range": OBSTORE_RANGE, "obstore_big_threads": OBSTORE_BIG_THREADS},
+                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                               "python": platform.python_version()},
+                   **info, "elapsed_s": elapsed, **out}
+            Path(args.json).write_text(json.dumps(doc, indent=2))
+            log(f"wrote {args.json}")
+    except VerificationError as e:
+        print(f"\nFAILED: wrong bytes or sizes: {e}", file=sys.stderr, flush=True)
+        rc = 3
+    finally:
+        for m in mounts:
+            try:
+                m.unmount()
+            except Exception as e:  # noqa: BLE001 - keep cleaning up
+                log(f"unmount failed: {e}")
+        if is_mounted(mountpoint):
+            log(f"WARNING: {mountpoint} is still mounted")
+        server.stop()
+        if own_workdir and not args.keep_workdir and not is_mounted(mountpoint):
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Shared fixtures: a real SeaweedFS S3 server and real `unifs mount` mounts.
+
+The server starts once per session on free 127.0.0.1 ports with credentials
+configured; mounts are made by running the `unifs` command as a user would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unifs.devstores.seaweed import SeaweedS3
+
+BUCKET = "data"
+SMALL_COUNT = 300
+BIG_SIZE = 110 * 1024 * 1024
+LISTING_COUNT = 10_000
+LIST_ONLY = {"name": "lister", "access_key": "list-only-key", "secret_key": "list-only-secret",
+             "actions": ["List"]}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unifs(*args, env=None, check=False, timeout=120) -> subprocess.CompletedProcess:
+    """Run the unifs command line exactly as a user would."""
+    res = subprocess.run([sys.executable, "-m", "unifs", *args], capture_output=True, text=True,
+                         env=env, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"unifs {' '.join(args)} failed ({res.returncode}): {res.stderr}")
+    return res
+
+
+def is_mounted(mp) -> bool:
+    mp = os.path.abspath(str(mp))
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == mp for line in f)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    server = SeaweedS3(str(tmp_path_factory.mktemp("seaweed")), extra_identities=[LIST_ONLY])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dataset(seaweed):
+    """Objects in the bucket and their checksums: small files, a big one, a 10,000-key prefix."""
+    rng = random.Random(1234)
+    seaweed.create_bucket(BUCKET)
+    small = {f"images/class_{i % 7}/img_{i:05d}.jpg": rng.randbytes(rng.randrange(1, 200_000))
+             for i in range(SMALL_COUNT)}
+    small["images/empty.txt"] = b""
+    big = rng.randbytes(BIG_SIZE)
+    many = {f"many/obj_{i:05d}": str(i).encode() for i in range(LISTING_COUNT)}
+    nested = {f"extra/file_{i}.bin": rng.randbytes(4096 + i) for i in range(20)}
+    seaweed.put_many(BUCKET, {**small, **many, **nested, "shards/big.bin": big})
+    return {"small": {k: sha256(v) for k, v in small.items()}, "big": big,
+            "many": sorted(k.split("/", 1)[1] for k in many),
+            "nested": {k: sha256(v) for k, v in nested.items()}}
+
+
+class Mounter:
+    """Writes a mount table and mounts it with `unifs mount`; unmounts everything at the end."""
+
+    def __init__(self, tmp_path: Path, seaweed: SeaweedS3):
+        self.tmp = tmp_path
+        self.seaweed = seaweed
+        self.mounted: list[Path] = []
+        self.count = 0
+
+    def s3_entry(self, path: str, url: str, **extra) -> dict:
+        entry = {"path": path, "url": url, "options": self.seaweed.mount_options()}
+        entry.update(extra)
+        return entry
+
+    def write_table(self, table: dict) -> Path:
+        self.count += 1
+        cfg = self.tmp / f"mounts{self.count}.yaml"
+        cfg.write_text(yaml.safe_dump(table))
+        return cfg
+
+    def mount(self, mounts: list[dict], *opts: str, extra: dict | None = None) -> Path:
+        table = {"mounts": mounts, **(extra or {})}
+        cfg = self.write_table(table)
+        mp = self.tmp / f"mnt{self.count}"
+        mp.mkdir()
+        res = unifs("mount", str(mp), "--config", str(cfg), *opts)
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(mp)
+        self.mounted.append(mp)
+        return mp
+
+    def cleanup(self):
+        # every unifs mount a test left under its tmp dir, also ones made without mount()
+        with open("/proc/self/mountinfo") as f:
+            live = [line.split()[4] for line in f]
+        for mp in [Path(p) for p in live if p.startswith(str(self.tmp))]:
+            if is_mounted(mp):
+                res = unifs("umount", str(mp))
+                if res.returncode != 0 and is_mounted(mp):
+                    subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+
+
+@pytest.fixture
+def mounter(tmp_path, seaweed):
+    m = Mounter(tmp_path, seaweed)
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def data_mount(mounter, dataset):
+    """The bucket mounted read-only at /data."""
+    return mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)])
+
+
+def wait_for(cond, timeout=10.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()

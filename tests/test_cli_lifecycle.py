@@ -1,0 +1,111 @@
+"""`unifs mount / umount / status` as a user drives them, including a killed daemon."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+
+from conftest import BUCKET, is_mounted, unifs, wait_for
+from unifs.mountinfo import pid_alive
+
+
+def _table(mounter):
+    return mounter.write_table({"mounts": [mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)]})
+
+
+def test_mount_status_umount(mounter, dataset, tmp_path):
+    cfg = _table(mounter)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert is_mounted(mp) and os.listdir(mp) == ["data"]  # live as soon as the command returns
+    rows = json.loads(unifs("status", "--json", check=True).stdout)
+    row = next(r for r in rows if r["mountpoint"] == str(mp))
+    assert row["state"] == "live" and row["mounts"][0]["url"] == f"s3://{BUCKET}"
+    assert row["mounts"][0]["options"]["secret"] == "***"
+    human = unifs("status", check=True).stdout
+    assert str(mp) in human and mounter.seaweed.secret_key not in human
+    res = unifs("umount", str(mp))
+    assert res.returncode == 0, res.stderr
+    assert not is_mounted(mp)
+    assert wait_for(lambda: not pid_alive(row["pid"]), timeout=15)  # the daemon exits too
+    assert str(mp) not in unifs("status", check=True).stdout
+    # unmounting again is an error with one line
+    res = unifs("umount", str(mp))
+    assert res.returncode != 0 and "not mounted" in res.stderr
+
+
+def test_killed_daemon_leaves_stale_mount_that_umount_cleans(mounter, dataset, tmp_path):
+    cfg = _table(mounter)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    rows = json.loads(unifs("status", "--json", check=True).stdout)
+    pid = next(r["pid"] for r in rows if r["mountpoint"] == str(mp))
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(pid))
+    try:
+        os.listdir(mp)
+        raise AssertionError("a dead daemon's mount should not answer")
+    except OSError as e:
+        # ECONNABORTED at first, then ENOTCONN: the stale mount a user would see
+        assert e.errno in (errno.ECONNABORTED, errno.ENOTCONN)
+    rows = json.loads(unifs("status", "--json", check=True).stdout)
+    assert next(r for r in rows if r["mountpoint"] == str(mp))["state"] == "stale"
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode != 0 and "stale" in res.stderr
+    res = unifs("umount", str(mp))
+    assert res.returncode == 0, res.stderr
+    assert not is_mounted(mp)
+    assert os.listdir(mp) == []
+    # and it can be mounted again
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    assert os.listdir(mp) == ["data"]
+    unifs("umount", str(mp), check=True)
+
+
+def test_mount_point_errors(mounter, dataset, tmp_path):
+    cfg = _table(mounter)
+    res = unifs("mount", str(tmp_path / "missing"), "--config", str(cfg))
+    assert res.returncode == 1 and "does not exist" in res.stderr
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    res = unifs("mount", str(afile), "--config", str(cfg))
+    assert res.returncode == 1 and "not a directory" in res.stderr
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    res = unifs("mount", str(full), "--config", str(cfg))
+    assert res.returncode == 1 and "not empty" in res.stderr
+
+    mp = mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)])
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode == 1 and "already mounted" in res.stderr
+
+    for r in [res]:
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_foreground_mount_serves_until_unmounted(mounter, dataset, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = _table(mounter)
+    mp = tmp_path / "fg"
+    mp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(cfg),
+                             "--foreground"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: is_mounted(mp), timeout=60)
+        assert os.listdir(mp / "data")
+        unifs("umount", str(mp), check=True)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)

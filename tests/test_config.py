@@ -1,0 +1,106 @@
+"""Mount-table validation: every bad table gets one clear line naming file, line, entry and field."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import unifs
+
+GOOD = """\
+mounts:
+  - path: /imagenet
+    url: s3://datasets/imagenet
+    read_only: true
+    metadata_ttl: 30s
+    options:
+      endpoint_url: http://127.0.0.1:8333
+      key: ${TEST_S3_KEY}
+      secret: ${TEST_S3_SECRET}
+  - path: /imagenet/extra
+    url: memory://extra
+store:
+  timeout: 10s
+  retries: 2
+"""
+
+BAD = [
+    # (name, yaml, expected fragments of the single error line)
+    ("yaml syntax", "mounts:\n  - path: /a\n   url: s3://b\n", ["bad.yaml:3:", "YAML syntax error"]),
+    ("unknown key", "mounts:\n  - path: /a\n    url: s3://b\n    read_onyl: true\n",
+     ["bad.yaml:4:", "mounts[0] (/a)", "unknown key 'read_onyl'", "did you mean 'read_only'"]),
+    ("missing url", "mounts:\n  - path: /a\n", ["bad.yaml:2:", "mounts[0] (/a)", "missing required key 'url'"]),
+    ("unknown scheme", "mounts:\n  - path: /a\n    url: foo://b\n",
+     ["bad.yaml:3:", "mounts[0] (/a).url", "unknown scheme 'foo://'"]),
+    ("relative path", "mounts:\n  - path: data\n    url: s3://b\n",
+     ["bad.yaml:2:", "mounts[0] (data).path", "must be absolute"]),
+    ("dotdot path", "mounts:\n  - path: /a/../etc\n    url: s3://b\n", ["mounts[0] (/a/../etc).path", "'..'"]),
+    ("duplicate path", "mounts:\n  - path: /a\n    url: s3://b\n  - path: /a/\n    url: s3://c\n",
+     ["bad.yaml:4:", "mounts[1] (/a/).path", "duplicate path /a"]),
+    ("undefined var", "mounts:\n  - path: /a\n    url: s3://b\n    options:\n      secret: ${UNIFS_TEST_UNSET_VAR}\n",
+     ["bad.yaml:5:", "mounts[0] (/a).options.secret", "UNIFS_TEST_UNSET_VAR is not set"]),
+    ("no mounts key", "mount:\n  - path: /a\n    url: s3://b\n", ["unknown key 'mount'", "did you mean 'mounts'"]),
+    ("empty mounts", "mounts: []\n", ["bad.yaml:1:", "at least one mount"]),
+    ("bad duration", "mounts:\n  - path: /a\n    url: s3://b\n    metadata_ttl: soon\n",
+     ["bad.yaml:4:", "metadata_ttl", "duration"]),
+    ("bucket missing", "mounts:\n  - path: /a\n    url: s3://\n", ["mounts[0] (/a).url", "bucket"]),
+    ("not a url", "mounts:\n  - path: /a\n    url: just-a-path\n", ["mounts[0] (/a).url", "scheme"]),
+    ("bad bool", "mounts:\n  - path: /a\n    url: s3://b\n    read_only: maybe\n", ["read_only", "boolean"]),
+    ("top level list", "- path: /a\n", ["bad.yaml:1:", "mapping"]),
+    ("empty file", "", ["bad.yaml", "empty"]),
+    ("bad store setting", "mounts:\n  - path: /a\n    url: s3://b\nstore:\n  retries: -1\n", ["store.retries"]),
+    ("duplicate yaml key", "mounts:\n  - path: /a\n    path: /b\n    url: s3://b\n", ["duplicate key 'path'"]),
+    ("options not a mapping", "mounts:\n  - path: /a\n    url: s3://b\n    options: [1, 2]\n",
+     ["mounts[0] (/a).options", "mapping"]),
+]
+
+
+@pytest.mark.parametrize("name,text,fragments", BAD, ids=[b[0] for b in BAD])
+def test_bad_tables_give_one_clear_line(tmp_path, name, text, fragments):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) >= 1 and "Traceback" not in res.stderr
+    line = next((ln for ln in lines if all(f in ln for f in fragments)), None)
+    assert line is not None, f"{fragments} not in {lines}"
+    assert line.startswith("unifs: error: ") and str(cfg) in line
+
+
+def test_bad_table_refused_by_mount_too(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(BAD[1][1])
+    (tmp_path / "mp").mkdir()
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and "unknown key 'read_onyl'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_good_table_resolves_and_redacts(tmp_path):
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(GOOD)
+    env = dict(os.environ, TEST_S3_KEY="AKIAEXAMPLE", TEST_S3_SECRET="very-secret-value")
+    res = unifs("config", "check", "--config", str(cfg), env=env)
+    assert res.returncode == 0, res.stderr
+    assert "very-secret-value" not in res.stdout and "AKIAEXAMPLE" not in res.stdout
+    assert "secret: '***'" in res.stdout and "metadata_ttl: 30.0" in res.stdout
+    assert "/imagenet/extra" in res.stdout
+
+
+def test_config_search_order(tmp_path):
+    (tmp_path / "mounts.yaml").write_text("mounts:\n  - path: /cwd\n    url: memory://a\n")
+    env_cfg = tmp_path / "env.yaml"
+    env_cfg.write_text("mounts:\n  - path: /fromenv\n    url: memory://a\n")
+    import subprocess
+    import sys
+
+    def check(env):
+        return subprocess.run([sys.executable, "-m", "unifs", "config", "check"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)
+
+    base = {k: v for k, v in os.environ.items() if k != "UNIFS_CONFIG"}
+    assert "/fromenv" in check(dict(base, UNIFS_CONFIG=str(env_cfg))).stdout
+    assert "/cwd" in check(base).stdout
+    res = check(dict(base, UNIFS_CONFIG=str(tmp_path / "nope.yaml")))
+    assert res.returncode == 1 and "UNIFS_CONFIG" in res.stderr

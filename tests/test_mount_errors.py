@@ -1,0 +1,97 @@
+"""errno mapping through the mount: ENOENT, ENOTDIR, EISDIR, EACCES, EROFS."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from conftest import BUCKET, LIST_ONLY
+
+
+def _errno_of(fn, *args):
+    with pytest.raises(OSError) as exc:
+        fn(*args)
+    return exc.value.errno
+
+
+def test_enoent(data_mount, dataset):
+    root = data_mount / "data"
+    assert _errno_of(os.stat, root / "no/such/file") == errno.ENOENT
+    assert _errno_of(open, root / "images/nope.jpg", "rb") == errno.ENOENT
+    assert _errno_of(os.listdir, root / "missing-dir") == errno.ENOENT
+    assert _errno_of(os.stat, data_mount / "not-a-mount") == errno.ENOENT
+
+
+def test_enotdir_and_eisdir(data_mount, dataset):
+    root = data_mount / "data"
+    assert _errno_of(os.listdir, root / "shards/big.bin") == errno.ENOTDIR
+    assert _errno_of(os.stat, root / "shards/big.bin/child") == errno.ENOTDIR
+    assert _errno_of(open, root / "images", "rb") == errno.EISDIR
+
+
+def test_erofs_on_every_change(data_mount, dataset):
+    root = data_mount / "data"
+    f = root / "images/class_0/img_00000.jpg"
+    assert _errno_of(open, root / "new.txt", "wb") == errno.EROFS
+    assert _errno_of(open, f, "r+b") == errno.EROFS
+    assert _errno_of(open, f, "ab") == errno.EROFS
+    assert _errno_of(os.mkdir, root / "newdir") == errno.EROFS
+    assert _errno_of(os.unlink, f) == errno.EROFS
+    assert _errno_of(os.rmdir, root / "extra") == errno.EROFS
+    assert _errno_of(os.rename, f, root / "moved.jpg") == errno.EROFS
+    assert _errno_of(os.chmod, f, 0o600) == errno.EROFS
+    assert _errno_of(os.truncate, f, 0) == errno.EROFS
+    assert _errno_of(os.utime, f, (1, 1)) == errno.EROFS
+    assert _errno_of(os.symlink, "x", root / "link") == errno.EROFS
+    assert not os.access(f, os.W_OK)
+    assert os.access(f, os.R_OK)
+    # nothing changed in the store
+    assert len(os.listdir(root / "extra")) == 20
+
+
+def test_eacces_when_the_store_refuses_reads(mounter, dataset):
+    # a SeaweedFS identity allowed to list but not to read: the store itself answers 403
+    entry = {"path": "/d", "url": f"s3://{BUCKET}/extra", "read_only": True,
+             "options": {"endpoint_url": mounter.seaweed.endpoint, "key": LIST_ONLY["access_key"],
+                         "secret": LIST_ONLY["secret_key"]}}
+    mp = mounter.mount([entry])
+    names = os.listdir(mp / "d")
+    assert len(names) == 20
+    with open(mp / "d" / names[0], "rb") as f:
+        assert _errno_of(f.read) == errno.EACCES
+
+
+def test_wrong_secret_fails_mount_with_one_line(mounter, dataset, tmp_path):
+    from conftest import unifs
+
+    opts = dict(mounter.seaweed.mount_options(), secret="definitely-wrong")
+    cfg = mounter.write_table({"mounts": [{"path": "/d", "url": f"s3://{BUCKET}", "options": opts}]})
+    mp = tmp_path / "mp-wrong"
+    mp.mkdir()
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "mount /d" in lines[0] and "credentials refused" in lines[0]
+    assert "definitely-wrong" not in res.stderr
+    assert not os.path.ismount(mp)
+
+
+def test_missing_bucket_and_unreachable_store_fail_mount(mounter, dataset, tmp_path):
+    from conftest import unifs
+
+    cfg = mounter.write_table({"mounts": [mounter.s3_entry("/d", "s3://no-such-bucket-here")]})
+    (tmp_path / "m1").mkdir()
+    res = unifs("mount", str(tmp_path / "m1"), "--config", str(cfg))
+    assert res.returncode != 0 and "no-such-bucket-here" in res.stderr and "does not exist" in res.stderr
+
+    dead = dict(mounter.seaweed.mount_options(), endpoint_url="http://127.0.0.1:9")
+    cfg = mounter.write_table({"mounts": [{"path": "/d", "url": f"s3://{BUCKET}", "options": dead},
+                                          {"path": "/e", "url": "memory://x"}],
+                               "store": {"timeout": "2s", "connect_timeout": "1s", "retries": 1}})
+    (tmp_path / "m2").mkdir()
+    res = unifs("mount", str(tmp_path / "m2"), "--config", str(cfg))
+    assert res.returncode != 0
+    assert len(res.stderr.strip().splitlines()) == 1 and "mount /d" in res.stderr, res.stderr

@@ -1,0 +1,149 @@
+"""Reads through a real FUSE mount of a real SeaweedFS bucket."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import BIG_SIZE, BUCKET, SMALL_COUNT, sha256
+
+
+def test_small_files_byte_exact(data_mount, dataset):
+    for key, digest in dataset["small"].items():
+        with open(data_mount / "data" / key, "rb") as f:
+            assert sha256(f.read()) == digest, key
+
+
+def test_big_object_byte_exact_sequential(data_mount, dataset):
+    h = hashlib.sha256()
+    with open(data_mount / "data/shards/big.bin", "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    assert h.hexdigest() == sha256(dataset["big"])
+    assert os.stat(data_mount / "data/shards/big.bin").st_size == BIG_SIZE
+
+
+def test_random_offset_reads(data_mount, dataset):
+    big = dataset["big"]
+    rng = random.Random(7)
+    fd = os.open(data_mount / "data/shards/big.bin", os.O_RDONLY)
+    try:
+        for _ in range(200):
+            off = rng.randrange(0, BIG_SIZE)
+            n = rng.choice([1, 4096, 100_000, 3 << 20])
+            assert os.pread(fd, n, off) == big[off:off + n]
+        assert os.pread(fd, 100, BIG_SIZE) == b""
+        assert os.pread(fd, 100, BIG_SIZE - 10) == big[-10:]
+    finally:
+        os.close(fd)
+
+
+def test_stat_listing_and_glob(data_mount, dataset):
+    root = data_mount / "data"
+    assert sorted(os.listdir(root)) == ["extra", "images", "many", "shards"]
+    st = os.stat(root / "images/class_0/img_00000.jpg")
+    assert stat.S_ISREG(st.st_mode) and not st.st_mode & 0o222  # read-only mount
+    assert stat.S_ISDIR(os.stat(root / "images").st_mode)
+    assert os.path.getsize(root / "images/empty.txt") == 0
+    found = sorted(glob.glob(str(root / "images/class_*/*.jpg")))
+    expected = sorted(str(root / k) for k in dataset["small"] if k.endswith(".jpg"))
+    assert found == expected
+    walked = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root / "images") for f in fs}
+    assert walked == set(dataset["small"])
+
+
+def test_root_lists_mounts_and_virtual_dirs(mounter, dataset):
+    mp = mounter.mount([
+        mounter.s3_entry("/datasets/imagenet", f"s3://{BUCKET}/images", read_only=True),
+        mounter.s3_entry("/ckpt", f"s3://{BUCKET}/extra"),
+    ])
+    assert sorted(os.listdir(mp)) == ["ckpt", "datasets"]
+    assert os.listdir(mp / "datasets") == ["imagenet"]
+    assert stat.S_ISDIR(os.stat(mp / "datasets").st_mode)
+    assert len(os.listdir(mp / "ckpt")) == 20
+    assert os.path.exists(mp / "datasets/imagenet/class_3/img_00003.jpg")
+    assert not os.path.exists(mp / "nothing-here")
+
+
+def test_nested_mounts(mounter, dataset):
+    # /data/extra is served by a second mount of another prefix, shadowing the outer one
+    mp = mounter.mount([
+        mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True),
+        mounter.s3_entry("/data/extra", f"s3://{BUCKET}/images/class_1", client="fsspec"),
+        mounter.s3_entry("/data/deep/er/still", f"s3://{BUCKET}/shards"),
+    ])
+    inner = sorted(os.listdir(mp / "data/extra"))
+    assert inner == sorted(k.rsplit("/", 1)[1] for k in dataset["small"] if "/class_1/" in k)
+    assert "deep" in os.listdir(mp / "data")
+    assert os.listdir(mp / "data/deep/er") == ["still"]
+    with open(mp / "data/deep/er/still/big.bin", "rb") as f:
+        assert f.read(1000) == dataset["big"][:1000]
+    key = next(k for k in dataset["small"] if "/class_1/" in k)
+    with open(mp / "data/extra" / key.rsplit("/", 1)[1], "rb") as f:
+        assert sha256(f.read()) == dataset["small"][key]
+
+
+def test_listing_10000_objects(data_mount, dataset):
+    names = sorted(os.listdir(data_mount / "data/many"))
+    assert names == dataset["many"]
+    # every entry stats from the listing, and content matches
+    entries = list(os.scandir(data_mount / "data/many"))
+    assert sum(e.stat().st_size for e in entries) == sum(len(str(i)) for i in range(len(names)))
+    with open(data_mount / "data/many/obj_09999", "rb") as f:
+        assert f.read() == b"9999"
+
+
+def test_16_concurrent_readers(data_mount, dataset):
+    keys = list(dataset["small"])
+    big = dataset["big"]
+
+    def work(i):
+        rng = random.Random(i)
+        errors = []
+        for key in rng.sample(keys, 40):
+            with open(data_mount / "data" / key, "rb") as f:
+                if sha256(f.read()) != dataset["small"][key]:
+                    errors.append(key)
+        with open(data_mount / "data/shards/big.bin", "rb") as f:
+            off = rng.randrange(0, BIG_SIZE - (8 << 20))
+            f.seek(off)
+            if f.read(8 << 20) != big[off:off + (8 << 20)]:
+                errors.append(f"big@{off}")
+        return errors
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(work, range(16)))
+    assert [e for r in results for e in r] == []
+
+
+def test_concurrent_sequential_readers_of_one_file(data_mount, dataset):
+    digest = sha256(dataset["big"])
+
+    def read_all(_):
+        h = hashlib.sha256()
+        with open(data_mount / "data/shards/big.bin", "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(read_all, range(4))) == [digest] * 4
+
+
+def test_read_many_small_files_in_parallel_count(data_mount, dataset):
+    assert len(dataset["small"]) == SMALL_COUNT + 1
+    paths = [data_mount / "data" / k for k in dataset["small"]]
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(lambda p: sha256(p.read_bytes()), paths))
+    assert digests == list(dataset["small"].values())
+
+
+def test_bucket_name_in_url_with_prefix(mounter, dataset):
+    mp = mounter.mount([mounter.s3_entry("/imgs", f"s3://{BUCKET}/images/class_2/", read_only=True)])
+    names = os.listdir(mp / "imgs")
+    # the URL's prefix, not the bucket root, is the mount's root
+    assert names and all(n.endswith(".jpg") for n in names)
