@@ -104,3 +104,12 @@ def test_config_search_order(tmp_path):
     assert "/cwd" in check(base).stdout
     res = check(dict(base, UNIFS_CONFIG=str(tmp_path / "nope.yaml")))
     assert res.returncode == 1 and "UNIFS_CONFIG" in res.stderr
+
+
+def test_shipped_example_validates():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "mounts.yaml.example"
+    env = dict(os.environ, S3_KEY="k", S3_SECRET="s")
+    res = unifs("config", "check", "--config", str(example), env=env)
+    assert res.returncode == 0, res.stderr

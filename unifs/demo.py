@@ -122,19 +122,23 @@ def _read_all(root: str, expected: dict[str, str]) -> tuple[int, int, float, lis
     with ThreadPoolExecutor(READ_THREADS) as pool, \
             tqdm(total=len(paths), unit="file", desc="reading through the mount") as bar:
         futures = [pool.submit(_hash_file, p) for p in paths]
-        for fut in futures:
-            try:
-                path, size, digest = fut.result()
-            except OSError as e:
-                problems.append(f"cannot read {e.filename}: {e.strerror}")
+        try:
+            for fut in futures:
                 bar.update()
-                continue
-            rel = os.path.relpath(path, root)
-            seen.add(rel)
-            nbytes += size
-            if expected.get(rel) != digest:
-                problems.append(f"{rel}: " + ("sha256 mismatch" if rel in expected else "unexpected file"))
-            bar.update()
+                try:
+                    path, size, digest = fut.result()
+                except OSError as e:
+                    problems.append(f"cannot read {e.filename}: {e.strerror}")
+                    continue
+                rel = os.path.relpath(path, root)
+                seen.add(rel)
+                nbytes += size
+                if expected.get(rel) != digest:
+                    problems.append(f"{rel}: " + ("sha256 mismatch" if rel in expected else "unexpected file"))
+        except BaseException:
+            for fut in futures:  # on Ctrl-C finish only the reads in flight, then unmount
+                fut.cancel()
+            raise
     problems += [f"{rel}: missing from the mount" for rel in sorted(set(expected) - seen)]
     return len(paths), nbytes, time.monotonic() - t0, problems
 
@@ -148,8 +152,9 @@ def _explain(table_text: str, env: dict, cfg: Path, mp: str, root: str, server) 
     print("\nWhat just happened")
     print(f"  1. A local S3 server (SeaweedFS, pid {server.proc.pid}) started at {server.endpoint}.")
     print(f"  2. The sample images were uploaded to s3://{BUCKET}/{PREFIX}/.")
-    print(f"  3. `unifs mount {mp} --config {cfg}` mounted this table; the credentials came from")
-    print("     $DEMO_S3_KEY and $DEMO_S3_SECRET in its environment, not from the file:\n")
+    print(f"  3. `unifs mount {mp} --config {cfg}`")
+    print("     mounted this table. Its key and secret are ${DEMO_S3_KEY} and ${DEMO_S3_SECRET} in the")
+    print("     file, filled in from the environment of `unifs mount`: credentials stay out of the file.\n")
     dump = yaml.safe_dump({"mounts": shown}, sort_keys=False)
     print("\n".join("       " + ln for ln in dump.splitlines()))
     print(f"\n  4. Plain open() read every file through {root}:\n")
@@ -244,6 +249,10 @@ def _cleanup(work: Path, mp: str, server, mounter) -> None:
             if res.returncode != 0:
                 still_mounted = True
                 print(f"unifs demo: could not unmount {mp}: {_last_line(res)}", file=sys.stderr)
+        if server.proc is not None and server.proc.poll() is None:
+            # the data is thrown away, and weed's graceful stop waits ~30 s on its volume server
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
         server.stop()
         if still_mounted:  # rmtree would descend into the mount
             print(f"unifs demo: left {work}; run 'unifs umount {mp}' and remove it", file=sys.stderr)

@@ -29,7 +29,7 @@ def retrying(retries: int, what: str) -> Retrying:
 
     return Retrying(
         stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         retry=retry_if_exception(_transient),
         before_sleep=_log,
         reraise=True,

@@ -78,7 +78,6 @@ class HandleReader:
             needed = self._plan(offset, end, sequential, demands)
             if sequential:
                 self._read_ahead(end)
-                self.window = min(self.max_window, self.window * 2)
             self.next_offset = max(self.next_offset, end) if sequential else end
         for seg in demands:
             self._run(seg)
@@ -137,15 +136,20 @@ class HandleReader:
         for seg in self.segments:
             if seg.start <= frontier < seg.end or seg.start == frontier:
                 frontier = seg.end
-        target = min(self.size, end + self.window)
+        if frontier >= self.size or frontier - end >= self.window // 2:
+            return  # enough in flight; ask again once half of it is consumed
+        # request a whole window (in parallel parts) and double it: requests grow
+        # with what the reader has consumed, so a header read stays cheap
+        target = min(self.size, frontier + self.window)
         while frontier < target:
             n = min(self.part_size, target - frontier)
             if not self.budget.try_acquire(n):
-                break
+                return
             seg = _Segment(frontier, frontier + n, Future(), budgeted=True)
             self._insert(seg)
             self.pool.submit(self._run, seg)
             frontier += n
+        self.window = min(self.max_window, self.window * 2)
 
     def _insert(self, seg: _Segment) -> None:
         i = 0

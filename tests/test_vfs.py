@@ -1,0 +1,160 @@
+"""The file system core from plain Python (no FUSE), over fsspec's memory:// store."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import pytest
+
+from unifs.config import MountEntry, ReadSettings, StoreSettings
+from unifs.namespace import Mount, Namespace
+from unifs.stores import open_store
+from unifs.vfs import FileSystem
+from unifs.vfs.reader import HandleReader, ReadBudget
+
+
+@pytest.fixture
+def memfs():
+    fs = fsspec.filesystem("memory")
+    root = f"/vfs-{random.randrange(1 << 30)}"
+    fs.pipe({f"{root}/a/b/c.txt": b"hello", f"{root}/a/d.bin": bytes(range(256)) * 1000,
+             f"{root}/top.txt": b"top", f"{root}/other/x": b"x"})
+    yield root
+    fs.rm(root, recursive=True)
+
+
+def make_fs(root, extra=(), read=None):
+    entries = [MountEntry(path="/m", url=f"memory://{root}", read_only=True), *extra]
+    mounts = [Mount(e, open_store(e, StoreSettings())) for e in entries]
+    return FileSystem(Namespace(mounts), read or ReadSettings())
+
+
+def test_lookup_listing_and_virtual_dirs(memfs):
+    fs = make_fs(memfs, [MountEntry(path="/m/a/nested/deeper", url=f"memory://{memfs}/other")])
+    assert [n for n, _ in fs.readdir("/")] == ["m"]
+    assert [n for n, _ in fs.readdir("/m")] == ["a", "other", "top.txt"]
+    assert [n for n, _ in fs.readdir("/m/a")] == ["b", "d.bin", "nested"]
+    assert [n for n, _ in fs.readdir("/m/a/nested")] == ["deeper"]
+    assert [n for n, _ in fs.readdir("/m/a/nested/deeper")] == ["x"]
+    assert fs.getattr("/m/a/d.bin").size == 256000
+    assert fs.getattr("/m/a/nested").is_dir
+    for path, code in [("/nope", errno.ENOENT), ("/m/nope", errno.ENOENT), ("/m/a/b/c.txt/x", errno.ENOENT)]:
+        with pytest.raises(OSError) as e:
+            fs.getattr(path)
+        assert e.value.errno == code
+    with pytest.raises(OSError) as e:
+        fs.readdir("/m/top.txt")
+    assert e.value.errno == errno.ENOTDIR
+    with pytest.raises(OSError) as e:
+        fs.open("/m/a", os.O_RDONLY)
+    assert e.value.errno == errno.EISDIR
+    with pytest.raises(OSError) as e:
+        fs.open("/m/top.txt", os.O_WRONLY)
+    assert e.value.errno == errno.EROFS
+
+
+def test_reads_and_keep_cache(memfs):
+    fs = make_fs(memfs)
+    fh, keep = fs.open("/m/a/d.bin", os.O_RDONLY)
+    data = bytes(range(256)) * 1000
+    assert fs.read(fh, 1000, 500) == data[500:1500]
+    assert fs.read(fh, 10_000, 255_000) == data[255_000:]
+    assert fs.read(fh, 10, 256_000) == b""
+    fs.release(fh)
+    assert fs.open_handles() == 0
+
+
+def test_listing_is_authoritative_within_ttl(memfs):
+    fs = make_fs(memfs)
+    calls = []
+    store = fs.ns.mounts[0].store
+    orig = store.head
+    store.head = lambda key: calls.append(key) or orig(key)
+    fs.readdir("/m/a")
+    assert fs.getattr("/m/a/d.bin").size == 256000
+    with pytest.raises(OSError):
+        fs.getattr("/m/a/missing")
+    assert [c for c in calls if c.startswith("a/")] == []  # answered from the listing, no HEADs
+
+
+class _Blob:
+    def __init__(self, size, delay=0.0):
+        self.data = random.Random(size).randbytes(size)
+        self.calls = []
+        self.lock = threading.Lock()
+        self.delay = delay
+
+    def fetch(self, start, end):
+        import time
+        with self.lock:
+            self.calls.append((start, end))
+        if self.delay:
+            time.sleep(self.delay)
+        return self.data[start:end]
+
+
+def _reader(blob, budget, pool, **kw):
+    args = dict(first_request=1 << 20, part_size=4 << 20, max_window=32 << 20)
+    args.update(kw)
+    return HandleReader(blob.fetch, len(blob.data), pool, budget, **args)
+
+
+def test_reader_sequential_random_and_tail():
+    blob = _Blob(50 << 20)
+    with ThreadPoolExecutor(8) as pool:
+        r = _reader(blob, ReadBudget(256 << 20), pool)
+        out = bytearray()
+        for off in range(0, len(blob.data), 128 << 10):
+            out += r.read(off, 128 << 10)
+        assert bytes(out) == blob.data
+        # sequential reading used large ranged GETs, not one per 128 KiB request
+        assert len(blob.calls) < 30
+        rng = random.Random(3)
+        for _ in range(100):
+            off = rng.randrange(len(blob.data))
+            n = rng.choice([1, 4096, 131072, 5 << 20])
+            assert r.read(off, n) == blob.data[off:off + n]
+        r.close()
+
+
+def test_small_object_is_one_get():
+    blob = _Blob(100_000)
+    with ThreadPoolExecutor(2) as pool:
+        r = _reader(blob, ReadBudget(1 << 30), pool)
+        assert r.read(0, 131072) == blob.data
+        assert blob.calls == [(0, 100_000)]
+
+
+def test_random_small_reads_fetch_only_what_is_asked():
+    blob = _Blob(64 << 20)
+    with ThreadPoolExecutor(2) as pool:
+        r = _reader(blob, ReadBudget(1 << 30), pool)
+        r.read(10 << 20, 100)  # a seek: not sequential
+        r.read(40 << 20, 4096)
+        assert sum(e - s for s, e in blob.calls) < 8 << 20
+
+
+def test_read_ahead_budget_holds_with_32_sequential_readers():
+    budget = ReadBudget(48 << 20)
+    blobs = [_Blob(24 << 20, delay=0.002) for _ in range(32)]
+    with ThreadPoolExecutor(16) as pool:
+        readers = [_reader(b, budget, pool, part_size=2 << 20) for b in blobs]
+        peak = []
+
+        def stream(i):
+            out = bytearray()
+            for off in range(0, len(blobs[i].data), 128 << 10):
+                out += readers[i].read(off, 128 << 10)
+                peak.append(budget.used)
+            readers[i].close()
+            return bytes(out) == blobs[i].data
+
+        with ThreadPoolExecutor(32) as readers_pool:
+            assert all(readers_pool.map(stream, range(32)))
+    assert max(peak) <= 48 << 20 and budget.peak <= 48 << 20
+    assert budget.used == 0
