@@ -78,6 +78,55 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# --------------------------------------------------------------------------- noise
+
+
+def _cpu_by_pid() -> dict[int, float]:
+    """CPU seconds (user+sys, all threads) of every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            out[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+class Noise:
+    """CPU used by processes other than this benchmark, its unifs daemon and its server while timing.
+
+    On a 2-core machine another busy process moves the numbers a lot; this says when it happened.
+    """
+
+    def __init__(self):
+        self.own: set[int] = {os.getpid()}
+        self.foreign_s = 0.0
+        self.timed_s = 0.0
+        self.last_share: Optional[float] = None
+
+    def measure(self, label: str, fn):
+        before = _cpu_by_pid()
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        after = _cpu_by_pid()
+        foreign = sum(v - before.get(pid, 0.0) for pid, v in after.items() if pid not in self.own)
+        self.foreign_s += foreign
+        self.timed_s += dt
+        # /proc counts CPU in clock ticks (10 ms): a share of a short measurement means nothing
+        self.last_share = foreign / (dt * (os.cpu_count() or 1)) if dt >= MIN_NOISE_SPAN else None
+        return dt, out
+
+
+MIN_NOISE_SPAN = 1.0
+NOISE = Noise()
+
+
 # --------------------------------------------------------------------------- caches
 
 
@@ -139,6 +188,8 @@ class Mount:
         for row in json.loads(st.stdout or "[]"):
             if row.get("mountpoint") == os.path.realpath(self.mp):
                 self.pid, self.log_file = row.get("pid"), row.get("log_file")
+                if self.pid:
+                    NOISE.own.add(self.pid)
         return self
 
     def cpu_seconds(self) -> float:
@@ -240,10 +291,8 @@ def read_whole(path: str) -> bytes:
 # --------------------------------------------------------------------------- helpers
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+def timed(fn, label: str = "other"):
+    return NOISE.measure(label, fn)
 
 
 def check_big(who: str, buf, expected: str) -> None:
@@ -284,10 +333,13 @@ class Results:
 
     def __init__(self):
         self.samples: dict[str, list[float]] = {}
+        self.noise: dict[str, list[float]] = {}
         self.daemon_cpu: dict[str, list[float]] = {}
 
     def add(self, name: str, value: float) -> None:
+        """A sample of the measurement just timed (its foreign-CPU share is taken from NOISE)."""
         self.samples.setdefault(name, []).append(value)
+        self.noise.setdefault(name, []).append(NOISE.last_share)
 
     def cpu(self, name: str, seconds: float) -> None:
         self.daemon_cpu.setdefault(name, []).append(seconds)
@@ -296,7 +348,13 @@ class Results:
         vals = self.samples.get(name)
         if not vals:
             return None
-        return min(vals) if name.endswith("_s") else max(vals)
+        return min(vals) if name.split(".")[0].endswith("_s") else max(vals)
+
+    def best_noise(self, name: str) -> Optional[float]:
+        vals = self.samples.get(name)
+        if not vals:
+            return None
+        return self.noise[name][vals.index(self.best(name))]
 
 
 # --------------------------------------------------------------------------- phases
@@ -308,14 +366,14 @@ def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, bi
         path = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), BIG_KEY)
         cache.cold()
         c0 = m.cpu_seconds()
-        dt, buf = timed(lambda: read_seq_file(path, big_size))
+        dt, buf = timed(lambda: read_seq_file(path, big_size), "big_cold.unifs")
         res.cpu("big_cold", m.cpu_seconds() - c0)
         check_big("unifs (cold)", buf, big_sha)
         res.add("big_cold.unifs", big_size / MIB / dt)
         log(f"a. big cold    unifs   {big_size / MIB / dt:8.1f} MiB/s")
         del buf
         c0 = m.cpu_seconds()
-        dt, buf = timed(lambda: read_seq_file(path, big_size))
+        dt, buf = timed(lambda: read_seq_file(path, big_size), "big_warm.unifs")
         res.cpu("big_warm", m.cpu_seconds() - c0)
         check_big("unifs (warm)", buf, big_sha)
         res.add("big_warm.unifs", big_size / MIB / dt)
@@ -324,24 +382,24 @@ def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, bi
     # direct s3fs, a new instance, same cold state
     cache.cold()
     fs = new_s3fs(server)
-    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
+    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size), "big_cold.fsspec")
     check_big("fsspec", buf, big_sha)
     res.add("big_cold.fsspec", big_size / MIB / dt)
     log(f"a. big cold    fsspec  {big_size / MIB / dt:8.1f} MiB/s")
     del buf
-    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
+    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size), "big_warm.fsspec")
     check_big("fsspec (2nd)", buf, big_sha)
     res.add("big_warm.fsspec", big_size / MIB / dt)
     del buf
     # direct obstore
     cache.cold()
     store = new_obstore(server)
-    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
+    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size), "big_cold.obstore")
     check_big("obstore", buf, big_sha)
     res.add("big_cold.obstore", big_size / MIB / dt)
     log(f"a. big cold    obstore {big_size / MIB / dt:8.1f} MiB/s")
     del buf
-    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
+    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size), "big_warm.obstore")
     check_big("obstore (2nd)", buf, big_sha)
     res.add("big_warm.obstore", big_size / MIB / dt)
     del buf
@@ -358,13 +416,13 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
             return names, read_all(names, lambda name: read_whole(os.path.join(d, name)))
         cache.cold()
         c0 = m.cpu_seconds()
-        dt, (names, blobs) = timed(run)
+        dt, (names, blobs) = timed(run, "small_cold.unifs")
         res.cpu("small_cold", m.cpu_seconds() - c0)
         check_small("unifs (cold)", [prefix + x for x in names], blobs, small)
         res.add("small_cold.unifs", n / dt)
         log(f"b. small cold  unifs   {n / dt:8.1f} files/s")
         c0 = m.cpu_seconds()
-        dt, (names, blobs) = timed(run)
+        dt, (names, blobs) = timed(run, "small_warm.unifs")
         res.cpu("small_warm", m.cpu_seconds() - c0)
         check_small("unifs (warm)", [prefix + x for x in names], blobs, small)
         res.add("small_warm.unifs", n / dt)
@@ -377,12 +435,12 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
     def run_fs():
         names = fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=False)
         return names, read_all(names, fs.cat_file)
-    dt, (names, blobs) = timed(run_fs)
+    dt, (names, blobs) = timed(run_fs, "small_cold.fsspec")
     check_small("fsspec", [x.split("/", 1)[1] for x in names], blobs, small)
     res.add("small_cold.fsspec", n / dt)
     log(f"b. small cold  fsspec  {n / dt:8.1f} files/s")
     fs.invalidate_cache()
-    dt, (names, blobs) = timed(run_fs)
+    dt, (names, blobs) = timed(run_fs, "small_warm.fsspec")
     res.add("small_warm.fsspec", n / dt)
     del blobs
 
@@ -394,11 +452,11 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
     def run_ob():
         names = [o["path"] for o in obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]]
         return names, read_all(names, lambda k: bytes(obstore.get(store, k).bytes()))
-    dt, (names, blobs) = timed(run_ob)
+    dt, (names, blobs) = timed(run_ob, "small_cold.obstore")
     check_small("obstore", names, blobs, small)
     res.add("small_cold.obstore", n / dt)
     log(f"b. small cold  obstore {n / dt:8.1f} files/s")
-    dt, (names, blobs) = timed(run_ob)
+    dt, (names, blobs) = timed(run_ob, "small_warm.obstore")
     res.add("small_warm.obstore", n / dt)
     del blobs
 
@@ -421,7 +479,7 @@ def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> N
         cache.cold()
         c0 = m.cpu_seconds()
         for label in ("ls_cold_s", "ls_warm_s"):
-            dt, (count, total) = timed(lambda: ls_l(d))
+            dt, (count, total) = timed(lambda: ls_l(d), label + ".unifs")
             if (count, total) != (n, expected_total):
                 raise VerificationError(f"unifs ls -l: {count} entries / {total} bytes, "
                                         f"expected {n} / {expected_total}")
@@ -432,14 +490,14 @@ def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> N
     # reference: one detailed listing with each direct client (what `ls -l` needs)
     cache.cold()
     fs = new_s3fs(server)
-    dt, entries = timed(lambda: fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=True))
+    dt, entries = timed(lambda: fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=True), "ls_cold_s.fsspec")
     if len(entries) != n or sum(e["size"] for e in entries) != expected_total:
         raise VerificationError(f"fsspec ls: {len(entries)} entries")
     res.add("ls_cold_s.fsspec", dt)
     import obstore
 
     store = new_obstore(server)
-    dt, listing = timed(lambda: obstore.list_with_delimiter(store, SMALL_PREFIX))
+    dt, listing = timed(lambda: obstore.list_with_delimiter(store, SMALL_PREFIX), "ls_cold_s.obstore")
     if len(listing["objects"]) != n:
         raise VerificationError(f"obstore list: {len(listing['objects'])} entries")
     res.add("ls_cold_s.obstore", dt)
@@ -482,6 +540,7 @@ def report(args, res: Results, info: dict) -> dict:
         rf, ro = ratio(key, u, f), ratio(key, u, o)
         table[key] = {"title": title, "unit": unit, "unifs": u, "fsspec": f, "obstore": o,
                       "ratio_fsspec": rf, "ratio_obstore": ro,
+                      "other_cpu_share": {c: res.best_noise(f"{key}.{c}") for c in ("unifs", "fsspec", "obstore")},
                       "samples": {c: res.samples.get(f"{key}.{c}", []) for c in ("unifs", "fsspec", "obstore")}}
         lines.append(f"{title:<34}{unit:>8}{fmt(u, unit):>10}{fmt(f, unit):>10}{fmt(o, unit):>10}"
                      f"{fr(rf):>11}{fr(ro):>11}")
@@ -511,6 +570,11 @@ def report(args, res: Results, info: dict) -> dict:
         print()
         print("unifs daemon CPU seconds (user+sys, best run): " +
               ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    shares = [(f"{key}.{c}", v["other_cpu_share"][c]) for key, v in table.items() for c in v["other_cpu_share"]
+              if v["other_cpu_share"][c] is not None]
+    noisy = [f"{n} {sh:.0%}" for n, sh in shares if sh >= 0.05]
+    print(f"other processes' CPU while timing (share of all cores, rows timed >= {MIN_NOISE_SPAN:.0f} s): " +
+          (", ".join(noisy) if noisy else "< 5% everywhere"))
     if not info.get("page_cache_dropped", True):
         print("WARNING: the page cache could not be dropped; 'cold' rows are not cold")
     return {"table": table, "targets": [{"target": t, "pass": ok, "value": v} for t, ok, v in targets],
@@ -527,7 +591,7 @@ def main(argv=None) -> int:
     ap.add_argument("--small-kib", type=int, default=100, help="size of each small object in KiB")
     ap.add_argument("--client", choices=["auto", "fsspec", "obstore"], default=None,
                     help="set the mount entry's client: key (default: leave it out, i.e. auto)")
-    ap.add_argument("--repeat", type=int, default=1, help="best of K runs of every measurement")
+    ap.add_argument("--repeat", type=int, default=3, help="best of K runs of every measurement")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--workdir", help="server data and mount point go here (default: a new temp dir)")
     ap.add_argument("--keep-workdir", action="store_true", help="do not delete the work directory")
@@ -549,6 +613,7 @@ def main(argv=None) -> int:
     try:
         log(f"starting SeaweedFS in {workdir}")
         server.start()
+        NOISE.own.add(server.proc.pid)
         server.create_bucket(BUCKET)
         log(f"S3 endpoint {server.endpoint}")
 

@@ -54,6 +54,8 @@ def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
         "big_writes": True,
         "max_write": 1 << 20,
     }
+    if all(m.read_only for m in table.mounts):
+        kw["ro"] = True  # the kernel refuses every change before it reaches the daemon
     kw.update(user_opts)
     return kw
 
@@ -255,6 +257,9 @@ def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, st
     setup_logging(log_level, log_file)
     try:
         serve(mountpoint, table, config_path, parse_fuse_options(opts), status_fd, log_file)
+        if log_file and Path(log_file) == mountinfo.log_file(mountpoint):
+            # a clean unmount leaves nothing behind in the run dir; a failure keeps its log
+            Path(log_file).unlink(missing_ok=True)
     except UserError as e:
         if status_fd is not None:
             try:

@@ -90,19 +90,19 @@ def _step(what: str):
         raise UserError(f"demo: {what} failed: {type(e).__name__}: {first}") from None
 
 
-def _unifs(*args: str, env=None, wait: bool = True):
+def _unifs(*args: str, env=None) -> subprocess.Popen:
     # a new session: Ctrl-C must not kill `unifs mount` halfway, leaving a daemon that mounts after cleanup
-    proc = subprocess.Popen([sys.executable, "-m", "unifs", *args], env=env, stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "unifs", *args], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    if not wait:
-        return proc
+
+
+def _failure(proc: subprocess.Popen) -> str:
+    """Wait for a `unifs` subprocess: '' if it succeeded, else its last message line."""
     out, err = proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _last_line(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
-    return lines[-1].removeprefix("unifs: error: ").strip() if lines else f"exit status {res.returncode}"
+    if proc.returncode == 0:
+        return ""
+    lines = [ln for ln in (err + out).splitlines() if ln.strip()]
+    return lines[-1].removeprefix("unifs: error: ").strip() if lines else f"exit status {proc.returncode}"
 
 
 def _hash_file(path: str) -> tuple[str, int, str]:
@@ -117,24 +117,25 @@ def _hash_file(path: str) -> tuple[str, int, str]:
 def _read_all(root: str, expected: dict[str, str]) -> tuple[int, int, float, list[str]]:
     """Walk and read everything under root; return files, bytes, seconds and problems."""
     t0 = time.monotonic()
-    paths = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
     problems, nbytes, seen = [], 0, set()
+    walk = os.walk(root, onerror=lambda e: problems.append(f"cannot list {e.filename}: {e.strerror}"))
+    paths = [os.path.join(d, f) for d, _, files in walk for f in files]
     with ThreadPoolExecutor(READ_THREADS) as pool, \
             tqdm(total=len(paths), unit="file", desc="reading through the mount") as bar:
         futures = [pool.submit(_hash_file, p) for p in paths]
         try:
             for fut in futures:
-                bar.update()
                 try:
                     path, size, digest = fut.result()
                 except OSError as e:
                     problems.append(f"cannot read {e.filename}: {e.strerror}")
-                    continue
-                rel = os.path.relpath(path, root)
-                seen.add(rel)
-                nbytes += size
-                if expected.get(rel) != digest:
-                    problems.append(f"{rel}: " + ("sha256 mismatch" if rel in expected else "unexpected file"))
+                else:
+                    rel = os.path.relpath(path, root)
+                    seen.add(rel)
+                    nbytes += size
+                    if expected.get(rel) != digest:
+                        problems.append(f"{rel}: " + ("sha256 mismatch" if rel in expected else "unexpected file"))
+                bar.update()
         except BaseException:
             for fut in futures:  # on Ctrl-C finish only the reads in flight, then unmount
                 fut.cancel()
@@ -203,20 +204,19 @@ def run_demo(files: int = 500, keep: bool = False) -> None:
         os.chmod(cfg, 0o600)
         os.mkdir(mp)
         env = dict(os.environ, DEMO_S3_KEY=server.access_key, DEMO_S3_SECRET=server.secret_key)
-        mounter = _unifs("mount", mp, "--config", str(cfg), env=env, wait=False)
-        out, err = mounter.communicate()
-        if mounter.returncode != 0:
-            res = subprocess.CompletedProcess(mounter.args, mounter.returncode, out, err)
-            raise UserError(f"demo: unifs mount failed: {_last_line(res)}")
+        # the daemon's log goes in the work dir so that nothing of the demo outlives it
+        mounter = _unifs("mount", mp, "--config", str(cfg), "--log-file", str(work / "unifs.log"), env=env)
+        why = _failure(mounter)
+        if why:
+            raise UserError(f"demo: unifs mount failed: {why}")
         print(f"unifs demo: mounted {mp}")
 
         nfiles, nbytes, secs, problems = _read_all(root, expected)
         print(f"\nRead {nfiles} files, {nbytes / 2**20:.1f} MiB ({nbytes} bytes) in {secs:.2f} s: "
               f"{nfiles / secs:.0f} files/s, {nbytes / 2**20 / secs:.1f} MiB/s with {READ_THREADS} threads")
         if problems:
-            print(f"Checksums: {len(problems)} problem(s), e.g. {problems[0]}")
-            raise UserError(f"demo: {len(problems)} of {len(expected)} files did not match what was uploaded "
-                            f"(first: {problems[0]})")
+            raise UserError(f"demo: FAILED: {len(problems)} problem(s) reading back the {len(expected)} uploaded "
+                            f"files; first: {problems[0]}")
         print(f"Checksums: all {nfiles} files match what was uploaded (sha256)")
         with _step("describing the mount"):
             _explain(table_text, env, cfg, mp, root, server)
@@ -241,20 +241,13 @@ def _cleanup(work: Path, mp: str, server, mounter) -> None:
             except subprocess.TimeoutExpired:
                 mounter.kill()
                 mounter.communicate()
-        still_mounted = False
+        why = ""
         if find_mount(mp) is not None:
-            res = _unifs("umount", mp)
-            if res.returncode != 0:
-                res = _unifs("umount", "--lazy", mp)
-            if res.returncode != 0:
-                still_mounted = True
-                print(f"unifs demo: could not unmount {mp}: {_last_line(res)}", file=sys.stderr)
-        if server.proc is not None and server.proc.poll() is None:
-            # the data is thrown away, and weed's graceful stop waits ~30 s on its volume server
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait()
+            why = _failure(_unifs("umount", mp)) and _failure(_unifs("umount", "--lazy", mp))
+            if why:
+                print(f"unifs demo: could not unmount {mp}: {why}", file=sys.stderr)
         server.stop()
-        if still_mounted:  # rmtree would descend into the mount
+        if why:  # rmtree would descend into the mount
             print(f"unifs demo: left {work}; run 'unifs umount {mp}' and remove it", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)

@@ -150,7 +150,9 @@ class SeaweedS3:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda kv: obstore.put(store, kv[0], kv[1]), items.items()))
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop the server. Its data is disposable, and weed's graceful stop can wait
+        ~30 s on its volume server, so it gets `grace` seconds before SIGKILL."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -159,7 +161,7 @@ class SeaweedS3:
             except ProcessLookupError:
                 pass
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()

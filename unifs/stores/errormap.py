@@ -30,12 +30,27 @@ def _status(exc: BaseException):
     return None
 
 
+_XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
+
+
+def _concise(exc: BaseException, status) -> str:
+    """A short reason: HTTP status and the store's error code, not a whole request dump."""
+    text = str(exc)
+    code = _XML_CODE.search(text)
+    if status and code:
+        return f"HTTP {status} {code.group(1)}"
+    if status:
+        return f"HTTP {status}"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:200]
+
+
 def normalise(exc: BaseException, what: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     name = type(exc).__name__
-    text = str(exc).splitlines()[0][:300] if str(exc) else name
     status = _status(exc)
+    text = _concise(exc, status)
     if isinstance(exc, FileNotFoundError) or name in ("NotFoundError", "NoSuchKey", "NoSuchBucket") \
             or status == 404:
         return ObjectNotFound(f"{what}: not found")
@@ -44,6 +59,8 @@ def normalise(exc: BaseException, what: str) -> StoreError:
     if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError") \
             or status in (401, 403):
         return AccessDenied(f"{what}: access denied by the store ({text})")
+    if "NoSuchBucket" in str(exc):
+        return ObjectNotFound(f"{what}: bucket not found")
     if name in ("PreconditionError",) or status == 412:
         return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
     if isinstance(exc, TimeoutError) or "Timeout" in name:
