@@ -98,7 +98,8 @@ def _cpu_by_pid() -> dict[int, float]:
 
 
 class Noise:
-    """CPU used by processes other than this benchmark, its unifs daemon and its server while timing.
+    """CPU used while timing by every other process (kernel threads included) than this
+    benchmark, its unifs daemon and its server.
 
     On a 2-core machine another busy process moves the numbers a lot; this says when it happened.
     """
@@ -109,7 +110,7 @@ class Noise:
         self.timed_s = 0.0
         self.last_share: Optional[float] = None
 
-    def measure(self, label: str, fn):
+    def measure(self, fn):
         before = _cpu_by_pid()
         t0 = time.perf_counter()
         out = fn()
@@ -291,8 +292,8 @@ def read_whole(path: str) -> bytes:
 # --------------------------------------------------------------------------- helpers
 
 
-def timed(fn, label: str = "other"):
-    return NOISE.measure(label, fn)
+def timed(fn):
+    return NOISE.measure(fn)
 
 
 def check_big(who: str, buf, expected: str) -> None:
@@ -366,14 +367,14 @@ def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, bi
         path = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), BIG_KEY)
         cache.cold()
         c0 = m.cpu_seconds()
-        dt, buf = timed(lambda: read_seq_file(path, big_size), "big_cold.unifs")
+        dt, buf = timed(lambda: read_seq_file(path, big_size))
         res.cpu("big_cold", m.cpu_seconds() - c0)
         check_big("unifs (cold)", buf, big_sha)
         res.add("big_cold.unifs", big_size / MIB / dt)
         log(f"a. big cold    unifs   {big_size / MIB / dt:8.1f} MiB/s")
         del buf
         c0 = m.cpu_seconds()
-        dt, buf = timed(lambda: read_seq_file(path, big_size), "big_warm.unifs")
+        dt, buf = timed(lambda: read_seq_file(path, big_size))
         res.cpu("big_warm", m.cpu_seconds() - c0)
         check_big("unifs (warm)", buf, big_sha)
         res.add("big_warm.unifs", big_size / MIB / dt)
@@ -382,24 +383,24 @@ def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, bi
     # direct s3fs, a new instance, same cold state
     cache.cold()
     fs = new_s3fs(server)
-    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size), "big_cold.fsspec")
+    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
     check_big("fsspec", buf, big_sha)
     res.add("big_cold.fsspec", big_size / MIB / dt)
     log(f"a. big cold    fsspec  {big_size / MIB / dt:8.1f} MiB/s")
     del buf
-    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size), "big_warm.fsspec")
+    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
     check_big("fsspec (2nd)", buf, big_sha)
     res.add("big_warm.fsspec", big_size / MIB / dt)
     del buf
     # direct obstore
     cache.cold()
     store = new_obstore(server)
-    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size), "big_cold.obstore")
+    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
     check_big("obstore", buf, big_sha)
     res.add("big_cold.obstore", big_size / MIB / dt)
     log(f"a. big cold    obstore {big_size / MIB / dt:8.1f} MiB/s")
     del buf
-    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size), "big_warm.obstore")
+    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
     check_big("obstore (2nd)", buf, big_sha)
     res.add("big_warm.obstore", big_size / MIB / dt)
     del buf
@@ -416,13 +417,13 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
             return names, read_all(names, lambda name: read_whole(os.path.join(d, name)))
         cache.cold()
         c0 = m.cpu_seconds()
-        dt, (names, blobs) = timed(run, "small_cold.unifs")
+        dt, (names, blobs) = timed(run)
         res.cpu("small_cold", m.cpu_seconds() - c0)
         check_small("unifs (cold)", [prefix + x for x in names], blobs, small)
         res.add("small_cold.unifs", n / dt)
         log(f"b. small cold  unifs   {n / dt:8.1f} files/s")
         c0 = m.cpu_seconds()
-        dt, (names, blobs) = timed(run, "small_warm.unifs")
+        dt, (names, blobs) = timed(run)
         res.cpu("small_warm", m.cpu_seconds() - c0)
         check_small("unifs (warm)", [prefix + x for x in names], blobs, small)
         res.add("small_warm.unifs", n / dt)
@@ -435,12 +436,12 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
     def run_fs():
         names = fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=False)
         return names, read_all(names, fs.cat_file)
-    dt, (names, blobs) = timed(run_fs, "small_cold.fsspec")
+    dt, (names, blobs) = timed(run_fs)
     check_small("fsspec", [x.split("/", 1)[1] for x in names], blobs, small)
     res.add("small_cold.fsspec", n / dt)
     log(f"b. small cold  fsspec  {n / dt:8.1f} files/s")
     fs.invalidate_cache()
-    dt, (names, blobs) = timed(run_fs, "small_warm.fsspec")
+    dt, (names, blobs) = timed(run_fs)
     res.add("small_warm.fsspec", n / dt)
     del blobs
 
@@ -452,11 +453,11 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
     def run_ob():
         names = [o["path"] for o in obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]]
         return names, read_all(names, lambda k: bytes(obstore.get(store, k).bytes()))
-    dt, (names, blobs) = timed(run_ob, "small_cold.obstore")
+    dt, (names, blobs) = timed(run_ob)
     check_small("obstore", names, blobs, small)
     res.add("small_cold.obstore", n / dt)
     log(f"b. small cold  obstore {n / dt:8.1f} files/s")
-    dt, (names, blobs) = timed(run_ob, "small_warm.obstore")
+    dt, (names, blobs) = timed(run_ob)
     res.add("small_warm.obstore", n / dt)
     del blobs
 
@@ -479,7 +480,7 @@ def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> N
         cache.cold()
         c0 = m.cpu_seconds()
         for label in ("ls_cold_s", "ls_warm_s"):
-            dt, (count, total) = timed(lambda: ls_l(d), label + ".unifs")
+            dt, (count, total) = timed(lambda: ls_l(d))
             if (count, total) != (n, expected_total):
                 raise VerificationError(f"unifs ls -l: {count} entries / {total} bytes, "
                                         f"expected {n} / {expected_total}")
@@ -490,14 +491,14 @@ def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> N
     # reference: one detailed listing with each direct client (what `ls -l` needs)
     cache.cold()
     fs = new_s3fs(server)
-    dt, entries = timed(lambda: fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=True), "ls_cold_s.fsspec")
+    dt, entries = timed(lambda: fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=True))
     if len(entries) != n or sum(e["size"] for e in entries) != expected_total:
         raise VerificationError(f"fsspec ls: {len(entries)} entries")
     res.add("ls_cold_s.fsspec", dt)
     import obstore
 
     store = new_obstore(server)
-    dt, listing = timed(lambda: obstore.list_with_delimiter(store, SMALL_PREFIX), "ls_cold_s.obstore")
+    dt, listing = timed(lambda: obstore.list_with_delimiter(store, SMALL_PREFIX))
     if len(listing["objects"]) != n:
         raise VerificationError(f"obstore list: {len(listing['objects'])} entries")
     res.add("ls_cold_s.obstore", dt)
@@ -665,7 +666,8 @@ def main(argv=None) -> int:
                               "obstore_range": OBSTORE_RANGE, "obstore_big_threads": OBSTORE_BIG_THREADS},
                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                "python": platform.python_version()},
-                   **info, "elapsed_s": elapsed, **out}
+                   **info, "elapsed_s": elapsed, "timed_s": NOISE.timed_s,
+                   "other_processes_cpu_s_while_timed": NOISE.foreign_s, **out}
             Path(args.json).write_text(json.dumps(doc, indent=2))
             log(f"wrote {args.json}")
     except VerificationError as e:
