@@ -16,6 +16,18 @@ _STATUS_IN_TEXT = re.compile(r"status code: (\d{3})|\b(\d{3}) (?:Forbidden|Not F
 
 
 def _status(exc: BaseException):
+    # s3fs wraps botocore's ClientError in a plain OSError: look down the cause chain
+    seen = 0
+    while exc is not None and seen < 5:
+        st = _own_status(exc)
+        if st:
+            return st
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def _own_status(exc: BaseException):
     for attr in ("status_code", "status", "code"):
         v = getattr(exc, attr, None)
         if isinstance(v, int):
