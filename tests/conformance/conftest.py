@@ -1,0 +1,56 @@
+"""Store providers for the conformance suite, each loaded with the same data once per session."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conftest import sha256
+from conformance.providers import FileProvider, S3Provider
+
+STORES = ["s3", "file"]
+
+
+def conformance_data() -> dict[str, bytes]:
+    rng = random.Random(99)
+    data = {f"conf/images/c{i % 3}/img_{i:03d}.jpg": rng.randbytes(rng.randrange(1, 150_000)) for i in range(60)}
+    data["conf/shards/medium.bin"] = rng.randbytes(20 * 1024 * 1024 + 123)
+    data["conf/empty.txt"] = b""
+    data["conf/deep/a/b/c/d.txt"] = b"deep"
+    data["conf/name with spaces & (parens).txt"] = b"spaces"
+    data["conf/unicod\u00e9-\u6587\u5b57.txt"] = "unicode".encode()
+    return data
+
+
+@pytest.fixture(scope="session")
+def _providers(tmp_path_factory, request):
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            if kind == "s3":
+                made[kind] = S3Provider(request.getfixturevalue("seaweed"), "conformance")
+            elif kind == "file":
+                made[kind] = FileProvider(tmp_path_factory.mktemp("file-store"))
+            else:
+                raise ValueError(kind)
+            made[kind].put_many(conformance_data())
+        return made[kind]
+    return get
+
+
+@pytest.fixture(params=STORES)
+def provider(request, _providers):
+    return _providers(request.param)
+
+
+@pytest.fixture(scope="session")
+def expected():
+    return {k[len("conf/"):]: sha256(v) for k, v in conformance_data().items()}
+
+
+@pytest.fixture
+def conf_mount(mounter, provider):
+    """The provider's conformance data mounted read-only at /store."""
+    return mounter.mount([provider.entry("/store", "conf", read_only=True)]) / "store"
