@@ -20,6 +20,7 @@ import yaml
 from unifs.devstores.seaweed import SeaweedS3
 
 BUCKET = "data"
+SCRATCH = "scratch"  # tests that add objects use this bucket, so listings of BUCKET stay exact
 SMALL_COUNT = 300
 BIG_SIZE = 110 * 1024 * 1024
 LISTING_COUNT = 10_000
@@ -59,6 +60,7 @@ def dataset(seaweed):
     """Objects in the bucket and their checksums: small files, a big one, a 10,000-key prefix."""
     rng = random.Random(1234)
     seaweed.create_bucket(BUCKET)
+    seaweed.create_bucket(SCRATCH)
     small = {f"images/class_{i % 7}/img_{i:05d}.jpg": rng.randbytes(rng.randrange(1, 200_000))
              for i in range(SMALL_COUNT)}
     small["images/empty.txt"] = b""

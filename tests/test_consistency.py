@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import BUCKET, wait_for
+from conftest import SCRATCH, wait_for
 
 
 @pytest.mark.parametrize("client", ["obstore", "fsspec"])
@@ -16,14 +16,14 @@ def test_overwrite_while_open_never_gives_a_torn_read(mounter, dataset, client):
     old = os.urandom(6 << 20)
     new = os.urandom(6 << 20)
     key = f"consistency/{client}.bin"
-    mounter.seaweed.put_many(BUCKET, {key: old})
-    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{BUCKET}/consistency", read_only=True,
+    mounter.seaweed.put_many(SCRATCH, {key: old})
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/consistency", read_only=True,
                                           client=client, metadata_ttl="1s")])
     path = mp / "d" / f"{client}.bin"
     fd = os.open(path, os.O_RDONLY)
     try:
         assert os.pread(fd, 4096, 0) == old[:4096]
-        mounter.seaweed.put_many(BUCKET, {key: new})
+        mounter.seaweed.put_many(SCRATCH, {key: new})
         # far from anything fetched already: must come from the pinned version or fail
         try:
             got = os.pread(fd, 4096, 5 << 20)
@@ -38,9 +38,9 @@ def test_overwrite_while_open_never_gives_a_torn_read(mounter, dataset, client):
 
 
 def test_new_objects_appear_after_ttl(mounter, dataset):
-    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{BUCKET}/appear", read_only=True, metadata_ttl="1s")])
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/appear", read_only=True, metadata_ttl="1s")])
     assert not os.path.exists(mp / "d/late.txt")
-    mounter.seaweed.put_many(BUCKET, {"appear/late.txt": b"late"})
+    mounter.seaweed.put_many(SCRATCH, {"appear/late.txt": b"late"})
     assert wait_for(lambda: os.path.exists(mp / "d/late.txt"), timeout=10)
     assert "late.txt" in os.listdir(mp / "d")
     assert (mp / "d/late.txt").read_bytes() == b"late"

@@ -7,7 +7,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from conftest import BUCKET, sha256
+from conftest import SCRATCH, sha256
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def tfrecords(seaweed, dataset, tmp_path_factory):
                 w.write(r)
         records[path.name] = recs
         objects[f"tfrecords/{path.name}"] = path.read_bytes()
-    seaweed.put_many(BUCKET, objects)
+    seaweed.put_many(SCRATCH, objects)
     return records
 
 
@@ -44,7 +44,7 @@ def test_gfile_listdir_glob_and_read(data_mount, dataset):
 
 
 def test_tf_data_tfrecord_pipeline(mounter, tfrecords):
-    mp = mounter.mount([mounter.s3_entry("/train", f"s3://{BUCKET}/tfrecords", read_only=True)])
+    mp = mounter.mount([mounter.s3_entry("/train", f"s3://{SCRATCH}/tfrecords", read_only=True)])
     files = sorted(tf.io.gfile.glob(str(mp / "train/*.tfrecord")))
     assert [os.path.basename(f) for f in files] == sorted(tfrecords)
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=3)
