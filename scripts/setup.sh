@@ -9,6 +9,7 @@ command -v fusermount >/dev/null 2>&1 || need_apt+=(fuse3)
 ldconfig -p 2>/dev/null | grep -q 'libfuse.so.2' || need_apt+=(libfuse2)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)   # Azurite, the Azure emulator
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "unifs setup: please install: ${need_apt[*]} (needs root and apt-get)" >&2
@@ -26,3 +27,4 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 echo "unifs setup: pip install -e '.[test]' into $VENV"
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+bash "$(dirname "$0")/install-emulators.sh"

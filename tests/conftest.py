@@ -56,6 +56,24 @@ def seaweed(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory):
+    from unifs.devstores.fakegcs import FakeGCS
+
+    server = FakeGCS(str(tmp_path_factory.mktemp("fakegcs"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    from unifs.devstores.azurite import Azurite
+
+    server = Azurite(str(tmp_path_factory.mktemp("azurite"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def dataset(seaweed):
     """Objects in the bucket and their checksums: small files, a big one, a 10,000-key prefix."""
     rng = random.Random(1234)

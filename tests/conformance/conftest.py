@@ -7,9 +7,9 @@ import random
 import pytest
 
 from conftest import sha256
-from conformance.providers import FileProvider, S3Provider
+from conformance.providers import AzureProvider, FileProvider, GCSProvider, S3Provider
 
-STORES = ["s3", "file"]
+STORES = ["s3", "gcs", "azure", "file"]
 
 
 def conformance_data() -> dict[str, bytes]:
@@ -31,6 +31,10 @@ def _providers(tmp_path_factory, request):
         if kind not in made:
             if kind == "s3":
                 made[kind] = S3Provider(request.getfixturevalue("seaweed"), "conformance")
+            elif kind == "gcs":
+                made[kind] = GCSProvider(request.getfixturevalue("fake_gcs"), "conformance")
+            elif kind == "azure":
+                made[kind] = AzureProvider(request.getfixturevalue("azurite"), "conformance")
             elif kind == "file":
                 made[kind] = FileProvider(tmp_path_factory.mktemp("file-store"))
             else:

@@ -62,3 +62,17 @@ class FileProvider(Provider):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
         os.sync()
+
+
+class GCSProvider(S3Provider):
+    name = "gcs"
+
+    def url(self, prefix):
+        return f"gs://{self.bucket}/{prefix}".rstrip("/")
+
+
+class AzureProvider(S3Provider):
+    name = "azure"
+
+    def url(self, prefix):
+        return f"abfs://{self.bucket}/{prefix}".rstrip("/")

@@ -108,19 +108,19 @@ class Azurite:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False  # exited, e.g. the port was taken after all
-            try:
-                # anonymous, so Azurite refuses it; any HTTP answer means it serves
-                urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2).close()
-                answered = True
-            except urllib.error.HTTPError as e:
-                answered = "x-ms-request-id" in {k.lower() for k in e.headers.keys()}
-            except OSError:
-                answered = False
-            if answered:
-                if pid_listens(self.proc.pid, self.port) is False:
-                    return False  # someone else answers on our port
-                return self.proc.poll() is None
-            time.sleep(0.2)
+            # only talk to the port once OUR process holds it (a neighbour that won a
+            # port race makes Azurite exit, which the poll above sees)
+            if pid_listens(self.proc.pid, self.port) is not False:
+                try:
+                    # anonymous, so Azurite refuses it; an Azure-style answer means it serves
+                    urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2).close()
+                    return self.proc.poll() is None
+                except urllib.error.HTTPError as e:
+                    if "x-ms-request-id" in {k.lower() for k in e.headers.keys()}:
+                        return self.proc.poll() is None
+                except OSError:
+                    pass
+            time.sleep(0.1)
         return False
 
     def stop(self, grace: float = 5.0) -> None:

@@ -208,18 +208,15 @@ class FakeGCS:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False  # exited, e.g. the port was taken after all
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=2) as r:
-                    answered = r.status == 200 and b"storage#buckets" in r.read()
-            except (OSError, urllib.error.URLError):
-                answered = False
-            if answered:
-                mine = pid_listens(self.proc.pid, self.port)
-                if mine is False:
-                    return False  # someone else answers on our port
-                if self.proc.poll() is None:
-                    return True
-                return False
+            # only talk to the port once OUR process holds it (a neighbour that won a
+            # port race makes fake-gcs-server exit, which the poll above sees)
+            if pid_listens(self.proc.pid, self.port) is not False:
+                try:
+                    with urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=2) as r:
+                        if r.status == 200 and b"storage#buckets" in r.read():
+                            return self.proc.poll() is None
+                except OSError:  # URLError is an OSError
+                    pass
             time.sleep(0.1)
         return False
 
@@ -253,8 +250,9 @@ class FakeGCS:
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         q = urllib.parse.urlencode({"uploadType": "media", "name": key})
-        self._request("POST", f"{self.endpoint}/upload/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?{q}",
-                      bytes(data), content_type="application/octet-stream")
+        b = urllib.parse.quote(bucket, safe="")
+        self._request("POST", f"{self.endpoint}/upload/storage/v1/b/{b}/o?{q}", bytes(data),
+                      content_type="application/octet-stream")
 
     def put_many(self, bucket: str, items: dict[str, bytes], threads: int = 16) -> None:
         """Upload many objects quickly (JSON media uploads from a thread pool)."""

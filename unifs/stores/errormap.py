@@ -73,7 +73,8 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return AccessDenied(f"{what}: access denied by the store ({text})")
     if "NoSuchBucket" in str(exc):
         return ObjectNotFound(f"{what}: bucket not found")
-    if name in ("PreconditionError",) or status == 412:
+    if name in ("PreconditionError",) or status in (412, 416):
+        # 416: a range inside the size seen at open is past the end now: the object shrank
         return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
     if isinstance(exc, TimeoutError) or "Timeout" in name:
         return StoreUnavailable(f"{what}: timed out ({text})")

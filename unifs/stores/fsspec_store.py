@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import posixpath
 from typing import Any, Optional
 
 import fsspec
 from fsspec.core import url_to_fs
 
-from unifs.errors import ObjectNotFound
+from unifs.errors import ObjectChanged, ObjectNotFound
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.errormap import normalise
 from unifs.stores.retry import retrying
@@ -18,6 +19,8 @@ from unifs.stores.retry import retrying
 log = logging.getLogger("unifs.store")
 
 _BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+_GCS_SCHEMES = {"gs", "gcs"}
+_AZ_SCHEMES = {"az", "abfs", "abfss"}
 
 
 def _to_ts(v) -> float:
@@ -38,9 +41,16 @@ def _to_ts(v) -> float:
 def info_to_object(key: str, info: dict) -> ObjectInfo:
     mtime = next((_to_ts(info[k]) for k in ("LastModified", "mtime", "last_modified", "updated",
                                             "modified", "created") if info.get(k)), 0.0)
-    etag = next((str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash") if info.get(k)), None)
+    # gcsfs: "generation" identifies the content (reads pin it); its "etag" also changes
+    # on metadata-only updates. Only gcsfs results carry "generation".
+    etag = next((str(info[k]) for k in ("ETag", "generation", "etag", "md5Hash") if info.get(k)), None)
     version = next((str(info[k]) for k in ("VersionId", "version_id", "generation") if info.get(k)), None)
     return ObjectInfo(key=key, size=int(info.get("size") or 0), mtime=mtime, etag=etag, version=version)
+
+
+def _quoted(etag):
+    """Azure's SDK lists ETags bare, adlfs' info() quotes them: one form for both."""
+    return f'"{etag.strip(chr(34))}"' if etag else None
 
 
 def _s3_defaults(options: dict, timeout: float, connect_timeout: float) -> dict:
@@ -63,8 +73,21 @@ class FsspecStore:
         if self.scheme in ("s3", "s3a"):
             opts = _s3_defaults(opts, timeout, connect_timeout)
         opts.setdefault("skip_instance_cache", True)
+        if self.scheme in _BUCKET_SCHEMES:
+            # unifs caches metadata itself (metadata_ttl); fsspec's listings cache never
+            # expires and answers info() from stale listings (gcsfs, adlfs).
+            opts.setdefault("use_listings_cache", False)
         try:
-            self.fs, root = url_to_fs(url, **opts)
+            if self.scheme in _GCS_SCHEMES and opts.get("endpoint_url") \
+                    and "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT" not in os.environ:
+                # gcsfs' default ("extended") class asks the Storage Control gRPC API about
+                # every bucket; an emulator or proxy endpoint does not serve it, and each
+                # bucket then stalls ~20-60 s and fails. The core class is plain JSON API.
+                from gcsfs.core import GCSFileSystem
+                self.fs = GCSFileSystem(**opts)
+                root = self.fs._strip_protocol(url)
+            else:
+                self.fs, root = url_to_fs(url, **opts)
         except TypeError as e:
             from unifs.errors import UserError
             raise UserError(f"{url}: invalid option for the {self.scheme}:// backend: {e}") from None
@@ -123,6 +146,8 @@ class FsspecStore:
         return info.get("type") == "directory"
 
     def list_dir(self, key: str) -> Listing:
+        if self.scheme in _AZ_SCHEMES:
+            return self._call(f"list {key or '/'}", self._az_list_dir, key)
         path = self._path(key)
         entries = self._call(f"list {key or '/'}", self.fs.ls, path, detail=True)
         out = Listing()
@@ -146,6 +171,16 @@ class FsspecStore:
             return b""
         if self.scheme in ("s3", "s3a") and etag:
             return self._call(f"read {key}", self._s3_get_if_match, key, start, end, etag)
+        if self.scheme in _GCS_SCHEMES and etag and etag.isdigit():
+            # pinned to the generation seen at open: a replaced object reads as not found
+            try:
+                return self._call(f"read {key}", self.fs.cat_file, self._path(key), start=start,
+                                  end=end, generation=etag)
+            except ObjectNotFound:
+                raise ObjectChanged(f"read {key}: object replaced or deleted in the store while open; "
+                                    "reopen it") from None
+        if self.scheme in _AZ_SCHEMES and etag:
+            return self._call(f"read {key}", self._az_get_if_match, key, start, end, etag)
         return self._call(f"read {key}", self.fs.cat_file, self._path(key), start=start, end=end)
 
     def _s3_get_if_match(self, key, start, end, etag, timeout=None):
@@ -158,6 +193,50 @@ class FsspecStore:
             finally:
                 resp["Body"].close()
         return fsspec.asyn.sync(self.fs.loop, _get, timeout=timeout)
+
+    def _az_get_if_match(self, key, start, end, etag, timeout=None):
+        """adlfs' cat_file takes no conditions; download with If-Match through its client."""
+        from azure.core import MatchConditions
+
+        async def _get():
+            container, blob, _ = self.fs.split_path(self._path(key))
+            async with self.fs.service_client.get_blob_client(container=container, blob=blob) as bc:
+                stream = await bc.download_blob(offset=start, length=end - start, etag=etag,
+                                                match_condition=MatchConditions.IfNotModified,
+                                                **self.fs._timeout_kwargs)
+                return await stream.readall()
+        return fsspec.asyn.sync(self.fs.loop, _get, timeout=timeout)
+
+    def _az_list_dir(self, key, timeout=None):
+        """One delimited listing through adlfs' client. adlfs' ls() takes a directory
+        marker blob ("dir/") for the directory itself and then hides its children."""
+        from azure.storage.blob.aio import BlobPrefix
+
+        async def _walk():
+            container, path, _ = self.fs.split_path(self._path(key))
+            path = path.strip("/")
+            prefix = f"{path}/" if path else ""
+            out = Listing()
+            async with self.fs.service_client.get_container_client(container) as cc:
+                async for item in cc.walk_blobs(name_starts_with=prefix or None, include=["metadata"],
+                                                delimiter="/"):
+                    leaf = item.name[len(prefix):].rstrip("/")
+                    if not leaf or "/" in leaf:
+                        continue  # the directory's own marker blob
+                    meta = {k.lower(): v for k, v in (getattr(item, "metadata", None) or {}).items()}
+                    if isinstance(item, BlobPrefix) or item.name.endswith("/") \
+                            or meta.get("hdi_isfolder") == "true" or meta.get("is_directory") == "true":
+                        out.dirs.add(leaf)
+                        continue
+                    out.files[leaf] = ObjectInfo(
+                        key=f"{key}/{leaf}" if key else leaf, size=int(item.size or 0),
+                        mtime=_to_ts(item.last_modified), etag=_quoted(item.etag),
+                        version=getattr(item, "version_id", None))
+            # a name can be both a blob and a prefix ("a" and "a/b"): the directory wins
+            for d in out.dirs:
+                out.files.pop(d, None)
+            return out
+        return fsspec.asyn.sync(self.fs.loop, _walk, timeout=timeout)
 
     def close(self) -> None:
         pass
