@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Read throughput of a unifs mount side by side with direct fsspec (s3fs) and obstore.
+"""Read throughput of a unifs mount side by side with the store's direct clients.
 
-One run starts a local SeaweedFS S3 server, uploads one big object and many
-small ones (random bytes, sha256 remembered), mounts the bucket with
-`unifs mount MP --config CFG` exactly as a user would, and measures:
+`--store s3` (the default) starts a local SeaweedFS S3 server and compares the
+mount with direct fsspec (s3fs) and obstore. `--store gcs` uses fake-gcs-server
+(direct client gcsfs), `--store azure` Azurite (direct client adlfs), both
+emulators holding the data in memory; `--store file` serves a local directory
+(`url: file:///...`; direct clients fsspec's LocalFileSystem and plain open()).
+The obstore column applies to S3 only; for file it holds plain open(), for gcs
+and azure it stays empty ('-').
+
+One run uploads one big object and many small ones (random bytes, sha256
+remembered), mounts the bucket with `unifs mount MP --config CFG` exactly as a
+user would, and measures:
 
   a. sequential read of the big object, one reader, 1 MiB read() calls (MiB/s),
-     cold; versus s3fs `fs.open(block_size=8 MiB)` + 1 MiB reads and obstore
-     `get_range` over 8 MiB ranges with a few threads;
+     cold; versus fsspec `fs.open(block_size=8 MiB)` + 1 MiB reads and obstore
+     `get_range` over 8 MiB ranges with a few threads (file: open() + 1 MiB reads);
   b. all small files read whole by 8 threads, in listing order (files/s), cold;
-     versus s3fs `cat_file` and obstore `get` with 8 threads;
+     versus fsspec `cat_file` and obstore `get` with 8 threads (file: open().read());
   c. `ls -l` of the small-file directory (scandir + stat of every entry), cold
      on a fresh mount and warm (second run);
   d. warm re-read of the big file and the small files through the same mount.
@@ -18,15 +26,17 @@ small ones (random bytes, sha256 remembered), mounts the bucket with
 attribute/dentry cache) and the page cache dropped just before the measurement
 (`sync; echo 3 > /proc/sys/vm/drop_caches`, needs root). Each direct client is
 a new instance, measured after the same page-cache drop. After the drop the
-SeaweedFS data files are read back into the page cache (unless --cold-server)
-so that every client sees the same warm local server, and the numbers compare
-client paths rather than the server's disk.
+server's data files (SeaweedFS' volumes; for file, the directory itself) are
+read back into the page cache (unless --cold-server) so that every client sees
+the same warm local server, and the numbers compare client paths rather than
+the disk. The gcs and azure emulators keep their data in memory anyway.
 
 Every byte read through the mount is checked against the sha256 taken at
 upload; a mismatch aborts the run with exit status 3. The direct clients are
 checked too.
 
-    python benchmarks/read_bench.py [--client auto|fsspec|obstore] [--repeat K] [--json FILE]
+    python benchmarks/read_bench.py [--store s3|gcs|azure|file] [--client auto|fsspec|obstore]
+                                    [--repeat K] [--json FILE]
 """
 
 from __future__ import annotations
@@ -48,6 +58,8 @@ from typing import Callable, Optional
 import yaml
 
 from unifs.devstores.seaweed import SeaweedS3
+
+STORES = ("s3", "gcs", "azure", "file")
 
 MIB = 1 << 20
 KIB = 1 << 10
@@ -81,8 +93,8 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- noise
 
 
-def _cpu_by_pid() -> dict[int, float]:
-    """CPU seconds (user+sys, all threads) of every process."""
+def _cpu_by_pid() -> dict[int, tuple[float, int]]:
+    """CPU seconds (user+sys, all threads) and process group of every process."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for name in os.listdir("/proc"):
@@ -91,7 +103,7 @@ def _cpu_by_pid() -> dict[int, float]:
         try:
             with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(") ", 1)[1].split()
-            out[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+            out[int(name)] = ((int(fields[11]) + int(fields[12])) / tick, int(fields[2]))
         except (OSError, IndexError, ValueError):
             pass
     return out
@@ -106,6 +118,7 @@ class Noise:
 
     def __init__(self):
         self.own: set[int] = {os.getpid()}
+        self.own_groups: set[int] = set()  # process groups of the server (emulators may fork)
         self.foreign_s = 0.0
         self.timed_s = 0.0
         self.last_share: Optional[float] = None
@@ -116,7 +129,8 @@ class Noise:
         out = fn()
         dt = time.perf_counter() - t0
         after = _cpu_by_pid()
-        foreign = sum(v - before.get(pid, 0.0) for pid, v in after.items() if pid not in self.own)
+        foreign = sum(v - before.get(pid, (0.0, 0))[0] for pid, (v, grp) in after.items()
+                      if pid not in self.own and grp not in self.own_groups)
         self.foreign_s += foreign
         self.timed_s += dt
         # /proc counts CPU in clock ticks (10 ms): a share of a short measurement means nothing
@@ -132,9 +146,9 @@ NOISE = Noise()
 
 
 class CacheControl:
-    def __init__(self, server_data: Path, warm_server: bool):
-        self.server_data = server_data
-        self.warm_server = warm_server
+    def __init__(self, server_data: Optional[Path], warm_server: bool):
+        self.server_data = server_data  # None: the server keeps its data in memory
+        self.warm_server = warm_server and server_data is not None
         self.can_drop = True
 
     def cold(self) -> None:
@@ -312,21 +326,288 @@ def check_small(who: str, names: list, blobs: list, expected: dict) -> None:
         raise VerificationError(f"{who}: {len(bad)} small file(s) have wrong bytes, e.g. {bad[:3]}")
 
 
-def new_s3fs(server: SeaweedS3):
-    import s3fs
-
-    fs = s3fs.S3FileSystem(endpoint_url=server.endpoint, key=server.access_key, secret=server.secret_key,
-                           skip_instance_cache=True)
-    fs.info(f"{BUCKET}/{BIG_KEY}")  # session and connection set up outside the timing, like the mount's
-    return fs
+# --------------------------------------------------------------------------- stores
 
 
-def new_obstore(server: SeaweedS3):
-    import obstore
+class Backend:
+    """One store kind: its server (if any), the mount entry, the direct clients."""
 
-    store = server.obstore(BUCKET)
-    obstore.head(store, BIG_KEY)
-    return store
+    name = ""
+    fsspec_label = "fsspec"
+    third = "obstore"        # key of the third column in the table / JSON
+    third_label = "obstore"  # its header
+    has_third = False
+    note = ""                # printed under the table
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+
+    # lifecycle
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+    def server_pid(self) -> Optional[int]:
+        return None
+
+    def data_dir(self) -> Optional[Path]:
+        """Files to read back into the page cache after a drop (None: nothing on disk)."""
+        return None
+
+    # mount entry
+    def url(self) -> str: ...
+    def mount_options(self) -> dict:
+        return {}
+
+    # data
+    def upload_small(self, small: dict[str, bytes]) -> None: ...
+    def upload_big(self, big: bytes) -> None: ...
+
+    # direct fsspec client (a new instance each time, set up outside the timing)
+    fs_root = BUCKET
+
+    def new_fs(self): ...
+
+    def fs_path(self, key: str) -> str:
+        return f"{self.fs_root}/{key}"
+
+    def fs_rel(self, name: str) -> str:
+        return name[len(self.fs_root) + 1:]
+
+    # third direct client: obstore (s3) or plain open() (file)
+    def new_third(self): ...
+    def third_big(self, h, size: int) -> bytearray: ...
+    def third_small(self, h) -> tuple[list, list]: ...
+    def third_ls(self, h) -> tuple[int, int]: ...
+
+
+class S3Backend(Backend):
+    name = "s3"
+    fsspec_label = "s3fs"
+    has_third = True
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.server = SeaweedS3(str(workdir / "seaweed"))
+
+    def start(self) -> None:
+        log(f"starting SeaweedFS in {self.workdir}")
+        self.server.start()
+        self.server.create_bucket(BUCKET)
+        log(f"S3 endpoint {self.server.endpoint}")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def server_pid(self):
+        return self.server.proc.pid if self.server.proc else None
+
+    def data_dir(self):
+        return self.workdir / "seaweed" / "data"
+
+    def url(self):
+        return f"s3://{BUCKET}"
+
+    def mount_options(self):
+        return self.server.mount_options()
+
+    def upload_small(self, small):
+        self.server.put_many(BUCKET, small)
+
+    def upload_big(self, big):
+        import obstore
+
+        obstore.put(self.server.obstore(BUCKET), BIG_KEY, big)
+
+    def new_fs(self):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(endpoint_url=self.server.endpoint, key=self.server.access_key,
+                               secret=self.server.secret_key, skip_instance_cache=True)
+        fs.info(self.fs_path(BIG_KEY))  # session and connection set up outside the timing, like the mount's
+        return fs
+
+    def new_third(self):
+        import obstore
+
+        store = self.server.obstore(BUCKET)
+        obstore.head(store, BIG_KEY)
+        return store
+
+    def third_big(self, store, size):
+        return read_ranges_obstore(store, BIG_KEY, size)
+
+    def third_small(self, store):
+        import obstore
+
+        names = [o["path"] for o in obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]]
+        return names, read_all(names, lambda k: bytes(obstore.get(store, k).bytes()))
+
+    def third_ls(self, store):
+        import obstore
+
+        objs = obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]
+        return len(objs), sum(o["size"] for o in objs)
+
+
+class GCSBackend(Backend):
+    name = "gcs"
+    fsspec_label = "gcsfs"
+    note = "obstore column: not applicable (the mount's data path for gs:// is gcsfs)"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        from unifs.devstores.fakegcs import FakeGCS  # sets GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+
+        self.server = FakeGCS(str(workdir / "fakegcs"))
+
+    def start(self):
+        log(f"starting fake-gcs-server in {self.workdir}")
+        self.server.start()
+        self.server.create_bucket(BUCKET)
+        log(f"GCS endpoint {self.server.endpoint}")
+
+    def stop(self):
+        self.server.stop()
+
+    def server_pid(self):
+        return self.server.proc.pid if self.server.proc else None
+
+    def url(self):
+        return f"gs://{BUCKET}"
+
+    def mount_options(self):
+        return self.server.mount_options()
+
+    def upload_small(self, small):
+        self.server.put_many(BUCKET, small)
+
+    def upload_big(self, big):
+        self.server._request("POST", f"{self.server.endpoint}/upload/storage/v1/b/{BUCKET}/o?"
+                             f"uploadType=media&name={BIG_KEY.replace('/', '%2F')}", big,
+                             content_type="application/octet-stream", timeout=600)
+
+    def new_fs(self):
+        fs = self.server.fs()
+        fs.info(self.fs_path(BIG_KEY))
+        return fs
+
+
+class AzureBackend(Backend):
+    name = "azure"
+    fsspec_label = "adlfs"
+    note = "obstore column: not applicable (the mount's data path for abfs:// is adlfs)"
+
+    def __init__(self, workdir: Path, memory_limit_mb: int):
+        super().__init__(workdir)
+        from unifs.devstores.azurite import Azurite
+
+        self.server = Azurite(str(workdir / "azurite"), memory_limit_mb=memory_limit_mb)
+
+    def start(self):
+        log(f"starting Azurite in {self.workdir} (extent memory limit {self.server.memory_limit_mb} MB)")
+        self.server.start()
+        self.server.create_container(BUCKET)
+        log(f"Azure blob endpoint {self.server.endpoint}")
+
+    def stop(self):
+        self.server.stop()
+
+    def server_pid(self):
+        return self.server.proc.pid if self.server.proc else None
+
+    def url(self):
+        return f"abfs://{BUCKET}"
+
+    def mount_options(self):
+        return self.server.mount_options()
+
+    def upload_small(self, small):
+        self.server.put_many(BUCKET, small)
+
+    def upload_big(self, big):
+        cc = self.server.service_client().get_container_client(BUCKET)
+        cc.upload_blob(BIG_KEY, big, overwrite=True, max_concurrency=4)
+
+    def new_fs(self):
+        fs = self.server.fs()
+        fs.info(self.fs_path(BIG_KEY))
+        return fs
+
+
+class FileBackend(Backend):
+    name = "file"
+    fsspec_label = "local"
+    third = "open"
+    third_label = "open()"
+    has_third = True
+    note = "open() column: plain open() on the directory (os.listdir / os.scandir, 1 MiB readinto)"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.root = workdir / "store"
+        self.fs_root = str(self.root)
+
+    def start(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        log(f"local store directory {self.root}")
+
+    def data_dir(self):
+        return self.root
+
+    def url(self):
+        return f"file://{self.root}"
+
+    def _write(self, key: str, data: bytes) -> None:
+        p = self.root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+    def upload_small(self, small):
+        for key, data in small.items():
+            self._write(key, data)
+        os.sync()
+
+    def upload_big(self, big):
+        self._write(BIG_KEY, big)
+        os.sync()
+
+    def new_fs(self):
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs = LocalFileSystem(skip_instance_cache=True)
+        fs.info(self.fs_path(BIG_KEY))
+        return fs
+
+    def new_third(self):
+        return self.root
+
+    def third_big(self, root, size):
+        return read_seq_file(str(root / BIG_KEY), size)
+
+    def third_small(self, root):
+        d = root / SMALL_PREFIX
+        names = os.listdir(d)
+        return [f"{SMALL_PREFIX}/{x}" for x in names], read_all(names, lambda x: read_whole(os.path.join(d, x)))
+
+    def third_ls(self, root):
+        count = total = 0
+        with os.scandir(root / SMALL_PREFIX) as it:
+            for entry in it:
+                total += entry.stat().st_size
+                count += 1
+        return count, total
+
+
+def make_backend(args, workdir: Path) -> Backend:
+    if args.store == "gcs":
+        return GCSBackend(workdir)
+    if args.store == "azure":
+        # Azurite keeps blobs in memory and refuses writes beyond its extent limit
+        data_mb = args.big_mib + args.small_count * args.small_kib // 1024
+        return AzureBackend(workdir, memory_limit_mb=max(512, data_mb * 2 + 256))
+    if args.store == "file":
+        return FileBackend(workdir)
+    return S3Backend(workdir)
 
 
 class Results:
@@ -361,7 +642,7 @@ class Results:
 # --------------------------------------------------------------------------- phases
 
 
-def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, big_size: int) -> None:
+def phase_big(args, backend: Backend, cache, mount_factory, res: Results, big_sha: str, big_size: int) -> None:
     # unifs: fresh mount, cold page cache, then a warm re-read through the same mount
     with mount_factory() as m:
         path = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), BIG_KEY)
@@ -380,33 +661,36 @@ def phase_big(args, server, cache, mount_factory, res: Results, big_sha: str, bi
         res.add("big_warm.unifs", big_size / MIB / dt)
         log(f"d. big warm    unifs   {big_size / MIB / dt:8.1f} MiB/s")
         del buf
-    # direct s3fs, a new instance, same cold state
+    # direct fsspec, a new instance, same cold state
     cache.cold()
-    fs = new_s3fs(server)
-    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
+    fs = backend.new_fs()
+    dt, buf = timed(lambda: read_seq_fsspec(fs, backend.fs_path(BIG_KEY), big_size))
     check_big("fsspec", buf, big_sha)
     res.add("big_cold.fsspec", big_size / MIB / dt)
     log(f"a. big cold    fsspec  {big_size / MIB / dt:8.1f} MiB/s")
     del buf
-    dt, buf = timed(lambda: read_seq_fsspec(fs, f"{BUCKET}/{BIG_KEY}", big_size))
+    dt, buf = timed(lambda: read_seq_fsspec(fs, backend.fs_path(BIG_KEY), big_size))
     check_big("fsspec (2nd)", buf, big_sha)
     res.add("big_warm.fsspec", big_size / MIB / dt)
     del buf
-    # direct obstore
+    if not backend.has_third:
+        return
+    # direct obstore (s3) / plain open() (file)
+    third = backend.third
     cache.cold()
-    store = new_obstore(server)
-    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
-    check_big("obstore", buf, big_sha)
-    res.add("big_cold.obstore", big_size / MIB / dt)
-    log(f"a. big cold    obstore {big_size / MIB / dt:8.1f} MiB/s")
+    h = backend.new_third()
+    dt, buf = timed(lambda: backend.third_big(h, big_size))
+    check_big(third, buf, big_sha)
+    res.add(f"big_cold.{third}", big_size / MIB / dt)
+    log(f"a. big cold    {third:<7} {big_size / MIB / dt:8.1f} MiB/s")
     del buf
-    dt, buf = timed(lambda: read_ranges_obstore(store, BIG_KEY, big_size))
-    check_big("obstore (2nd)", buf, big_sha)
-    res.add("big_warm.obstore", big_size / MIB / dt)
+    dt, buf = timed(lambda: backend.third_big(h, big_size))
+    check_big(f"{third} (2nd)", buf, big_sha)
+    res.add(f"big_warm.{third}", big_size / MIB / dt)
     del buf
 
 
-def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -> None:
+def phase_small(args, backend: Backend, cache, mount_factory, res: Results, small: dict) -> None:
     n = len(small)
     prefix = SMALL_PREFIX + "/"
     with mount_factory() as m:
@@ -431,38 +715,35 @@ def phase_small(args, server, cache, mount_factory, res: Results, small: dict) -
         del blobs
 
     cache.cold()
-    fs = new_s3fs(server)
+    fs = backend.new_fs()
 
     def run_fs():
-        names = fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=False)
+        names = fs.ls(backend.fs_path(SMALL_PREFIX), detail=False)
         return names, read_all(names, fs.cat_file)
     dt, (names, blobs) = timed(run_fs)
-    check_small("fsspec", [x.split("/", 1)[1] for x in names], blobs, small)
+    check_small("fsspec", [backend.fs_rel(x) for x in names], blobs, small)
     res.add("small_cold.fsspec", n / dt)
     log(f"b. small cold  fsspec  {n / dt:8.1f} files/s")
     fs.invalidate_cache()
     dt, (names, blobs) = timed(run_fs)
     res.add("small_warm.fsspec", n / dt)
     del blobs
+    if not backend.has_third:
+        return
 
-    import obstore
-
+    third = backend.third
     cache.cold()
-    store = new_obstore(server)
-
-    def run_ob():
-        names = [o["path"] for o in obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]]
-        return names, read_all(names, lambda k: bytes(obstore.get(store, k).bytes()))
-    dt, (names, blobs) = timed(run_ob)
-    check_small("obstore", names, blobs, small)
-    res.add("small_cold.obstore", n / dt)
-    log(f"b. small cold  obstore {n / dt:8.1f} files/s")
-    dt, (names, blobs) = timed(run_ob)
-    res.add("small_warm.obstore", n / dt)
+    h = backend.new_third()
+    dt, (names, blobs) = timed(lambda: backend.third_small(h))
+    check_small(third, names, blobs, small)
+    res.add(f"small_cold.{third}", n / dt)
+    log(f"b. small cold  {third:<7} {n / dt:8.1f} files/s")
+    dt, (names, blobs) = timed(lambda: backend.third_small(h))
+    res.add(f"small_warm.{third}", n / dt)
     del blobs
 
 
-def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> None:
+def phase_ls(args, backend: Backend, cache, mount_factory, res: Results, small: dict) -> None:
     n = len(small)
 
     def ls_l(d):
@@ -490,18 +771,18 @@ def phase_ls(args, server, cache, mount_factory, res: Results, small: dict) -> N
 
     # reference: one detailed listing with each direct client (what `ls -l` needs)
     cache.cold()
-    fs = new_s3fs(server)
-    dt, entries = timed(lambda: fs.ls(f"{BUCKET}/{SMALL_PREFIX}", detail=True))
+    fs = backend.new_fs()
+    dt, entries = timed(lambda: fs.ls(backend.fs_path(SMALL_PREFIX), detail=True))
     if len(entries) != n or sum(e["size"] for e in entries) != expected_total:
         raise VerificationError(f"fsspec ls: {len(entries)} entries")
     res.add("ls_cold_s.fsspec", dt)
-    import obstore
-
-    store = new_obstore(server)
-    dt, listing = timed(lambda: obstore.list_with_delimiter(store, SMALL_PREFIX))
-    if len(listing["objects"]) != n:
-        raise VerificationError(f"obstore list: {len(listing['objects'])} entries")
-    res.add("ls_cold_s.obstore", dt)
+    if not backend.has_third:
+        return
+    h = backend.new_third()
+    dt, (count, total) = timed(lambda: backend.third_ls(h))
+    if count != n or total != expected_total:
+        raise VerificationError(f"{backend.third} list: {count} entries / {total} bytes")
+    res.add(f"ls_cold_s.{backend.third}", dt)
 
 
 # --------------------------------------------------------------------------- report
@@ -523,7 +804,7 @@ def ratio(name: str, unifs: Optional[float], other: Optional[float]) -> Optional
     return other / unifs if name.endswith("_s") else unifs / other
 
 
-def report(args, res: Results, info: dict) -> dict:
+def report(args, backend: Backend, res: Results, info: dict) -> dict:
     def fmt(v, unit):
         if v is None:
             return "-"
@@ -532,17 +813,19 @@ def report(args, res: Results, info: dict) -> dict:
     def fr(v):
         return "-" if v is None else f"{v:.2f}x"
 
-    header = f"{'measurement':<34}{'unit':>8}{'unifs':>10}{'fsspec':>10}{'obstore':>10}" \
-             f"{'vs fsspec':>11}{'vs obstore':>11}"
+    t3, l3 = backend.third, backend.third_label
+    clients = ("unifs", "fsspec", t3)
+    header = f"{'measurement':<34}{'unit':>8}{'unifs':>10}{'fsspec':>10}{l3:>10}" \
+             f"{'vs fsspec':>11}{'vs ' + l3:>11}"
     lines = [header, "-" * len(header)]
     table = {}
     for key, title, unit in ROWS:
-        u, f, o = (res.best(f"{key}.{c}") for c in ("unifs", "fsspec", "obstore"))
+        u, f, o = (res.best(f"{key}.{c}") for c in clients)
         rf, ro = ratio(key, u, f), ratio(key, u, o)
-        table[key] = {"title": title, "unit": unit, "unifs": u, "fsspec": f, "obstore": o,
-                      "ratio_fsspec": rf, "ratio_obstore": ro,
-                      "other_cpu_share": {c: res.best_noise(f"{key}.{c}") for c in ("unifs", "fsspec", "obstore")},
-                      "samples": {c: res.samples.get(f"{key}.{c}", []) for c in ("unifs", "fsspec", "obstore")}}
+        table[key] = {"title": title, "unit": unit, "unifs": u, "fsspec": f, t3: o,
+                      "ratio_fsspec": rf, f"ratio_{t3}": ro,
+                      "other_cpu_share": {c: res.best_noise(f"{key}.{c}") for c in clients},
+                      "samples": {c: res.samples.get(f"{key}.{c}", []) for c in clients}}
         lines.append(f"{title:<34}{unit:>8}{fmt(u, unit):>10}{fmt(f, unit):>10}{fmt(o, unit):>10}"
                      f"{fr(rf):>11}{fr(ro):>11}")
     seq = table["big_cold"]["ratio_fsspec"]
@@ -555,11 +838,23 @@ def report(args, res: Results, info: dict) -> dict:
          "-" if lsc is None else f"{lsc:.3f} s"),
     ]
     print()
-    print(f"unifs read benchmark: client={args.client or 'auto (default)'}, big {args.big_mib} MiB, "
+    print(f"unifs read benchmark: store={backend.name} ({backend.url()}), "
+          f"client={args.client or 'auto (default)'}, big {args.big_mib} MiB, "
           f"{args.small_count} x {args.small_kib} KiB, best of {args.repeat}, {os.cpu_count()} CPUs")
+    if backend.name != "s3":
+        print(f"fsspec column: {backend.fsspec_label}")
+    if backend.note:
+        print(backend.note)
+    for w in info.get("warnings", []):
+        print(f"NOTE: {w}")
     print("ratio = unifs speed / direct speed (> 1: unifs faster); for seconds, direct time / unifs time")
-    print("fsspec/obstore in rows c: one detailed listing of the prefix (fs.ls detail / list_with_delimiter)")
-    print("fsspec/obstore in rows d: the same read repeated with the same client (no client cache)")
+    if backend.name == "s3":
+        print("fsspec/obstore in rows c: one detailed listing of the prefix (fs.ls detail / list_with_delimiter)")
+        print("fsspec/obstore in rows d: the same read repeated with the same client (no client cache)")
+    else:
+        print(f"direct clients in rows c: one detailed listing of the prefix (fs.ls detail"
+              f"{' / scandir + stat' if backend.has_third else ''})")
+        print("direct clients in rows d: the same read repeated with the same client (no client cache)")
     print()
     print("\n".join(lines))
     print()
@@ -587,54 +882,69 @@ def report(args, res: Results, info: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", choices=STORES, default="s3",
+                    help="s3: SeaweedFS (default); gcs: fake-gcs-server; azure: Azurite; file: a local directory")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the big object in MiB")
     ap.add_argument("--small-count", type=int, default=2000, help="number of small objects")
     ap.add_argument("--small-kib", type=int, default=100, help="size of each small object in KiB")
     ap.add_argument("--client", choices=["auto", "fsspec", "obstore"], default=None,
-                    help="set the mount entry's client: key (default: leave it out, i.e. auto)")
+                    help="set the mount entry's client: key (default: leave it out, i.e. auto; "
+                         "obstore is for s3 only)")
     ap.add_argument("--repeat", type=int, default=3, help="best of K runs of every measurement")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--workdir", help="server data and mount point go here (default: a new temp dir)")
     ap.add_argument("--keep-workdir", action="store_true", help="do not delete the work directory")
     ap.add_argument("--cold-server", action="store_true",
                     help="after dropping the page cache, do not re-read the server's data files "
-                         "(the server then reads from disk too)")
+                         "(the server then reads from disk too; no effect on the in-memory emulators)")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if args.client == "obstore" and args.store != "s3":
+        ap.error("--client obstore applies to --store s3 only")
 
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unifs-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    server = SeaweedS3(str(workdir / "seaweed"))
+    backend = make_backend(args, workdir)
     mountpoint = workdir / "mnt"
     mounts: list[Mount] = []
     started = time.time()
     rc = 0
+    warnings: list[str] = []
     try:
-        log(f"starting SeaweedFS in {workdir}")
-        server.start()
-        NOISE.own.add(server.proc.pid)
-        server.create_bucket(BUCKET)
-        log(f"S3 endpoint {server.endpoint}")
+        backend.start()
+        pid = backend.server_pid()
+        if pid:
+            NOISE.own.add(pid)
+            NOISE.own_groups.add(pid)  # started in a session of its own: pgid == pid
 
         big_size = args.big_mib * MIB
         log(f"uploading {args.small_count} x {args.small_kib} KiB and {args.big_mib} MiB (random bytes)")
         small_data = {f"{SMALL_PREFIX}/f_{i:06d}.bin": os.urandom(args.small_kib * KIB)
                       for i in range(args.small_count)}
         small = {k: sha256(v) for k, v in small_data.items()}
-        server.put_many(BUCKET, small_data)
+        t0 = time.time()
+        backend.upload_small(small_data)
+        log(f"small objects uploaded in {time.time() - t0:.1f} s")
         del small_data
         big = os.urandom(big_size)
         big_sha = sha256(big)
-        import obstore
-
-        obstore.put(server.obstore(BUCKET), BIG_KEY, big)
+        t0 = time.time()
+        backend.upload_big(big)
+        log(f"big object uploaded in {time.time() - t0:.1f} s")
         del big
         log(f"uploaded in {time.time() - started:.0f} s")
+        if args.store in ("gcs", "azure"):
+            warnings.append(f"{args.store}: a local emulator holding the data in memory, not the cloud "
+                            "service (no network latency, no real server-side limits)")
+        if args.store != "s3" and (args.big_mib, args.small_count, args.small_kib) != (1024, 2000, 100):
+            warnings.append(f"data set differs from the S3 defaults: big {args.big_mib} MiB, "
+                            f"{args.small_count} x {args.small_kib} KiB")
 
-        entry = {"path": MOUNT_PATH, "url": f"s3://{BUCKET}", "read_only": True,
-                 "options": server.mount_options()}
+        entry = {"path": MOUNT_PATH, "url": backend.url(), "read_only": True}
+        if backend.mount_options():
+            entry["options"] = backend.mount_options()
         if args.client:
             entry["client"] = args.client
         cfg = workdir / "mounts.yaml"
@@ -646,20 +956,24 @@ def main(argv=None) -> int:
             mounts.append(m)
             return m
 
-        cache = CacheControl(workdir / "seaweed" / "data", warm_server=not args.cold_server)
+        cache = CacheControl(backend.data_dir(), warm_server=not args.cold_server)
         res = Results()
         for k in range(args.repeat):
             log(f"--- run {k + 1} of {args.repeat}")
-            phase_big(args, server, cache, mount_factory, res, big_sha, big_size)
-            phase_small(args, server, cache, mount_factory, res, small)
-            phase_ls(args, server, cache, mount_factory, res, small)
+            phase_big(args, backend, cache, mount_factory, res, big_sha, big_size)
+            phase_small(args, backend, cache, mount_factory, res, small)
+            phase_ls(args, backend, cache, mount_factory, res, small)
 
-        info = {"page_cache_dropped": cache.can_drop, "server_warm_after_drop": not args.cold_server}
-        out = report(args, res, info)
+        info = {"page_cache_dropped": cache.can_drop, "server_warm_after_drop": cache.warm_server,
+                "warnings": warnings}
+        out = report(args, backend, res, info)
         elapsed = time.time() - started
         print(f"\ntotal time {elapsed:.0f} s")
         if args.json:
-            doc = {"config": {"client": args.client or "auto (key not set)", "big_mib": args.big_mib,
+            doc = {"config": {"store": args.store, "url": backend.url(),
+                              "direct_fsspec": backend.fsspec_label,
+                              "third_client": backend.third if backend.has_third else None,
+                              "client": args.client or "auto (key not set)", "big_mib": args.big_mib,
                               "small_count": args.small_count, "small_kib": args.small_kib,
                               "repeat": args.repeat, "threads_small": SMALL_THREADS,
                               "read_chunk": READ_CHUNK, "fsspec_block_size": FSSPEC_BLOCK,
@@ -681,7 +995,7 @@ def main(argv=None) -> int:
                 log(f"unmount failed: {e}")
         if is_mounted(mountpoint):
             log(f"WARNING: {mountpoint} is still mounted")
-        server.stop()
+        backend.stop()
         if own_workdir and not args.keep_workdir and not is_mounted(mountpoint):
             shutil.rmtree(workdir, ignore_errors=True)
     return rc

@@ -98,6 +98,8 @@ class Mounter:
         self.tmp = tmp_path
         self.seaweed = seaweed
         self.mounted: list[Path] = []
+        self.threads = []
+        self.inprocess: set[str] = set()
         self.count = 0
 
     def s3_entry(self, path: str, url: str, **extra) -> dict:
@@ -111,15 +113,41 @@ class Mounter:
         cfg.write_text(yaml.safe_dump(table))
         return cfg
 
-    def mount(self, mounts: list[dict], *opts: str, extra: dict | None = None) -> Path:
+    def mount(self, mounts: list[dict], *opts: str, extra: dict | None = None,
+              inprocess: bool = False) -> Path:
         table = {"mounts": mounts, **(extra or {})}
         cfg = self.write_table(table)
         mp = self.tmp / f"mnt{self.count}"
         mp.mkdir()
+        if inprocess:
+            return self._mount_inprocess(cfg, mp)
         res = unifs("mount", str(mp), "--config", str(cfg), *opts)
         assert res.returncode == 0, res.stderr
         assert is_mounted(mp)
         self.mounted.append(mp)
+        return mp
+
+    def _mount_inprocess(self, cfg: Path, mp: Path) -> Path:
+        """Serve from a thread of this process: the only way a memory:// store seeded by
+        the test is the one the mount sees."""
+        import threading
+
+        from unifs.config import load_config
+        from unifs.daemon import serve
+
+        table, path = load_config(str(cfg))
+        errors = []
+
+        def run():
+            try:
+                serve(str(mp), table, path, {})
+            except Exception as e:  # noqa: BLE001 - reported by the assert below
+                errors.append(e)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert wait_for(lambda: is_mounted(mp) or errors, timeout=30) and not errors, errors
+        self.threads.append(thread)
+        self.inprocess.add(str(mp))
         return mp
 
     def cleanup(self):
@@ -127,10 +155,16 @@ class Mounter:
         with open("/proc/self/mountinfo") as f:
             live = [line.split()[4] for line in f]
         for mp in [Path(p) for p in live if p.startswith(str(self.tmp))]:
+            if str(mp) in self.inprocess:
+                # `unifs umount` would stop the serving process: this one
+                subprocess.run(["fusermount", "-u", str(mp)], capture_output=True)
+                continue
             if is_mounted(mp):
                 res = unifs("umount", str(mp))
                 if res.returncode != 0 and is_mounted(mp):
                     subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+        for t in self.threads:
+            t.join(timeout=30)
 
 
 @pytest.fixture

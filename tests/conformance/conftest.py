@@ -7,9 +7,9 @@ import random
 import pytest
 
 from conftest import sha256
-from conformance.providers import AzureProvider, FileProvider, GCSProvider, S3Provider
+from conformance.providers import AzureProvider, FileProvider, GCSProvider, MemoryProvider, S3Provider
 
-STORES = ["s3", "gcs", "azure", "file"]
+STORES = ["s3", "gcs", "azure", "file", "memory"]
 
 
 def conformance_data() -> dict[str, bytes]:
@@ -35,6 +35,8 @@ def _providers(tmp_path_factory, request):
                 made[kind] = GCSProvider(request.getfixturevalue("fake_gcs"), "conformance")
             elif kind == "azure":
                 made[kind] = AzureProvider(request.getfixturevalue("azurite"), "conformance")
+            elif kind == "memory":
+                made[kind] = MemoryProvider("conformance-store")
             elif kind == "file":
                 made[kind] = FileProvider(tmp_path_factory.mktemp("file-store"))
             else:
@@ -57,4 +59,5 @@ def expected():
 @pytest.fixture
 def conf_mount(mounter, provider):
     """The provider's conformance data mounted read-only at /store."""
-    return mounter.mount([provider.entry("/store", "conf", read_only=True)]) / "store"
+    return mounter.mount([provider.entry("/store", "conf", read_only=True)],
+                         inprocess=provider.inprocess) / "store"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 class Provider:
     name = ""
+    inprocess = False  # mount from a thread of the test process (memory://)
 
     def url(self, prefix: str) -> str:
         raise NotImplementedError
@@ -76,3 +77,22 @@ class AzureProvider(S3Provider):
 
     def url(self, prefix):
         return f"abfs://{self.bucket}/{prefix}".rstrip("/")
+
+
+class MemoryProvider(Provider):
+    """fsspec's memory:// lives in one process, so its mounts are served in-process."""
+
+    name = "memory"
+    inprocess = True
+
+    def __init__(self, root: str):
+        import fsspec
+
+        self.root = root
+        self.fs = fsspec.filesystem("memory")
+
+    def url(self, prefix):
+        return f"memory://{self.root}/{prefix}".rstrip("/")
+
+    def put_many(self, items):
+        self.fs.pipe({f"/{self.root}/{k}": v for k, v in items.items()})

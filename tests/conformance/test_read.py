@@ -78,7 +78,8 @@ def test_errno(conf_mount, call, rel, code):
 
 
 def test_nested_in_a_virtual_dir(mounter, provider, expected):
-    mp = mounter.mount([provider.entry("/teams/vision/data", "conf/images", read_only=True)])
+    mp = mounter.mount([provider.entry("/teams/vision/data", "conf/images", read_only=True)],
+                       inprocess=provider.inprocess)
     assert os.listdir(mp) == ["teams"]
     assert os.listdir(mp / "teams/vision") == ["data"]
     rel = "images/c1/img_001.jpg"
