@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unifs.errors import ConfigError, UserError
 from unifs.units import parse_duration, parse_size
@@ -167,6 +167,12 @@ class MountEntry(BaseModel):
     @classmethod
     def _check_url(cls, v: str) -> str:
         return check_url(v)
+
+    @model_validator(mode="after")
+    def _http_is_read_only(self):
+        if self.url.split("://", 1)[0].lower() in ("http", "https") and not self.read_only:
+            raise ValueError("http(s):// mounts are read-only: set read_only: true")
+        return self
 
     @field_validator("metadata_ttl", mode="before")
     @classmethod

@@ -7,9 +7,10 @@ import random
 import pytest
 
 from conftest import sha256
-from conformance.providers import AzureProvider, FileProvider, GCSProvider, MemoryProvider, S3Provider
+from conformance.providers import (AzureProvider, FileProvider, GCSProvider, HttpProvider, MemoryProvider,
+                                   S3Provider)
 
-STORES = ["s3", "gcs", "azure", "file", "memory"]
+STORES = ["s3", "gcs", "azure", "file", "memory", "http"]
 
 
 def conformance_data() -> dict[str, bytes]:
@@ -35,6 +36,8 @@ def _providers(tmp_path_factory, request):
                 made[kind] = GCSProvider(request.getfixturevalue("fake_gcs"), "conformance")
             elif kind == "azure":
                 made[kind] = AzureProvider(request.getfixturevalue("azurite"), "conformance")
+            elif kind == "http":
+                made[kind] = HttpProvider(*request.getfixturevalue("http_server"))
             elif kind == "memory":
                 made[kind] = MemoryProvider("conformance-store")
             elif kind == "file":
@@ -44,6 +47,34 @@ def _providers(tmp_path_factory, request):
             made[kind].put_many(conformance_data())
         return made[kind]
     return get
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """(directory, port) of a local static web server with directory index pages."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import wait_for
+
+    root = tmp_path_factory.mktemp("http-store")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+    assert wait_for(up, timeout=10)
+    yield root, port
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(params=STORES)

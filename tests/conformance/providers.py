@@ -96,3 +96,16 @@ class MemoryProvider(Provider):
 
     def put_many(self, items):
         self.fs.pipe({f"/{self.root}/{k}": v for k, v in items.items()})
+
+
+class HttpProvider(FileProvider):
+    """A directory served by Python's http.server: a read-only http:// mount."""
+
+    name = "http"
+
+    def __init__(self, root: Path, port: int):
+        super().__init__(root)
+        self.port = port
+
+    def url(self, prefix):
+        return f"http://127.0.0.1:{self.port}/{prefix}/".replace("//", "/").replace("http:/", "http://")

@@ -29,6 +29,10 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
                             "use client: fsspec (or auto)")
     elif entry.client == "obstore":
         raise UserError(f"mount {entry.path}: client: obstore supports s3:// only")
+    if scheme in ("http", "https"):
+        from unifs.stores.http_store import HttpStore
+
+        return HttpStore(entry.url, entry.options, **common)
     from unifs.stores.fsspec_store import FsspecStore
 
     return FsspecStore(entry.url, entry.options, **common)

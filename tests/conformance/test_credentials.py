@@ -1,0 +1,41 @@
+"""Refused credentials fail `unifs mount` with one line naming the mount, for every store that checks them."""
+
+from __future__ import annotations
+
+from conftest import unifs
+from unifs.devstores.azurite import ACCOUNT, connection_string
+
+
+def _refused(mounter, tmp_path, entry, secret):
+    cfg = mounter.write_table({"mounts": [entry], "store": {"retries": 1, "timeout": "5s"}})
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert f"mount {entry['path']}" in lines[0] and "credentials refused" in lines[0]
+    assert secret not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_s3_wrong_secret(mounter, seaweed, tmp_path):
+    seaweed.create_bucket("creds")
+    opts = dict(seaweed.mount_options(), secret="not-the-secret-123")
+    _refused(mounter, tmp_path, {"path": "/s3", "url": "s3://creds", "options": opts}, "not-the-secret-123")
+
+
+def test_azure_wrong_key(mounter, azurite, tmp_path):
+    azurite.create_container("creds")
+    bad_key = "QmFkS2V5Tm90VGhlUmVhbE9uZQ=="
+    opts = {"connection_string": connection_string(azurite.endpoint, account=ACCOUNT, key=bad_key)}
+    _refused(mounter, tmp_path, {"path": "/az", "url": "abfs://creds", "options": opts}, bad_key)
+
+
+def test_missing_backend_package_is_named(tmp_path):
+    # fsspec knows dropbox:// but its backend package is not a unifs dependency
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /box\n    url: dropbox://team/data\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1
+    assert "mounts[0] (/box).url" in res.stderr and "dropbox" in res.stderr.lower()
+    assert "install" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,66 @@
+"""Read-only http(s):// mounts: a web server's directory index pages as directories.
+
+fsspec's HTTP listing knows names but not sizes (0 until a HEAD), and a HEAD of
+a directory URL answers 200 with its index page, so lookups go through the
+parent's listing and sizes come from one HEAD per listed file.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Optional
+from urllib.parse import quote, unquote
+
+from unifs.stores.base import Listing, ObjectInfo
+from unifs.stores.fsspec_store import FsspecStore, info_to_object
+
+
+log = logging.getLogger("unifs.store")
+
+
+class HttpStore(FsspecStore):
+    """Keys are plain names; URLs are percent-encoded only when requested."""
+
+    def _path(self, key: str) -> str:
+        return super()._path(quote(key, safe="/"))
+
+    def list_dir(self, key: str) -> Listing:
+        raw = super().list_dir(key)
+        listing = Listing(dirs={unquote(d) for d in raw.dirs})
+        for name, info in raw.files.items():
+            plain = unquote(name)
+            listing.files[plain] = replace(info, key=f"{key}/{plain}" if key else plain)
+        unsized = [name for name, info in listing.files.items() if not info.size]
+        if unsized:
+            def sized(name):
+                path = self._path(listing.files[name].key)
+                return name, info_to_object(listing.files[name].key,
+                                            self._call(f"stat {path}", self.fs.info, path))
+            with ThreadPoolExecutor(8) as pool:
+                for name, info in pool.map(sized, unsized):
+                    listing.files[name] = info
+        return listing
+
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        if not key:
+            return None
+        parent, name = posixpath.split(key)
+        return self.list_dir(parent).files.get(name)
+
+    def is_dir(self, key: str) -> bool:
+        if not key:
+            return True
+        parent, name = posixpath.split(key)
+        return name in self.list_dir(parent).dirs
+
+    def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
+        data = super().get_range(key, start, end, etag)
+        if len(data) > end - start:
+            # the server ignored the Range header and sent the whole file
+            log.warning("%s: the web server ignores byte ranges; every read downloads the whole file",
+                        self.url)
+            data = data[start:end]
+        return data
