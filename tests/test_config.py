@@ -110,6 +110,6 @@ def test_shipped_example_validates():
     from pathlib import Path
 
     example = Path(__file__).resolve().parent.parent / "mounts.yaml.example"
-    env = dict(os.environ, S3_KEY="k", S3_SECRET="s")
+    env = dict(os.environ, S3_KEY="k", S3_SECRET="s", AZURE_STORAGE_CONNECTION_STRING="x")
     res = unifs("config", "check", "--config", str(example), env=env)
     assert res.returncode == 0, res.stderr
