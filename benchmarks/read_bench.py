@@ -536,7 +536,7 @@ class AzureBackend(Backend):
 
 class FileBackend(Backend):
     name = "file"
-    fsspec_label = "local"
+    fsspec_label = "LocalFileSystem"
     third = "open"
     third_label = "open()"
     has_third = True
