@@ -147,3 +147,18 @@ def test_bucket_name_in_url_with_prefix(mounter, dataset):
     names = os.listdir(mp / "imgs")
     # the URL's prefix, not the bucket root, is the mount's root
     assert names and all(n.endswith(".jpg") for n in names)
+
+
+def test_folder_markers_and_keys_obstore_cannot_parse(mounter, dataset):
+    from conftest import SCRATCH
+
+    client = mounter.seaweed.client()
+    objects = {"odd/marker/": b"", "odd/marker/in.txt": b"in", "odd/nl/new\nline": b"newline",
+               "odd/deep/bad\nkey": b"bad", "odd/deep/fine.txt": b"fine"}
+    for key, body in objects.items():
+        client.put_object(Bucket=SCRATCH, Key=key, Body=body)
+    mp = mounter.mount([mounter.s3_entry("/o", f"s3://{SCRATCH}/odd", read_only=True)])
+    assert sorted(os.listdir(mp / "o")) == ["deep", "marker", "nl"]
+    assert os.listdir(mp / "o/marker") == ["in.txt"]  # the "marker/" object is no file
+    assert (mp / "o/deep/fine.txt").read_bytes() == b"fine"
+    assert (mp / "o/nl/new\nline").read_bytes() == b"newline"

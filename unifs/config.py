@@ -21,8 +21,8 @@ from unifs.units import parse_duration, parse_size
 SEARCH_ORDER_HELP = "$UNIFS_CONFIG, ./mounts.yaml, ~/.config/unifs/mounts.yaml, /etc/unifs/mounts.yaml"
 
 # Option names whose values are credentials; matched as substrings, case-insensitively.
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "sas",
-                 "connection_string", "signature", "auth")
+_SECRET_WORDS = ("secret", "password", "passwd", "pass", "pw", "token", "key", "credential", "sas",
+                 "connection_string", "signature", "auth", "sig")
 REDACTED = "***"
 
 
@@ -112,7 +112,17 @@ class _Interpolation:
                 node[i] = self.apply(item, loc + (i,))
             return node
         if isinstance(node, str) and "$" in node:
-            return _VAR.sub(lambda m: self._value(m, loc), node)
+            whole = _VAR.fullmatch(node.strip())
+            value = _VAR.sub(lambda m: self._value(m, loc), node)
+            if whole and whole.group(0) != "$$":
+                # a value that is just ${VAR} gets YAML's typing: anon: ${ANON:-false} is a bool
+                try:
+                    typed = yaml.safe_load(value) if value.strip() else value
+                except yaml.YAMLError:
+                    typed = value
+                if isinstance(typed, (bool, int, float)):
+                    return typed
+            return value
         return node
 
     def _value(self, m, loc):
@@ -167,6 +177,15 @@ class MountEntry(BaseModel):
     @classmethod
     def _check_url(cls, v: str) -> str:
         return check_url(v)
+
+    @model_validator(mode="after")
+    def _scheme_rules(self):
+        scheme = self.url.split("://", 1)[0].lower()
+        if self.client == "obstore" and scheme not in ("s3", "s3a"):
+            raise ValueError("client: obstore applies to s3:// URLs only")
+        if scheme == "file" and not self.url.split("://", 1)[1].startswith("/"):
+            raise ValueError(f"file:// URLs need an absolute path (file:///abs/dir), got {self.url!r}")
+        return self
 
     @model_validator(mode="after")
     def _http_is_read_only(self):
@@ -458,9 +477,15 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
+_QUERY_SECRET = re.compile(r"([?&](?:sig|signature|token|code|key|x-amz-signature|x-amz-credential|"
+                           r"x-amz-security-token|x-goog-signature|x-goog-credential)=)[^&\s'\"]+", re.I)
+
+
 def redact_url(url: str) -> str:
-    """Hide a password in URL user-info (scheme://user:pass@host)."""
-    return re.sub(r"(://[^/@:]+):[^/@]+@", r"\1:" + REDACTED + "@", url)
+    """Hide URL passwords (scheme://user:pass@host) and signed-URL query secrets, also
+    inside longer text such as an error message."""
+    url = re.sub(r"(://[^/@:\s]+):[^/@\s]+@", r"\1:" + REDACTED + "@", url)
+    return _QUERY_SECRET.sub(r"\1" + REDACTED, url)
 
 
 def describe_table(table: MountTable) -> dict:

@@ -122,11 +122,11 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         mfusepy.FUSE(FuseOps(fs, ready), mountpoint, raw_fi=True, foreground=True, nothreads=False,
                      **fuse_kwargs(table, user_opts))
     except RuntimeError as e:
+        mountinfo.remove_state(mountpoint)
         raise UserError(f"mounting {mountpoint} failed (libfuse error {e}); see the log for libfuse's reason") \
             from None
-    finally:
-        mountinfo.remove_state(mountpoint)
-        log.info("unmounted %s", mountpoint)
+    mountinfo.remove_state(mountpoint)
+    log.info("unmounted %s", mountpoint)
 
 
 def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], log_level: str,
@@ -164,8 +164,12 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
     if msg.startswith(b"ready"):
         return log_path
     if msg.startswith(b"error:"):
+        text = msg[len(b"error:"):].decode(errors="replace").strip()
         _reap(proc, log_path, log_start)
-        raise UserError(msg[len(b"error:"):].decode(errors="replace").strip())
+        if "libfuse error" in text:
+            reason = _libfuse_reason(log_path, log_start)
+            text = f"mounting {mountpoint} failed: {reason}" if reason else f"{text} ({log_path})"
+        raise UserError(text)
     if proc.poll() is None:
         proc.kill()
         _reap(proc, log_path, log_start)
@@ -174,6 +178,18 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
     err = _reap(proc, log_path, log_start)
     raise UserError(f"the unifs daemon exited before mounting {mountpoint}: "
                     f"{err or 'no message'} (log: {log_path})")
+
+
+def _libfuse_reason(log_path: str, log_start: int) -> str:
+    """libfuse's own complaint ('fuse: unknown option ...') from the daemon's log."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(log_start)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    found = [ln.strip() for ln in lines if ln.startswith("fuse:")]
+    return found[-1] if found else ""
 
 
 def _reap(proc, log_path: str, log_start: int) -> str:

@@ -50,3 +50,10 @@ class StoreUnavailable(StoreError):
 
     def __init__(self, message: str = "store unavailable"):
         super().__init__(errno.EIO, message)
+
+
+class StoreRejected(StoreError):
+    """A failure no retry can fix (bad option, unparseable key): EIO at once."""
+
+    def __init__(self, message: str = "store rejected the request"):
+        super().__init__(errno.EIO, message)

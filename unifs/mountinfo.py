@@ -75,6 +75,8 @@ def normalise_mountpoint(path: str) -> str:
     p = os.path.abspath(os.path.expanduser(path))
     parent, name = os.path.split(p)
     try:
+        if os.path.islink(p):
+            return os.path.realpath(p)  # mounts are listed under the real path
         return os.path.join(os.path.realpath(parent), name)
     except OSError:
         return p

@@ -23,7 +23,10 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
         cfg = map_s3_options(entry.options)
         if cfg is not None:
             log.debug("mount %s: S3 data path through obstore", entry.path)
-            return ObstoreS3Store(entry.url, cfg, **common)
+            from unifs.stores.fsspec_store import FsspecStore
+
+            return ObstoreS3Store(entry.url, cfg, **common,
+                                  fallback=lambda: FsspecStore(entry.url, entry.options, **common))
         if entry.client == "obstore":
             raise UserError(f"mount {entry.path}: options include some that obstore cannot take; "
                             "use client: fsspec (or auto)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 import re
 
-from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreUnavailable
+from unifs.config import redact_url
+from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreUnavailable
 
 
 _STATUS_IN_TEXT = re.compile(r"status code: (\d{3})|\b(\d{3}) (?:Forbidden|Not Found|Unauthorized|Precondition Failed)")
@@ -54,7 +55,7 @@ def _concise(exc: BaseException, status) -> str:
     if status:
         return f"HTTP {status}"
     first = text.splitlines()[0] if text else type(exc).__name__
-    return first[:200]
+    return redact_url(first[:200])
 
 
 def normalise(exc: BaseException, what: str) -> StoreError:
@@ -76,6 +77,8 @@ def normalise(exc: BaseException, what: str) -> StoreError:
     if name in ("PreconditionError",) or status in (412, 416):
         # 416: a range inside the size seen at open is past the end now: the object shrank
         return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
+    if isinstance(exc, (TypeError, ValueError)) or name in ("InvalidPathError", "ProfileNotFound"):
+        return StoreRejected(f"{redact_url(what)}: {name}: {text}")
     if isinstance(exc, TimeoutError) or "Timeout" in name:
         return StoreUnavailable(f"{what}: timed out ({text})")
-    return StoreUnavailable(f"{what}: {name}: {text}")
+    return StoreUnavailable(f"{redact_url(what)}: {name}: {text}")

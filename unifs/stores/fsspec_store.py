@@ -121,6 +121,11 @@ class FsspecStore:
 
     # -- Store protocol ----------------------------------------------------
     def check(self) -> None:
+        if self.scheme in ("file", "local"):
+            if not self.fs.isdir(self.root or "/"):
+                what = "is not a directory" if self.fs.exists(self.root) else "does not exist"
+                raise ObjectNotFound(f"local directory {self.root} {what}")
+            return
         try:
             self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False)
         except ObjectNotFound:

@@ -13,10 +13,14 @@ from typing import Any, Optional
 import obstore
 from obstore.store import S3Store
 
-from unifs.errors import ObjectNotFound
+import logging
+
+from unifs.errors import ObjectNotFound, StoreRejected
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.errormap import normalise
 from unifs.stores.retry import retrying
+
+log = logging.getLogger("unifs.store")
 
 _PASSTHROUGH = {"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "default_block_size",
                 "default_fill_cache", "default_cache_type", "max_concurrency"}
@@ -66,7 +70,11 @@ def _ts(v) -> float:
 
 class ObstoreS3Store:
     def __init__(self, url: str, config: dict[str, Any], timeout: float = 30.0,
-                 connect_timeout: float = 5.0, retries: int = 3):
+                 connect_timeout: float = 5.0, retries: int = 3, fallback=None):
+        """fallback: a callable returning an s3fs-backed store, used for listings that
+        contain keys obstore refuses to parse (a newline, '//', '/./' in a key)."""
+        self._fallback_factory = fallback
+        self._fallback = None
         self.url = url
         rest = url.split("://", 1)[1]
         bucket, _, prefix = rest.partition("/")
@@ -91,11 +99,24 @@ class ObstoreS3Store:
                     raise normalise(e, what) from e
         raise AssertionError("unreachable")
 
+    def _via_fallback(self, exc: Exception):
+        text = f"{type(exc.__cause__).__name__} {exc.__cause__ or exc}".lower()
+        if self._fallback_factory is None or ("invalidpath" not in text and "parsing path" not in text
+                                              and "parse path" not in text):
+            return None
+        if self._fallback is None:
+            log.warning("%s: a key obstore cannot parse; listing this store through s3fs", self.url)
+            self._fallback = self._fallback_factory()
+        return self._fallback
+
     def check(self) -> None:
-        def _first():
-            return next(iter(obstore.list(self.store, None, chunk_size=1)), None)
         try:
-            self._call(f"list {self.url}", _first)
+            self._call(f"list {self.url}", obstore.list_with_delimiter, self.store, None)
+        except StoreRejected as e:
+            fb = self._via_fallback(e)
+            if fb is None:
+                raise
+            fb.check()
         except ObjectNotFound:
             raise ObjectNotFound(f"bucket '{self.bucket}' does not exist") from None
 
@@ -106,6 +127,11 @@ class ObstoreS3Store:
             meta = self._call(f"stat {key}", obstore.head, self.store, key)
         except ObjectNotFound:
             return None
+        except StoreRejected as e:
+            fb = self._via_fallback(e)
+            if fb is None:
+                raise
+            return fb.head(key)
         return ObjectInfo(key=key, size=meta["size"], mtime=_ts(meta.get("last_modified")),
                           etag=meta.get("e_tag"), version=meta.get("version"))
 
@@ -118,10 +144,22 @@ class ObstoreS3Store:
                 if chunk:
                     return True
             return False
-        return self._call(f"stat {key}/", _first)
+        try:
+            return self._call(f"stat {key}/", _first)
+        except StoreRejected as e:
+            fb = self._via_fallback(e)
+            if fb is None:
+                raise
+            return fb.is_dir(key)
 
     def list_dir(self, key: str) -> Listing:
-        res = self._call(f"list {key or '/'}", obstore.list_with_delimiter, self.store, key or None)
+        try:
+            res = self._call(f"list {key or '/'}", obstore.list_with_delimiter, self.store, key or None)
+        except StoreRejected as e:
+            fb = self._via_fallback(e)
+            if fb is None:
+                raise
+            return fb.list_dir(key)
         out = Listing()
         base = f"{key}/" if key else ""
         for p in res["common_prefixes"]:
@@ -130,7 +168,9 @@ class ObstoreS3Store:
                 out.dirs.add(leaf)
         for m in res["objects"]:
             path = m["path"]
-            leaf = path[len(base):] if path.startswith(base) else path.rsplit("/", 1)[-1]
+            if not path.startswith(base):
+                continue  # the directory's own marker object ("dir/", listed as "dir")
+            leaf = path[len(base):]
             if not leaf or "/" in leaf:
                 continue
             out.files[leaf] = ObjectInfo(key=path, size=m["size"], mtime=_ts(m.get("last_modified")),
@@ -146,7 +186,13 @@ class ObstoreS3Store:
 
         def _get():
             return bytes(obstore.get(self.store, key, options=opts).bytes())
-        return self._call(f"read {key}", _get)
+        try:
+            return self._call(f"read {key}", _get)
+        except StoreRejected as e:
+            fb = self._via_fallback(e)
+            if fb is None:
+                raise
+            return fb.get_range(key, start, end, etag)
 
     def close(self) -> None:
         pass

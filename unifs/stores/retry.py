@@ -6,11 +6,11 @@ import logging
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreUnavailable
+from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("unifs.store")
 
-_FINAL = (ObjectNotFound, AccessDenied, ObjectChanged, FileNotFoundError, PermissionError,
+_FINAL = (ObjectNotFound, AccessDenied, ObjectChanged, StoreRejected, FileNotFoundError, PermissionError,
           IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
 
