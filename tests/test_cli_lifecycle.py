@@ -109,3 +109,27 @@ def test_foreground_mount_serves_until_unmounted(mounter, dataset, tmp_path):
         if proc.poll() is None:
             proc.kill()
             subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+
+
+def test_unknown_fuse_option_and_missing_local_dir_are_explained(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"mounts:\n  - path: /l\n    url: file://{tmp_path}/nope\n")
+    (tmp_path / "mp").mkdir()
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and "does not exist" in res.stderr and "mount /l" in res.stderr
+    (tmp_path / "nope").mkdir()
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg), "-o", "bogus_opt")
+    assert res.returncode == 1 and "unknown option" in res.stderr and "bogus_opt" in res.stderr
+    assert not is_mounted(tmp_path / "mp")
+
+
+def test_mount_through_a_symlink(mounter, dataset, tmp_path):
+    cfg = _table(mounter)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    unifs("mount", str(tmp_path / "link"), "--config", str(cfg), check=True)
+    assert os.listdir(tmp_path / "link") == ["data"]
+    res = unifs("mount", str(tmp_path / "link"), "--config", str(cfg))
+    assert res.returncode == 1 and "already mounted" in res.stderr
+    unifs("umount", str(tmp_path / "link"), check=True)
+    assert not is_mounted(tmp_path / "real")

@@ -113,3 +113,30 @@ def test_shipped_example_validates():
     env = dict(os.environ, S3_KEY="k", S3_SECRET="s", AZURE_STORAGE_CONNECTION_STRING="x")
     res = unifs("config", "check", "--config", str(example), env=env)
     assert res.returncode == 0, res.stderr
+
+
+def test_typed_interpolation_and_relative_file_url(tmp_path):
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    t = parse_table("mounts:\n  - path: /a\n    url: s3://b\n    read_only: ${RO:-true}\n"
+                    "    options: {anon: '${ANON:-false}', n: '${N:-5}', key: 'k${X:-1}'}\n", env={})
+    assert t.mounts[0].options == {"anon": False, "n": 5, "key": "k1"} and t.mounts[0].read_only is True
+    with pytest.raises(ConfigError) as e:
+        parse_table("mounts:\n  - path: /a\n    url: file://relative/dir\n", "m.yaml", env={})
+    assert "absolute path" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_table("mounts:\n  - path: /a\n    url: memory://x\n    client: obstore\n", "m.yaml", env={})
+    assert "s3:// URLs only" in str(e.value)
+
+
+def test_url_secrets_never_printed(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /w\n    url: http://alice:PW_SECRET_1@127.0.0.1:1/x/?sig=SIG_SECRET_2\n"
+                   "    read_only: true\nstore: {retries: 0, timeout: 2s}\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 0 and "PW_SECRET_1" not in res.stdout and "SIG_SECRET_2" not in res.stdout
+    (tmp_path / "mp").mkdir()
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and "mount /w" in res.stderr
+    assert "PW_SECRET_1" not in res.stderr and "SIG_SECRET_2" not in res.stderr
