@@ -17,25 +17,21 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
     scheme = entry.url.split("://", 1)[0].lower()
     common = dict(timeout=settings.timeout, connect_timeout=settings.connect_timeout,
                   retries=settings.retries)
+    from unifs.stores.fsspec_store import FsspecStore
+
     if scheme in ("s3", "s3a") and entry.client in ("auto", "obstore"):
         from unifs.stores.obstore_s3 import ObstoreS3Store, map_s3_options
 
         cfg = map_s3_options(entry.options)
         if cfg is not None:
             log.debug("mount %s: S3 data path through obstore", entry.path)
-            from unifs.stores.fsspec_store import FsspecStore
-
             return ObstoreS3Store(entry.url, cfg, **common,
                                   fallback=lambda: FsspecStore(entry.url, entry.options, **common))
         if entry.client == "obstore":
             raise UserError(f"mount {entry.path}: options include some that obstore cannot take; "
                             "use client: fsspec (or auto)")
-    elif entry.client == "obstore":
-        raise UserError(f"mount {entry.path}: client: obstore supports s3:// only")
     if scheme in ("http", "https"):
         from unifs.stores.http_store import HttpStore
 
         return HttpStore(entry.url, entry.options, **common)
-    from unifs.stores.fsspec_store import FsspecStore
-
     return FsspecStore(entry.url, entry.options, **common)

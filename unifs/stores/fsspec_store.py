@@ -13,8 +13,7 @@ from fsspec.core import url_to_fs
 
 from unifs.errors import ObjectChanged, ObjectNotFound
 from unifs.stores.base import Listing, ObjectInfo
-from unifs.stores.errormap import normalise
-from unifs.stores.retry import retrying
+from unifs.stores.retry import call_store
 
 log = logging.getLogger("unifs.store")
 
@@ -111,13 +110,7 @@ class FsspecStore:
         if self._async:
             # fsspec's sync() takes the timeout itself: a dead store cannot hang a reader.
             kwargs["timeout"] = self.timeout
-        for attempt in retrying(self.retries, what):
-            with attempt:
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001 - every backend error is normalised
-                    raise normalise(e, what) from e
-        raise AssertionError("unreachable")
+        return call_store(self.retries, what, fn, *args, **kwargs)
 
     # -- Store protocol ----------------------------------------------------
     def check(self) -> None:

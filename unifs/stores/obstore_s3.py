@@ -8,17 +8,16 @@ falls back to s3fs rather than silently dropping an option.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import logging
 from typing import Any, Optional
 
 import obstore
 from obstore.store import S3Store
 
-import logging
-
 from unifs.errors import ObjectNotFound, StoreRejected
 from unifs.stores.base import Listing, ObjectInfo
-from unifs.stores.errormap import normalise
-from unifs.stores.retry import retrying
+from unifs.stores.retry import call_store
 
 log = logging.getLogger("unifs.store")
 
@@ -64,6 +63,20 @@ def map_s3_options(options: dict[str, Any]) -> Optional[dict[str, Any]]:
     return cfg
 
 
+def _s3fs_for_unparseable_keys(method):
+    """Run the same call on the s3fs fallback store when obstore cannot parse a key."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreRejected as e:
+            fallback = self._via_fallback(e)
+            if fallback is None:
+                raise
+            return getattr(fallback, method.__name__)(*args, **kwargs)
+    return wrapper
+
+
 def _ts(v) -> float:
     return v.timestamp() if isinstance(v, _dt.datetime) else 0.0
 
@@ -91,13 +104,7 @@ class ObstoreS3Store:
         self.retries = retries
 
     def _call(self, what, fn, *args, **kwargs):
-        for attempt in retrying(self.retries, what):
-            with attempt:
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001
-                    raise normalise(e, what) from e
-        raise AssertionError("unreachable")
+        return call_store(self.retries, what, fn, *args, **kwargs)
 
     def _via_fallback(self, exc: Exception):
         text = f"{type(exc.__cause__).__name__} {exc.__cause__ or exc}".lower()
@@ -109,17 +116,14 @@ class ObstoreS3Store:
             self._fallback = self._fallback_factory()
         return self._fallback
 
+    @_s3fs_for_unparseable_keys
     def check(self) -> None:
         try:
             self._call(f"list {self.url}", obstore.list_with_delimiter, self.store, None)
-        except StoreRejected as e:
-            fb = self._via_fallback(e)
-            if fb is None:
-                raise
-            fb.check()
         except ObjectNotFound:
             raise ObjectNotFound(f"bucket '{self.bucket}' does not exist") from None
 
+    @_s3fs_for_unparseable_keys
     def head(self, key: str) -> Optional[ObjectInfo]:
         if not key:
             return None
@@ -127,14 +131,10 @@ class ObstoreS3Store:
             meta = self._call(f"stat {key}", obstore.head, self.store, key)
         except ObjectNotFound:
             return None
-        except StoreRejected as e:
-            fb = self._via_fallback(e)
-            if fb is None:
-                raise
-            return fb.head(key)
         return ObjectInfo(key=key, size=meta["size"], mtime=_ts(meta.get("last_modified")),
                           etag=meta.get("e_tag"), version=meta.get("version"))
 
+    @_s3fs_for_unparseable_keys
     def is_dir(self, key: str) -> bool:
         if not key:
             return True
@@ -144,22 +144,11 @@ class ObstoreS3Store:
                 if chunk:
                     return True
             return False
-        try:
-            return self._call(f"stat {key}/", _first)
-        except StoreRejected as e:
-            fb = self._via_fallback(e)
-            if fb is None:
-                raise
-            return fb.is_dir(key)
+        return self._call(f"stat {key}/", _first)
 
+    @_s3fs_for_unparseable_keys
     def list_dir(self, key: str) -> Listing:
-        try:
-            res = self._call(f"list {key or '/'}", obstore.list_with_delimiter, self.store, key or None)
-        except StoreRejected as e:
-            fb = self._via_fallback(e)
-            if fb is None:
-                raise
-            return fb.list_dir(key)
+        res = self._call(f"list {key or '/'}", obstore.list_with_delimiter, self.store, key or None)
         out = Listing()
         base = f"{key}/" if key else ""
         for p in res["common_prefixes"]:
@@ -177,6 +166,7 @@ class ObstoreS3Store:
                                          etag=m.get("e_tag"), version=m.get("version"))
         return out
 
+    @_s3fs_for_unparseable_keys
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
         if end <= start:
             return b""
@@ -186,13 +176,7 @@ class ObstoreS3Store:
 
         def _get():
             return bytes(obstore.get(self.store, key, options=opts).bytes())
-        try:
-            return self._call(f"read {key}", _get)
-        except StoreRejected as e:
-            fb = self._via_fallback(e)
-            if fb is None:
-                raise
-            return fb.get_range(key, start, end, etag)
+        return self._call(f"read {key}", _get)
 
     def close(self) -> None:
         pass

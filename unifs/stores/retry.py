@@ -6,6 +6,7 @@ import logging
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from unifs.stores.errormap import normalise
 from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("unifs.store")
@@ -20,6 +21,17 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, StoreError):
         return isinstance(exc, StoreUnavailable)
     return isinstance(exc, Exception)
+
+
+def call_store(retries: int, what: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with the backend's exceptions normalised and transient ones retried."""
+    for attempt in retrying(retries, what):
+        with attempt:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - every backend error is normalised
+                raise normalise(e, what) from e
+    raise AssertionError("unreachable")
 
 
 def retrying(retries: int, what: str) -> Retrying:
