@@ -185,11 +185,7 @@ class MountEntry(BaseModel):
             raise ValueError("client: obstore applies to s3:// URLs only")
         if scheme == "file" and not self.url.split("://", 1)[1].startswith("/"):
             raise ValueError(f"file:// URLs need an absolute path (file:///abs/dir), got {self.url!r}")
-        return self
-
-    @model_validator(mode="after")
-    def _http_is_read_only(self):
-        if self.url.split("://", 1)[0].lower() in ("http", "https") and not self.read_only:
+        if scheme in ("http", "https") and not self.read_only:
             raise ValueError("http(s):// mounts are read-only: set read_only: true")
         return self
 

@@ -122,10 +122,10 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         mfusepy.FUSE(FuseOps(fs, ready), mountpoint, raw_fi=True, foreground=True, nothreads=False,
                      **fuse_kwargs(table, user_opts))
     except RuntimeError as e:
-        mountinfo.remove_state(mountpoint)
         raise UserError(f"mounting {mountpoint} failed (libfuse error {e}); see the log for libfuse's reason") \
             from None
-    mountinfo.remove_state(mountpoint)
+    finally:
+        mountinfo.remove_state(mountpoint)
     log.info("unmounted %s", mountpoint)
 
 

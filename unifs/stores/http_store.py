@@ -24,43 +24,52 @@ log = logging.getLogger("unifs.store")
 class HttpStore(FsspecStore):
     """Keys are plain names; URLs are percent-encoded only when requested."""
 
+    _warned_no_ranges = False
+
     def _path(self, key: str) -> str:
         return super()._path(quote(key, safe="/"))
 
-    def list_dir(self, key: str) -> Listing:
+    def _names(self, key: str) -> Listing:
+        """The index page of key: plain names, file sizes still unknown (0)."""
         raw = super().list_dir(key)
         listing = Listing(dirs={unquote(d) for d in raw.dirs})
         for name, info in raw.files.items():
             plain = unquote(name)
             listing.files[plain] = replace(info, key=f"{key}/{plain}" if key else plain)
-        unsized = [name for name, info in listing.files.items() if not info.size]
-        if unsized:
-            def sized(name):
-                path = self._path(listing.files[name].key)
-                return name, info_to_object(listing.files[name].key,
-                                            self._call(f"stat {path}", self.fs.info, path))
-            with ThreadPoolExecutor(8) as pool:
-                for name, info in pool.map(sized, unsized):
-                    listing.files[name] = info
+        return listing
+
+    def _sized(self, info: ObjectInfo) -> ObjectInfo:
+        if info.size:
+            return info
+        path = self._path(info.key)
+        return info_to_object(info.key, self._call(f"stat {path}", self.fs.info, path))
+
+    def list_dir(self, key: str) -> Listing:
+        listing = self._names(key)
+        with ThreadPoolExecutor(8) as pool:
+            listing.files = dict(zip(listing.files, pool.map(self._sized, listing.files.values())))
         return listing
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         if not key:
             return None
         parent, name = posixpath.split(key)
-        return self.list_dir(parent).files.get(name)
+        info = self._names(parent).files.get(name)
+        return None if info is None else self._sized(info)  # one HEAD, not one per sibling
 
     def is_dir(self, key: str) -> bool:
         if not key:
             return True
         parent, name = posixpath.split(key)
-        return name in self.list_dir(parent).dirs
+        return name in self._names(parent).dirs
 
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
         data = super().get_range(key, start, end, etag)
         if len(data) > end - start:
             # the server ignored the Range header and sent the whole file
-            log.warning("%s: the web server ignores byte ranges; every read downloads the whole file",
-                        self.url)
+            if not self._warned_no_ranges:
+                self._warned_no_ranges = True
+                log.warning("%s: the web server ignores byte ranges; every read downloads the whole "
+                            "file", self.url)
             data = data[start:end]
         return data
