@@ -380,20 +380,20 @@ class Backend:
     def third_ls(self, h) -> tuple[int, int]: ...
 
 
-class S3Backend(Backend):
-    name = "s3"
-    fsspec_label = "s3fs"
-    has_third = True
+class ServerBackend(Backend):
+    """A store served by a local server process (`self.server`, a devstores LocalServer)."""
 
-    def __init__(self, workdir: Path):
-        super().__init__(workdir)
-        self.server = SeaweedS3(str(workdir / "seaweed"))
+    scheme = ""
+    endpoint_label = ""
+
+    def start_note(self) -> str:
+        return ""
 
     def start(self) -> None:
-        log(f"starting SeaweedFS in {self.workdir}")
+        log(f"starting {self.server.name} in {self.workdir}{self.start_note()}")
         self.server.start()
         self.server.create_bucket(BUCKET)
-        log(f"S3 endpoint {self.server.endpoint}")
+        log(f"{self.endpoint_label} {self.server.endpoint}")
 
     def stop(self) -> None:
         self.server.stop()
@@ -401,17 +401,29 @@ class S3Backend(Backend):
     def server_pid(self):
         return self.server.proc.pid if self.server.proc else None
 
-    def data_dir(self):
-        return self.workdir / "seaweed" / "data"
-
     def url(self):
-        return f"s3://{BUCKET}"
+        return f"{self.scheme}://{BUCKET}"
 
     def mount_options(self):
         return self.server.mount_options()
 
     def upload_small(self, small):
         self.server.put_many(BUCKET, small)
+
+
+class S3Backend(ServerBackend):
+    name = "s3"
+    scheme = "s3"
+    endpoint_label = "S3 endpoint"
+    fsspec_label = "s3fs"
+    has_third = True
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.server = SeaweedS3(str(workdir / "seaweed"))
+
+    def data_dir(self):
+        return self.workdir / "seaweed" / "data"
 
     def upload_big(self, big):
         import obstore
@@ -449,8 +461,10 @@ class S3Backend(Backend):
         return len(objs), sum(o["size"] for o in objs)
 
 
-class GCSBackend(Backend):
+class GCSBackend(ServerBackend):
     name = "gcs"
+    scheme = "gs"
+    endpoint_label = "GCS endpoint"
     fsspec_label = "gcsfs"
     note = "obstore column: not applicable (the mount's data path for gs:// is gcsfs)"
 
@@ -459,27 +473,6 @@ class GCSBackend(Backend):
         from unifs.devstores.fakegcs import FakeGCS  # sets GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
 
         self.server = FakeGCS(str(workdir / "fakegcs"))
-
-    def start(self):
-        log(f"starting fake-gcs-server in {self.workdir}")
-        self.server.start()
-        self.server.create_bucket(BUCKET)
-        log(f"GCS endpoint {self.server.endpoint}")
-
-    def stop(self):
-        self.server.stop()
-
-    def server_pid(self):
-        return self.server.proc.pid if self.server.proc else None
-
-    def url(self):
-        return f"gs://{BUCKET}"
-
-    def mount_options(self):
-        return self.server.mount_options()
-
-    def upload_small(self, small):
-        self.server.put_many(BUCKET, small)
 
     def upload_big(self, big):
         self.server._request("POST", f"{self.server.endpoint}/upload/storage/v1/b/{BUCKET}/o?"
@@ -492,8 +485,10 @@ class GCSBackend(Backend):
         return fs
 
 
-class AzureBackend(Backend):
+class AzureBackend(ServerBackend):
     name = "azure"
+    scheme = "abfs"
+    endpoint_label = "Azure blob endpoint"
     fsspec_label = "adlfs"
     note = "obstore column: not applicable (the mount's data path for abfs:// is adlfs)"
 
@@ -503,26 +498,8 @@ class AzureBackend(Backend):
 
         self.server = Azurite(str(workdir / "azurite"), memory_limit_mb=memory_limit_mb)
 
-    def start(self):
-        log(f"starting Azurite in {self.workdir} (extent memory limit {self.server.memory_limit_mb} MB)")
-        self.server.start()
-        self.server.create_container(BUCKET)
-        log(f"Azure blob endpoint {self.server.endpoint}")
-
-    def stop(self):
-        self.server.stop()
-
-    def server_pid(self):
-        return self.server.proc.pid if self.server.proc else None
-
-    def url(self):
-        return f"abfs://{BUCKET}"
-
-    def mount_options(self):
-        return self.server.mount_options()
-
-    def upload_small(self, small):
-        self.server.put_many(BUCKET, small)
+    def start_note(self):
+        return f" (extent memory limit {self.server.memory_limit_mb} MB)"
 
     def upload_big(self, big):
         cc = self.server.service_client().get_container_client(BUCKET)
