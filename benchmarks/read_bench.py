@@ -19,24 +19,36 @@ user would, and measures:
   b. all small files read whole by 8 threads, in listing order (files/s), cold;
      versus fsspec `cat_file` and obstore `get` with 8 threads (file: open().read());
   c. `ls -l` of the small-file directory (scandir + stat of every entry), cold
-     on a fresh mount and warm (second run);
+     on a fresh mount and warm (second run); the same for a separate prefix of
+     many tiny objects (--list-count, default 20,000 for s3);
   d. warm re-read of the big file and the small files through the same mount.
 
+With --store s3 the same measurements run through peer mounts too, side by
+side in the same run (benchmarks/peers.py; --peers, default all installed):
+`rclone mount` with --vfs-cache-mode full and off, s3fs-fuse without and with
+use_cache, and a Python passthrough FUSE (passthrough_bench.py) over a local
+directory holding the same files, the Python FUSE ceiling. A second table
+gives unifs / peer ratios. A peer that is not installed is skipped (and said
+so); a peer that fails is reported and left out of the rest of the run.
+
 "Cold" means: a fresh `unifs mount` (empty metadata cache, fresh kernel
-attribute/dentry cache) and the page cache dropped just before the measurement
+attribute/dentry cache; for a peer a fresh mount with a fresh, empty cache
+directory) and the page cache dropped just before the measurement
 (`sync; echo 3 > /proc/sys/vm/drop_caches`, needs root). Each direct client is
 a new instance, measured after the same page-cache drop. After the drop the
 server's data files (SeaweedFS' volumes; for file, the directory itself) are
 read back into the page cache (unless --cold-server) so that every client sees
 the same warm local server, and the numbers compare client paths rather than
-the disk. The gcs and azure emulators keep their data in memory anyway.
+the disk (for the passthrough: its local directory). The gcs and azure
+emulators keep their data in memory anyway.
 
 Every byte read through the mount is checked against the sha256 taken at
-upload; a mismatch aborts the run with exit status 3. The direct clients are
-checked too.
+upload; a mismatch aborts the run with exit status 3. The direct clients and
+the peer mounts are checked too (a peer with wrong bytes also ends in status 3).
 
     python benchmarks/read_bench.py [--store s3|gcs|azure|file] [--client auto|fsspec|obstore]
-                                    [--repeat K] [--json FILE]
+                                    [--peers rclone-full,rclone-off,s3fs,s3fs-cache,passthrough|none]
+                                    [--list-count N] [--repeat K] [--json FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +70,7 @@ from typing import Callable, Optional
 
 import yaml
 
+from peers import PEERS, S3Target, is_mounted, make_peers, peer_class, proc_cpu_seconds
 from unifs.devstores.seaweed import SeaweedS3
 
 STORES = ("s3", "gcs", "azure", "file")
@@ -71,6 +85,8 @@ SMALL_THREADS = 8
 BUCKET = "bench"
 BIG_KEY = "big/big.bin"
 SMALL_PREFIX = "small"
+LIST_PREFIX = "list"      # the many-entry listing (default 20,000 tiny objects)
+LIST_OBJ_BYTES = 256
 MOUNT_PATH = "/bench"
 
 TARGET_SEQ = 0.7
@@ -148,11 +164,15 @@ NOISE = Noise()
 class CacheControl:
     def __init__(self, server_data: Optional[Path], warm_server: bool):
         self.server_data = server_data  # None: the server keeps its data in memory
+        self.rewarm = warm_server
         self.warm_server = warm_server and server_data is not None
         self.can_drop = True
 
-    def cold(self) -> None:
-        """Drop the page cache, then (by default) read the server's data files back in."""
+    def cold(self, dirs: Optional[list] = None) -> None:
+        """Drop the page cache, then (by default) read the server's data files back in.
+
+        dirs: what the measured client's server reads instead of the store server's data
+        (the passthrough's local directory)."""
         os.sync()
         try:
             with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -162,9 +182,13 @@ class CacheControl:
                 log(f"WARNING: cannot drop the page cache ({e.strerror}); 'cold' numbers are not cold "
                     "(run as root)")
             self.can_drop = False
-        if self.warm_server:
-            buf = bytearray(4 * MIB)
-            for root, _, files in os.walk(self.server_data):
+        if dirs is None:
+            dirs = [self.server_data] if self.server_data is not None else []
+        if not self.rewarm:
+            return
+        buf = bytearray(4 * MIB)
+        for top in dirs:
+            for root, _, files in os.walk(top):
                 for name in files:
                     try:
                         with open(os.path.join(root, name), "rb", buffering=0) as f:
@@ -207,16 +231,17 @@ class Mount:
                     NOISE.own.add(self.pid)
         return self
 
+    @property
+    def root(self) -> str:
+        """The directory holding the bucket's keys."""
+        return os.path.join(str(self.mp), MOUNT_PATH.strip("/"))
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the daemon so far (all threads)."""
-        if not self.pid:
-            return float("nan")
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        return proc_cpu_seconds(self.pid)
+
+    def warm_dirs(self) -> None:
+        return None  # reads the store server, like the direct clients
 
     def __exit__(self, *exc) -> None:
         self.unmount()
@@ -231,12 +256,6 @@ class Mount:
             subprocess.run(unifs_cmd() + ["umount", "--lazy", str(self.mp)], capture_output=True,
                            text=True, timeout=120)
         self.mounted = False
-
-
-def is_mounted(mp: Path) -> bool:
-    real = os.path.realpath(mp)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == real for line in f)
 
 
 # --------------------------------------------------------------------------- readers
@@ -301,6 +320,16 @@ def read_all(names: list, read_one: Callable, threads: int = SMALL_THREADS) -> l
 def read_whole(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def ls_l(d: str) -> tuple[list, int]:
+    """What `ls -l` does: scandir, then stat every entry. Returns the names and their total size."""
+    names, total = [], 0
+    with os.scandir(d) as it:
+        for entry in it:
+            total += entry.stat().st_size
+            names.append(entry.name)
+    return names, total
 
 
 # --------------------------------------------------------------------------- helpers
@@ -377,7 +406,7 @@ class Backend:
     def new_third(self): ...
     def third_big(self, h, size: int) -> bytearray: ...
     def third_small(self, h) -> tuple[list, list]: ...
-    def third_ls(self, h) -> tuple[int, int]: ...
+    def third_ls(self, h, prefix: str) -> tuple[list, int]: ...  # entry names, total bytes
 
 
 class ServerBackend(Backend):
@@ -459,11 +488,11 @@ class S3Backend(ServerBackend):
         names = [o["path"] for o in obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]]
         return names, read_all(names, lambda k: bytes(obstore.get(store, k).bytes()))
 
-    def third_ls(self, store):
+    def third_ls(self, store, prefix):
         import obstore
 
-        objs = obstore.list_with_delimiter(store, SMALL_PREFIX)["objects"]
-        return len(objs), sum(o["size"] for o in objs)
+        objs = obstore.list_with_delimiter(store, prefix)["objects"]
+        return [o["path"].rsplit("/", 1)[-1] for o in objs], sum(o["size"] for o in objs)
 
 
 class GCSBackend(ServerBackend):
@@ -561,13 +590,8 @@ class FileBackend(Backend):
         names = os.listdir(d)
         return [f"{SMALL_PREFIX}/{x}" for x in names], read_all(names, lambda x: read_whole(os.path.join(d, x)))
 
-    def third_ls(self, root):
-        count = total = 0
-        with os.scandir(root / SMALL_PREFIX) as it:
-            for entry in it:
-                total += entry.stat().st_size
-                count += 1
-        return count, total
+    def third_ls(self, root, prefix):
+        return ls_l(str(root / prefix))
 
 
 def make_backend(args, workdir: Path) -> Backend:
@@ -612,162 +636,193 @@ class Results:
 
 
 # --------------------------------------------------------------------------- phases
+#
+# A mount client is anything that mounts the bucket: unifs, or a peer from peers.py. Its open()
+# returns a fresh mount (a context manager) with .root (the directory holding the keys),
+# .cpu_seconds() (its FUSE server's CPU so far) and .warm_dirs() (what to read back into the page
+# cache after a drop; None: the store server's data). The measure_* functions see only that.
 
 
-def phase_big(args, backend: Backend, cache, mount_factory, res: Results, big_sha: str, big_size: int) -> None:
-    # unifs: fresh mount, cold page cache, then a warm re-read through the same mount
-    with mount_factory() as m:
-        path = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), BIG_KEY)
-        cache.cold()
+class MountClient:
+    def __init__(self, name: str, open_mount: Callable):
+        self.name = name
+        self.open = open_mount
+        self.error: Optional[str] = None
+        self.wrong_bytes = False
+
+
+def measure_big(c: MountClient, cache, res: Results, big_sha: str, big_size: int) -> None:
+    """Cold read of the big file on a fresh mount, then a warm re-read through the same mount."""
+    with c.open() as m:
+        path = os.path.join(m.root, BIG_KEY)
+        for row in ("big_cold", "big_warm"):
+            if row == "big_cold":
+                cache.cold(m.warm_dirs())
+            c0 = m.cpu_seconds()
+            dt, buf = timed(lambda: read_seq_file(path, big_size))
+            res.cpu(f"{row}.{c.name}", m.cpu_seconds() - c0)
+            check_big(f"{c.name} ({row})", buf, big_sha)
+            del buf
+            res.add(f"{row}.{c.name}", big_size / MIB / dt)
+            log(f"{'a' if row == 'big_cold' else 'd'}. {row:<11} {c.name:<11} {big_size / MIB / dt:9.1f} MiB/s")
+
+
+def measure_small(c: MountClient, cache, res: Results, small: dict) -> None:
+    """All small files, 8 threads, listing order: cold on a fresh mount, then warm on the same."""
+    n = len(small)
+    with c.open() as m:
+        d = os.path.join(m.root, SMALL_PREFIX)
+
+        def run():
+            names = os.listdir(d)  # listing order
+            return names, read_all(names, lambda name: read_whole(os.path.join(d, name)))
+        for row in ("small_cold", "small_warm"):
+            if row == "small_cold":
+                cache.cold(m.warm_dirs())
+            c0 = m.cpu_seconds()
+            dt, (names, blobs) = timed(run)
+            res.cpu(f"{row}.{c.name}", m.cpu_seconds() - c0)
+            check_small(f"{c.name} ({row})", [f"{SMALL_PREFIX}/{x}" for x in names], blobs, small)
+            del blobs
+            res.add(f"{row}.{c.name}", n / dt)
+            log(f"{'b' if row == 'small_cold' else 'd'}. {row:<11} {c.name:<11} {n / dt:9.1f} files/s")
+
+
+def check_listing(who: str, names: list, total: int, expected: set, expected_total: int) -> None:
+    if len(names) != len(expected) or set(names) != expected or total != expected_total:
+        missing = sorted(expected - set(names))[:3]
+        extra = sorted(set(names) - expected)[:3]
+        raise VerificationError(f"{who}: listed {len(names)} entries / {total} bytes, expected "
+                                f"{len(expected)} / {expected_total} (missing {missing}, extra {extra})")
+
+
+def measure_ls(c: MountClient, cache, res: Results, row: str, prefix: str, expected: set,
+               expected_total: int) -> None:
+    """`ls -l` of one directory: cold on a fresh mount, then again on the same mount."""
+    with c.open() as m:
+        d = os.path.join(m.root, prefix)
+        cache.cold(m.warm_dirs())
         c0 = m.cpu_seconds()
-        dt, buf = timed(lambda: read_seq_file(path, big_size))
-        res.cpu("big_cold", m.cpu_seconds() - c0)
-        check_big("unifs (cold)", buf, big_sha)
-        res.add("big_cold.unifs", big_size / MIB / dt)
-        log(f"a. big cold    unifs   {big_size / MIB / dt:8.1f} MiB/s")
-        del buf
-        c0 = m.cpu_seconds()
-        dt, buf = timed(lambda: read_seq_file(path, big_size))
-        res.cpu("big_warm", m.cpu_seconds() - c0)
-        check_big("unifs (warm)", buf, big_sha)
-        res.add("big_warm.unifs", big_size / MIB / dt)
-        log(f"d. big warm    unifs   {big_size / MIB / dt:8.1f} MiB/s")
-        del buf
-    # direct fsspec, a new instance, same cold state
+        for label in (f"{row}_cold_s", f"{row}_warm_s"):
+            dt, (names, total) = timed(lambda: ls_l(d))
+            check_listing(f"{c.name} ls -l {prefix}", names, total, expected, expected_total)
+            res.add(f"{label}.{c.name}", dt)
+            log(f"c. {label:<11} {c.name:<11} {dt:9.3f} s")
+        res.cpu(f"{row}.{c.name}", m.cpu_seconds() - c0)
+
+
+def attempt(c: MountClient, fn: Callable, *args) -> None:
+    """Run one measurement of a mount client. unifs errors end the run; a peer that fails is
+    reported and left out of the rest of the run."""
+    if c.error:
+        return
+    try:
+        fn(c, *args)
+    except VerificationError as e:
+        if c.name == "unifs":
+            raise
+        c.error, c.wrong_bytes = f"wrong bytes: {e}", True
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        if c.name == "unifs":
+            raise
+        c.error = f"{type(e).__name__}: {e}"
+    if c.error:
+        log(f"{c.name}: FAILED, left out from now on: {c.error}")
+
+
+def direct_big(backend: Backend, cache, res: Results, big_sha: str, big_size: int) -> None:
+    # direct fsspec, a new instance, same cold state; the "warm" row repeats the read
     cache.cold()
     fs = backend.new_fs()
-    dt, buf = timed(lambda: read_seq_fsspec(fs, backend.fs_path(BIG_KEY), big_size))
-    check_big("fsspec", buf, big_sha)
-    res.add("big_cold.fsspec", big_size / MIB / dt)
-    log(f"a. big cold    fsspec  {big_size / MIB / dt:8.1f} MiB/s")
-    del buf
-    dt, buf = timed(lambda: read_seq_fsspec(fs, backend.fs_path(BIG_KEY), big_size))
-    check_big("fsspec (2nd)", buf, big_sha)
-    res.add("big_warm.fsspec", big_size / MIB / dt)
-    del buf
+    for row in ("big_cold", "big_warm"):
+        dt, buf = timed(lambda: read_seq_fsspec(fs, backend.fs_path(BIG_KEY), big_size))
+        check_big(f"fsspec ({row})", buf, big_sha)
+        del buf
+        res.add(f"{row}.fsspec", big_size / MIB / dt)
+        if row == "big_cold":
+            log(f"a. big_cold    fsspec      {big_size / MIB / dt:9.1f} MiB/s")
     if not backend.has_third:
         return
     # direct obstore (s3) / plain open() (file)
     third = backend.third
     cache.cold()
     h = backend.new_third()
-    dt, buf = timed(lambda: backend.third_big(h, big_size))
-    check_big(third, buf, big_sha)
-    res.add(f"big_cold.{third}", big_size / MIB / dt)
-    log(f"a. big cold    {third:<7} {big_size / MIB / dt:8.1f} MiB/s")
-    del buf
-    dt, buf = timed(lambda: backend.third_big(h, big_size))
-    check_big(f"{third} (2nd)", buf, big_sha)
-    res.add(f"big_warm.{third}", big_size / MIB / dt)
-    del buf
+    for row in ("big_cold", "big_warm"):
+        dt, buf = timed(lambda: backend.third_big(h, big_size))
+        check_big(f"{third} ({row})", buf, big_sha)
+        del buf
+        res.add(f"{row}.{third}", big_size / MIB / dt)
+        if row == "big_cold":
+            log(f"a. big_cold    {third:<11} {big_size / MIB / dt:9.1f} MiB/s")
 
 
-def phase_small(args, backend: Backend, cache, mount_factory, res: Results, small: dict) -> None:
+def direct_small(backend: Backend, cache, res: Results, small: dict) -> None:
     n = len(small)
-    prefix = SMALL_PREFIX + "/"
-    with mount_factory() as m:
-        d = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), SMALL_PREFIX)
-
-        def run():
-            names = os.listdir(d)  # listing order
-            return names, read_all(names, lambda name: read_whole(os.path.join(d, name)))
-        cache.cold()
-        c0 = m.cpu_seconds()
-        dt, (names, blobs) = timed(run)
-        res.cpu("small_cold", m.cpu_seconds() - c0)
-        check_small("unifs (cold)", [prefix + x for x in names], blobs, small)
-        res.add("small_cold.unifs", n / dt)
-        log(f"b. small cold  unifs   {n / dt:8.1f} files/s")
-        c0 = m.cpu_seconds()
-        dt, (names, blobs) = timed(run)
-        res.cpu("small_warm", m.cpu_seconds() - c0)
-        check_small("unifs (warm)", [prefix + x for x in names], blobs, small)
-        res.add("small_warm.unifs", n / dt)
-        log(f"d. small warm  unifs   {n / dt:8.1f} files/s")
-        del blobs
-
     cache.cold()
     fs = backend.new_fs()
 
     def run_fs():
         names = fs.ls(backend.fs_path(SMALL_PREFIX), detail=False)
         return names, read_all(names, fs.cat_file)
-    dt, (names, blobs) = timed(run_fs)
-    check_small("fsspec", [backend.fs_rel(x) for x in names], blobs, small)
-    res.add("small_cold.fsspec", n / dt)
-    log(f"b. small cold  fsspec  {n / dt:8.1f} files/s")
-    fs.invalidate_cache()
-    dt, (names, blobs) = timed(run_fs)
-    res.add("small_warm.fsspec", n / dt)
-    del blobs
+    for row in ("small_cold", "small_warm"):
+        fs.invalidate_cache()
+        dt, (names, blobs) = timed(run_fs)
+        check_small(f"fsspec ({row})", [backend.fs_rel(x) for x in names], blobs, small)
+        del blobs
+        res.add(f"{row}.fsspec", n / dt)
+        if row == "small_cold":
+            log(f"b. small_cold  fsspec      {n / dt:9.1f} files/s")
     if not backend.has_third:
         return
-
     third = backend.third
     cache.cold()
     h = backend.new_third()
-    dt, (names, blobs) = timed(lambda: backend.third_small(h))
-    check_small(third, names, blobs, small)
-    res.add(f"small_cold.{third}", n / dt)
-    log(f"b. small cold  {third:<7} {n / dt:8.1f} files/s")
-    dt, (names, blobs) = timed(lambda: backend.third_small(h))
-    res.add(f"small_warm.{third}", n / dt)
-    del blobs
+    for row in ("small_cold", "small_warm"):
+        dt, (names, blobs) = timed(lambda: backend.third_small(h))
+        check_small(f"{third} ({row})", names, blobs, small)
+        del blobs
+        res.add(f"{row}.{third}", n / dt)
+        if row == "small_cold":
+            log(f"b. small_cold  {third:<11} {n / dt:9.1f} files/s")
 
 
-def phase_ls(args, backend: Backend, cache, mount_factory, res: Results, small: dict) -> None:
-    n = len(small)
-
-    def ls_l(d):
-        count = 0
-        total = 0
-        with os.scandir(d) as it:
-            for entry in it:
-                total += entry.stat().st_size
-                count += 1
-        return count, total
-
-    expected_total = args.small_kib * KIB * n
-    with mount_factory() as m:
-        d = os.path.join(str(m.mp), MOUNT_PATH.strip("/"), SMALL_PREFIX)
-        cache.cold()
-        c0 = m.cpu_seconds()
-        for label in ("ls_cold_s", "ls_warm_s"):
-            dt, (count, total) = timed(lambda: ls_l(d))
-            if (count, total) != (n, expected_total):
-                raise VerificationError(f"unifs ls -l: {count} entries / {total} bytes, "
-                                        f"expected {n} / {expected_total}")
-            res.add(label + ".unifs", dt)
-            log(f"c. {label:<11} unifs   {dt:8.3f} s")
-        res.cpu("ls", m.cpu_seconds() - c0)
-
-    # reference: one detailed listing with each direct client (what `ls -l` needs)
+def direct_ls(backend: Backend, cache, res: Results, row: str, prefix: str, expected: set,
+              expected_total: int) -> None:
+    """The direct clients' equivalent of `ls -l`: one detailed listing of the prefix."""
     cache.cold()
     fs = backend.new_fs()
-    dt, entries = timed(lambda: fs.ls(backend.fs_path(SMALL_PREFIX), detail=True))
-    if len(entries) != n or sum(e["size"] for e in entries) != expected_total:
-        raise VerificationError(f"fsspec ls: {len(entries)} entries")
-    res.add("ls_cold_s.fsspec", dt)
+    dt, entries = timed(lambda: fs.ls(backend.fs_path(prefix), detail=True))
+    check_listing(f"fsspec ls {prefix}", [e["name"].rsplit("/", 1)[-1] for e in entries],
+                  sum(e["size"] for e in entries), expected, expected_total)
+    res.add(f"{row}_cold_s.fsspec", dt)
+    log(f"c. {row + '_cold_s':<11} fsspec      {dt:9.3f} s")
     if not backend.has_third:
         return
     h = backend.new_third()
-    dt, (count, total) = timed(lambda: backend.third_ls(h))
-    if count != n or total != expected_total:
-        raise VerificationError(f"{backend.third} list: {count} entries / {total} bytes")
-    res.add(f"ls_cold_s.{backend.third}", dt)
+    dt, (names, total) = timed(lambda: backend.third_ls(h, prefix))
+    check_listing(f"{backend.third} list {prefix}", names, total, expected, expected_total)
+    res.add(f"{row}_cold_s.{backend.third}", dt)
+    log(f"c. {row + '_cold_s':<11} {backend.third:<11} {dt:9.3f} s")
 
 
 # --------------------------------------------------------------------------- report
 
 
-ROWS = [
-    ("big_cold", "a. sequential 1 reader, cold", "MiB/s"),
-    ("small_cold", "b. small files 8 threads, cold", "files/s"),
-    ("ls_cold_s", "c. ls -l cold (fresh mount)", "s"),
-    ("ls_warm_s", "c. ls -l warm (2nd run)", "s"),
-    ("big_warm", "d. sequential re-read, warm", "MiB/s"),
-    ("small_warm", "d. small files re-read, warm", "files/s"),
-]
+def rows(args) -> list[tuple[str, str, str]]:
+    out = [
+        ("big_cold", "a. sequential 1 reader, cold", "MiB/s"),
+        ("small_cold", "b. small files 8 threads, cold", "files/s"),
+        ("ls_cold_s", f"c. ls -l {args.small_count:,} cold (fresh mount)", "s"),
+        ("ls_warm_s", f"c. ls -l {args.small_count:,} warm (2nd run)", "s"),
+    ]
+    if args.list_count:
+        out += [("list_cold_s", f"c. ls -l {args.list_count:,} cold (fresh mount)", "s"),
+                ("list_warm_s", f"c. ls -l {args.list_count:,} warm (2nd run)", "s")]
+    out += [
+        ("big_warm", "d. sequential re-read, warm", "MiB/s"),
+        ("small_warm", "d. small files re-read, warm", "files/s"),
+    ]
+    return out
 
 
 def ratio(name: str, unifs: Optional[float], other: Optional[float]) -> Optional[float]:
@@ -776,28 +831,34 @@ def ratio(name: str, unifs: Optional[float], other: Optional[float]) -> Optional
     return other / unifs if name.endswith("_s") else unifs / other
 
 
-def report(args, backend: Backend, res: Results, info: dict) -> dict:
-    def fmt(v, unit):
-        if v is None:
-            return "-"
-        return f"{v:.3f}" if unit == "s" else f"{v:.1f}"
+def fmt(v, unit):
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if unit == "s" else f"{v:.1f}"
 
-    def fr(v):
-        return "-" if v is None else f"{v:.2f}x"
 
+def fr(v):
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def report(args, backend: Backend, res: Results, info: dict, peers: list) -> dict:
+    """peers: the peer mount clients that were selected and could run (possibly failed later)."""
     t3, l3 = backend.third, backend.third_label
     clients = ("unifs", "fsspec", t3)
     header = f"{'measurement':<34}{'unit':>8}{'unifs':>10}{'fsspec':>10}{l3:>10}" \
              f"{'vs fsspec':>11}{'vs ' + l3:>11}"
     lines = [header, "-" * len(header)]
     table = {}
-    for key, title, unit in ROWS:
+    for key, title, unit in rows(args):
         u, f, o = (res.best(f"{key}.{c}") for c in clients)
         rf, ro = ratio(key, u, f), ratio(key, u, o)
         table[key] = {"title": title, "unit": unit, "unifs": u, "fsspec": f, t3: o,
                       "ratio_fsspec": rf, f"ratio_{t3}": ro,
                       "other_cpu_share": {c: res.best_noise(f"{key}.{c}") for c in clients},
-                      "samples": {c: res.samples.get(f"{key}.{c}", []) for c in clients}}
+                      "samples": {c: res.samples.get(f"{key}.{c}", []) for c in clients},
+                      "peers": {p.name: {"value": res.best(f"{key}.{p.name}"),
+                                         "ratio": ratio(key, u, res.best(f"{key}.{p.name}")),
+                                         "samples": res.samples.get(f"{key}.{p.name}", [])} for p in peers}}
         lines.append(f"{title:<34}{unit:>8}{fmt(u, unit):>10}{fmt(f, unit):>10}{fmt(o, unit):>10}"
                      f"{fr(rf):>11}{fr(ro):>11}")
     seq = table["big_cold"]["ratio_fsspec"]
@@ -812,7 +873,8 @@ def report(args, backend: Backend, res: Results, info: dict) -> dict:
     print()
     print(f"unifs read benchmark: store={backend.name} ({backend.url()}), "
           f"client={args.client or 'auto (default)'}, big {args.big_mib} MiB, "
-          f"{args.small_count} x {args.small_kib} KiB, best of {args.repeat}, {os.cpu_count()} CPUs")
+          f"{args.small_count} x {args.small_kib} KiB, listing {args.list_count} x {LIST_OBJ_BYTES} B, "
+          f"best of {args.repeat}, {os.cpu_count()} CPUs")
     if backend.name != "s3":
         print(f"fsspec column: {backend.fsspec_label}")
     if backend.note:
@@ -833,23 +895,88 @@ def report(args, backend: Backend, res: Results, info: dict) -> dict:
     print("targets:")
     for text, ok, val in targets:
         print(f"  {'PASS' if ok else 'MISS'}  {text:<48} {val}")
-    cpu = {k: min(v) for k, v in res.daemon_cpu.items()}
+
+    if peers or info.get("peers_skipped"):
+        print()
+        print_peer_tables(args, res, peers, info)
+
+    cpu: dict[str, dict[str, float]] = {}
+    for name, vals in res.daemon_cpu.items():
+        row, client = name.split(".", 1)
+        cpu.setdefault(client, {})[row] = min(vals)
     if cpu:
         print()
-        print("unifs daemon CPU seconds (user+sys, best run): " +
-              ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-    shares = [(f"{key}.{c}", v["other_cpu_share"][c]) for key, v in table.items() for c in v["other_cpu_share"]
-              if v["other_cpu_share"][c] is not None]
-    noisy = [f"{n} {sh:.0%}" for n, sh in shares if sh >= 0.05]
+        print("FUSE server CPU seconds (user+sys, best run; ls = cold + warm):")
+        for client, by_row in cpu.items():
+            print(f"  {client:<12} " + ", ".join(f"{k} {v:.2f}" for k, v in by_row.items()))
+    shares = [(name, res.best_noise(name)) for name in res.samples]
+    noisy = [f"{n} {sh:.0%}" for n, sh in shares if sh is not None and sh >= 0.05]
     print(f"other processes' CPU while timing (share of all cores, rows timed >= {MIN_NOISE_SPAN:.0f} s): " +
           (", ".join(noisy) if noisy else "< 5% everywhere"))
     if not info.get("page_cache_dropped", True):
         print("WARNING: the page cache could not be dropped; 'cold' rows are not cold")
     return {"table": table, "targets": [{"target": t, "pass": ok, "value": v} for t, ok, v in targets],
-            "daemon_cpu_s": cpu}
+            "daemon_cpu_s": cpu,
+            "peers": {p.name: {"error": p.error} for p in peers},
+            "peers_skipped": info.get("peers_skipped", {})}
+
+
+def print_peer_tables(args, res: Results, peers: list, info: dict) -> None:
+    names = [p.name for p in peers]
+    w = max([12] + [len(n) + 2 for n in names])
+    print("peer mounts (same server, same data, same run; each cold row on a fresh mount):")
+    if names:
+        header = f"{'measurement':<34}{'unit':>8}{'unifs':>{w}}" + "".join(f"{n:>{w}}" for n in names)
+        print(header)
+        print("-" * len(header))
+        for key, title, unit in rows(args):
+            vals = [res.best(f"{key}.{n}") for n in ["unifs"] + names]
+            print(f"{title:<34}{unit:>8}" + "".join(f"{fmt(v, unit):>{w}}" for v in vals))
+        print()
+        header = f"{'unifs / peer (> 1: unifs faster)':<42}" + "".join(f"{n:>{w}}" for n in names)
+        print(header)
+        print("-" * len(header))
+        for key, title, unit in rows(args):
+            u = res.best(f"{key}.unifs")
+            print(f"{title:<42}" + "".join(f"{fr(ratio(key, u, res.best(f'{key}.{n}'))):>{w}}" for n in names))
+        print()
+        if any(n.startswith("rclone") for n in names):
+            print("rclone: `rclone mount --vfs-cache-mode full|off --read-only`, other flags default "
+                  "(a fresh, empty --cache-dir per mount)")
+        if any(n.startswith("s3fs") for n in names):
+            print("s3fs: `s3fs -o url=..,use_path_request_style,ro`, other options default; s3fs-cache adds "
+                  "`use_cache=DIR` (fresh, empty per mount)")
+        if "passthrough" in names:
+            print("passthrough: mfusepy passthrough (passthrough_bench.py: kernel_cache, 60 s attr/entry "
+                  "timeouts) over a local copy of the files, read back into the page cache after each drop")
+        print("warm rows: a second pass through the same mount (kernel page cache and whatever the mount caches)")
+    for p in peers:
+        if p.error:
+            print(f"{p.name}: FAILED during the run (its numbers are partial or missing): {p.error}")
+    for name, why in info.get("peers_skipped", {}).items():
+        print(f"{name}: skipped ({why})")
 
 
 # --------------------------------------------------------------------------- main
+
+
+def parse_peers(ap, args) -> list:
+    if args.peers is None:
+        return list(PEERS) if args.store == "s3" else []
+    names = [] if args.peers.strip().lower() in ("", "none") else [x.strip() for x in args.peers.split(",")]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}, or none")
+    if names and args.store != "s3":
+        ap.error("peer mounts apply to --store s3 only")
+    return list(dict.fromkeys(names))
+
+
+def write_tree(root: Path, items: dict) -> None:
+    for key, data in items.items():
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
 
 
 def main(argv=None) -> int:
@@ -859,6 +986,12 @@ def main(argv=None) -> int:
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the big object in MiB")
     ap.add_argument("--small-count", type=int, default=2000, help="number of small objects")
     ap.add_argument("--small-kib", type=int, default=100, help="size of each small object in KiB")
+    ap.add_argument("--list-count", type=int, default=None,
+                    help=f"objects of {LIST_OBJ_BYTES} B under a separate prefix for the big `ls -l` rows "
+                         "(default: 20000 for s3, 0 = none for the other stores)")
+    ap.add_argument("--peers", default=None,
+                    help=f"comma-separated peer mounts to compare (s3 only): {','.join(PEERS)}, or none "
+                         "(default: all that are installed)")
     ap.add_argument("--client", choices=["auto", "fsspec", "obstore"], default=None,
                     help="set the mount entry's client: key (default: leave it out, i.e. auto; "
                          "obstore is for s3 only)")
@@ -874,13 +1007,26 @@ def main(argv=None) -> int:
         ap.error("--repeat must be >= 1")
     if args.client == "obstore" and args.store != "s3":
         ap.error("--client obstore applies to --store s3 only")
+    if args.list_count is None:
+        args.list_count = 20000 if args.store == "s3" else 0
+    peer_names = parse_peers(ap, args)
+    peers_skipped = {}
+    for name in list(peer_names):
+        why = peer_class(name).missing()
+        if why:
+            peers_skipped[name] = why
+            peer_names.remove(name)
+            log(f"peer {name} skipped: {why}")
 
+    # SIGTERM ends the run through the same cleanup as Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unifs-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(args, workdir)
     mountpoint = workdir / "mnt"
     mounts: list[Mount] = []
+    peer_mounts: list = []
     started = time.time()
     rc = 0
     warnings: list[str] = []
@@ -891,6 +1037,7 @@ def main(argv=None) -> int:
             NOISE.own.add(pid)
             NOISE.own_groups.add(pid)  # started in a session of its own: pgid == pid
 
+        local = workdir / "local" if "passthrough" in peer_names else None
         big_size = args.big_mib * MIB
         log(f"uploading {args.small_count} x {args.small_kib} KiB and {args.big_mib} MiB (random bytes)")
         small_data = {f"{SMALL_PREFIX}/f_{i:06d}.bin": os.urandom(args.small_kib * KIB)
@@ -899,13 +1046,30 @@ def main(argv=None) -> int:
         t0 = time.time()
         backend.upload_small(small_data)
         log(f"small objects uploaded in {time.time() - t0:.1f} s")
+        if local:
+            write_tree(local, small_data)
         del small_data
         big = os.urandom(big_size)
         big_sha = sha256(big)
         t0 = time.time()
         backend.upload_big(big)
         log(f"big object uploaded in {time.time() - t0:.1f} s")
+        if local:
+            write_tree(local, {BIG_KEY: big})
         del big
+        list_names: set = set()
+        if args.list_count:
+            list_data = {f"{LIST_PREFIX}/o_{i:06d}.bin": os.urandom(LIST_OBJ_BYTES) for i in range(args.list_count)}
+            list_names = {k.rsplit("/", 1)[-1] for k in list_data}
+            t0 = time.time()
+            backend.upload_small(list_data)
+            log(f"{args.list_count} listing objects uploaded in {time.time() - t0:.1f} s")
+            if local:
+                write_tree(local, list_data)
+            del list_data
+        if local:
+            os.sync()
+            log(f"local copy for the passthrough written to {local}")
         log(f"uploaded in {time.time() - started:.0f} s")
         if args.store in ("gcs", "azure"):
             warnings.append(f"{args.store}: a local emulator holding the data in memory, not the cloud "
@@ -928,17 +1092,47 @@ def main(argv=None) -> int:
             mounts.append(m)
             return m
 
+        clients = [MountClient("unifs", mount_factory)]
+        if peer_names:
+            srv = backend.server
+            target = S3Target(srv.endpoint, srv.access_key, srv.secret_key, BUCKET)
+            peer_mounts = make_peers(peer_names, workdir / "peers", target, local)
+            for p in peer_mounts:
+                def open_peer(p=p):
+                    p.start(workdir / f"mnt-{p.name}")
+                    NOISE.own.add(p.pid)
+                    NOISE.own_groups.add(p.pid)  # started in a session of its own
+                    return p
+                clients.append(MountClient(p.name, open_peer))
+
         cache = CacheControl(backend.data_dir(), warm_server=not args.cold_server)
         res = Results()
+        small_names = {k.rsplit("/", 1)[-1] for k in small}
+        small_total = args.small_count * args.small_kib * KIB
         for k in range(args.repeat):
             log(f"--- run {k + 1} of {args.repeat}")
-            phase_big(args, backend, cache, mount_factory, res, big_sha, big_size)
-            phase_small(args, backend, cache, mount_factory, res, small)
-            phase_ls(args, backend, cache, mount_factory, res, small)
+            for c in clients:
+                attempt(c, measure_big, cache, res, big_sha, big_size)
+            direct_big(backend, cache, res, big_sha, big_size)
+            for c in clients:
+                attempt(c, measure_small, cache, res, small)
+            direct_small(backend, cache, res, small)
+            for c in clients:
+                attempt(c, measure_ls, cache, res, "ls", SMALL_PREFIX, small_names, small_total)
+            direct_ls(backend, cache, res, "ls", SMALL_PREFIX, small_names, small_total)
+            if args.list_count:
+                list_total = args.list_count * LIST_OBJ_BYTES
+                for c in clients:
+                    attempt(c, measure_ls, cache, res, "list", LIST_PREFIX, list_names, list_total)
+                direct_ls(backend, cache, res, "list", LIST_PREFIX, list_names, list_total)
 
         info = {"page_cache_dropped": cache.can_drop, "server_warm_after_drop": cache.warm_server,
-                "warnings": warnings}
-        out = report(args, backend, res, info)
+                "warnings": warnings, "peers_skipped": peers_skipped}
+        peer_clients = clients[1:]
+        out = report(args, backend, res, info, peer_clients)
+        if any(c.wrong_bytes for c in peer_clients):
+            print("\nFAILED: a peer mount returned wrong bytes (see above)", file=sys.stderr, flush=True)
+            rc = 3
         elapsed = time.time() - started
         print(f"\ntotal time {elapsed:.0f} s")
         if args.json:
@@ -947,6 +1141,8 @@ def main(argv=None) -> int:
                               "third_client": backend.third if backend.has_third else None,
                               "client": args.client or "auto (key not set)", "big_mib": args.big_mib,
                               "small_count": args.small_count, "small_kib": args.small_kib,
+                              "list_count": args.list_count, "list_object_bytes": LIST_OBJ_BYTES,
+                              "peers": peer_names,
                               "repeat": args.repeat, "threads_small": SMALL_THREADS,
                               "read_chunk": READ_CHUNK, "fsspec_block_size": FSSPEC_BLOCK,
                               "obstore_range": OBSTORE_RANGE, "obstore_big_threads": OBSTORE_BIG_THREADS},
@@ -965,10 +1161,16 @@ def main(argv=None) -> int:
                 m.unmount()
             except Exception as e:  # noqa: BLE001 - keep cleaning up
                 log(f"unmount failed: {e}")
-        if is_mounted(mountpoint):
-            log(f"WARNING: {mountpoint} is still mounted")
+        for p in peer_mounts:
+            try:
+                p.stop()
+            except Exception as e:  # noqa: BLE001 - keep cleaning up
+                log(f"{p.name}: stop failed: {e}")
+        still = [mp for mp in [mountpoint] + [workdir / f"mnt-{p.name}" for p in peer_mounts] if is_mounted(mp)]
+        for mp in still:
+            log(f"WARNING: {mp} is still mounted")
         backend.stop()
-        if own_workdir and not args.keep_workdir and not is_mounted(mountpoint):
+        if own_workdir and not args.keep_workdir and not still:
             shutil.rmtree(workdir, ignore_errors=True)
     return rc
 
