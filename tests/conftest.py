@@ -116,6 +116,8 @@ class Mounter:
     def mount(self, mounts: list[dict], *opts: str, extra: dict | None = None,
               inprocess: bool = False) -> Path:
         table = {"mounts": mounts, **(extra or {})}
+        # staged writes of test mounts stay in the test's tmp dir
+        table.setdefault("write", {"staging_dir": str(self.tmp / "staging")})
         cfg = self.write_table(table)
         mp = self.tmp / f"mnt{self.count}"
         mp.mkdir()

@@ -92,11 +92,14 @@ def _report_to_status_fd(fd, err):
 @main.command()
 @click.argument("mountpoint")
 @click.option("--lazy", "-z", is_flag=True, help="detach now even if files are open")
-def umount(mountpoint, lazy):
-    """Unmount MOUNTPOINT (also cleans up the stale mount of a dead daemon)."""
+@click.option("--force", is_flag=True,
+              help="do not wait for pending uploads (their staged files stay on local disk)")
+def umount(mountpoint, lazy, force):
+    """Unmount MOUNTPOINT once pending uploads are done (also cleans up a dead daemon's mount)."""
     from unifs import daemon, mountinfo
 
-    click.echo("unifs: " + daemon.unmount(mountinfo.normalise_mountpoint(mountpoint), lazy=lazy))
+    click.echo("unifs: " + daemon.unmount(mountinfo.normalise_mountpoint(mountpoint), lazy=lazy,
+                                          force=force, progress=sys.stderr.isatty()))
 
 
 @main.command()
@@ -117,6 +120,11 @@ def status(as_json):
         for m in r["mounts"]:
             ro = "  (read-only)" if m.get("read_only") else ""
             click.echo(f"  {m['path']:<24} -> {m['url']}{ro}")
+        for p in r.get("pending", []):
+            what = "upload pending" if p.get("state") == "pending" else "not uploaded (was open when a daemon stopped)"
+            err = f"; last error: {p['error']}" if p.get("error") else ""
+            click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}"
+                       f"  local copy: {p['data']}{err}")
         if r["state"] == "stale":
             click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
 

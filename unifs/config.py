@@ -158,6 +158,7 @@ class MountEntry(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     metadata_ttl: float = 60.0
     client: str = "auto"
+    write_back: float = 5.0  # upload data flushed to a file still open at most this often (0: only at close)
 
     @field_validator("path")
     @classmethod
@@ -189,7 +190,7 @@ class MountEntry(BaseModel):
             raise ValueError("http(s):// mounts are read-only: set read_only: true")
         return self
 
-    @field_validator("metadata_ttl", mode="before")
+    @field_validator("metadata_ttl", "write_back", mode="before")
     @classmethod
     def _ttl(cls, v):
         return _duration(v)
@@ -240,12 +241,47 @@ class ReadSettings(BaseModel):
         return s
 
 
+def default_staging_dir() -> str:
+    """Not under a cache directory: staged files may be the only copy of a user's data."""
+    if os.geteuid() == 0:
+        return "/var/lib/unifs/staging"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "unifs", "staging")
+
+
+class WriteSettings(BaseModel):
+    """Staged writes: files are written locally, then uploaded on close/fsync."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    staging_dir: str = Field(default_factory=default_staging_dir)
+    upload_threads: int = Field(default=8, ge=1, le=64)
+    retry_max_interval: float = 60.0
+
+    @field_validator("staging_dir")
+    @classmethod
+    def _abs(cls, v):
+        v = os.path.expanduser(str(v))
+        if not os.path.isabs(v):
+            raise ValueError(f"must be an absolute path, got {v!r}")
+        return v
+
+    @field_validator("retry_max_interval", mode="before")
+    @classmethod
+    def _d(cls, v):
+        d = _duration(v)
+        if d <= 0:
+            raise ValueError("must be greater than 0")
+        return d
+
+
 class MountTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mounts: list[MountEntry] = Field(min_length=1)
     store: StoreSettings = Field(default_factory=StoreSettings)
     read: ReadSettings = Field(default_factory=ReadSettings)
+    write: WriteSettings = Field(default_factory=WriteSettings)
 
 
 # ---------------------------------------------------------------------------
@@ -368,6 +404,7 @@ def _suggest(key, err) -> str:
         ("mounts",): MountEntry.model_fields,
         ("store",): StoreSettings.model_fields,
         ("read",): ReadSettings.model_fields,
+        ("write",): WriteSettings.model_fields,
     }
     loc = tuple(p for p in err["loc"][:-1] if not isinstance(p, int))
     names = fields.get(loc)

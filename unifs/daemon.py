@@ -24,6 +24,7 @@ from unifs.config import MountTable, describe_table, redact_url
 from unifs.errors import StoreError, UserError
 from unifs.logs import setup_logging
 from unifs import mountinfo
+from unifs.vfs.staging import pending_files, staging_dir_for
 
 log = logging.getLogger("unifs.daemon")
 
@@ -53,6 +54,7 @@ def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
         "max_read": 131072,
         "big_writes": True,
         "max_write": 1 << 20,
+        "atomic_o_trunc": True,  # open(O_TRUNC) arrives as one call, not open + truncate
     }
     if all(m.read_only for m in table.mounts):
         kw["ro"] = True  # the kernel refuses every change before it reaches the daemon
@@ -102,12 +104,13 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
     mountinfo.check_mountpoint(mountpoint, nonempty=bool(user_opts.get("nonempty")))
     mountinfo.check_dev_fuse()
     mounts = _open_mounts(table)
-    fs = FileSystem(Namespace(mounts), table.read)
+    staging = staging_dir_for(table.write.staging_dir, mountpoint)
+    fs = FileSystem(Namespace(mounts), table.read, table.write, staging)
 
     def ready():
         mountinfo.write_state(mountpoint, {
             "mountpoint": mountpoint, "pid": os.getpid(), "config": str(config_path),
-            "log_file": log_path, "started": time.time(),
+            "log_file": log_path, "started": time.time(), "staging_dir": staging,
             "mounts": describe_table(table)["mounts"],
         })
         log.info("mounted %s with %d store mount(s)", mountpoint, len(mounts))
@@ -217,8 +220,36 @@ def _fusermount() -> list[str]:
     return ["umount"]
 
 
-def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> str:
-    """Unmount; handles a dead daemon's stale mount. Returns a one-line report."""
+def wait_for_uploads(staging: str, progress: bool = True, poll: float = 0.5) -> None:
+    """Block until the daemon has uploaded every pending file (it retries with backoff)."""
+    from tqdm import tqdm
+
+    def count():
+        return [d for d in pending_files(staging) if d.get("state") == "pending"]
+
+    left = count()
+    if not left:
+        return
+    total_bytes = sum(int(d.get("size") or 0) for d in left)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=not progress,
+               desc=f"waiting for {len(left)} pending upload(s)")
+    try:
+        while left:
+            last = left[0]
+            if last.get("error"):
+                bar.set_postfix_str(f"last error: {last['error'][:60]}", refresh=False)
+            time.sleep(poll)
+            left = count()
+            bar.n = total_bytes - sum(int(d.get("size") or 0) for d in left)
+            bar.refresh()
+    finally:
+        bar.close()
+
+
+def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: bool = False,
+            progress: bool = True) -> str:
+    """Unmount; handles a dead daemon's stale mount. Returns a one-line report.
+    Waits for pending uploads first unless force (the staged files then stay put)."""
     live = mountinfo.find_mount(mountpoint)
     state = mountinfo.read_state(mountpoint)
     pid = state.get("pid") if state else None
@@ -229,6 +260,13 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> str:
     if live.fstype != mountinfo.FSTYPE:
         raise UserError(f"{mountpoint} is mounted by {live.fstype}, not by unifs")
     stale = mountinfo.is_stale(mountpoint) or (pid is not None and not mountinfo.pid_alive(pid))
+    staging = (state or {}).get("staging_dir")
+    if staging and not stale and not force:
+        try:
+            wait_for_uploads(staging, progress)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; {mountpoint} is still mounted and keeps retrying its uploads "
+                            f"(use --force to unmount anyway; staged files stay in {staging})") from None
     cmd = _fusermount()
     if lazy or stale:
         cmd = cmd + ["-z"] if cmd[0] != "umount" else ["umount", "-l"]
@@ -247,7 +285,12 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> str:
         if mountinfo.pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
     mountinfo.remove_state(mountpoint)
-    return f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "")
+    report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "")
+    left = pending_files(staging) if staging else []
+    if left:
+        report += (f"; {len(left)} file(s) not in the store are kept in {staging} "
+                   "(pending ones upload on the next mount of this mount point)")
+    return report
 
 
 def status() -> list[dict]:
@@ -260,9 +303,11 @@ def status() -> list[dict]:
         pid = st.get("pid")
         alive = mountinfo.pid_alive(pid)
         stale = mountinfo.is_stale(live.mountpoint) or (pid is not None and not alive)
+        staging = st.get("staging_dir")
         rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": "stale" if stale else "live",
                      "config": st.get("config"), "log_file": st.get("log_file"),
-                     "mounts": st.get("mounts", [])})
+                     "mounts": st.get("mounts", []), "staging_dir": staging,
+                     "pending": pending_files(staging) if staging else []})
     for mp, st in states.items():
         if not mountinfo.pid_alive(st.get("pid")):
             mountinfo.remove_state(mp)

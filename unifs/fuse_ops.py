@@ -91,46 +91,67 @@ class FuseOps(fuse.Operations):
     def listxattr(self, path):
         return []
 
-    # -- changes: refused with EROFS until the staged-write layer lands ---------
+    # -- writes and namespace changes ---------------------------------------------
     @_errno_guard
-    def create(self, path, mode, fi=None):
-        self.fs.refuse_change(path)
+    def create(self, path, mode, fi):
+        fi.fh = self.fs.create(path)
+        fi.keep_cache = 0
+        return 0
 
     @_errno_guard
     def write(self, path, data, offset, fi):
-        self.fs.refuse_change(path)
+        return self.fs.write(fi.fh, data, offset)
+
+    @_errno_guard
+    def flush(self, path, fi):
+        self.fs.flush(fi.fh)
+        return 0
+
+    @_errno_guard
+    def fsync(self, path, datasync, fi):
+        self.fs.fsync(fi.fh)
+        return 0
 
     @_errno_guard
     def truncate(self, path, length, fh=None):
-        self.fs.refuse_change(path)
+        self.fs.truncate(path, length, fh.fh if fh is not None else None)
+        return 0
 
     @_errno_guard
     def unlink(self, path):
-        self.fs.refuse_change(path)
+        self.fs.unlink(path)
+        return 0
 
     @_errno_guard
     def mkdir(self, path, mode):
-        self.fs.refuse_change(path)
+        self.fs.mkdir(path)
+        return 0
 
     @_errno_guard
     def rmdir(self, path):
-        self.fs.refuse_change(path)
+        self.fs.rmdir(path)
+        return 0
 
     @_errno_guard
     def rename(self, old, new):
-        self.fs.refuse_change(old)
+        self.fs.rename(old, new)
+        return 0
 
     @_errno_guard
     def chmod(self, path, mode):
-        self.fs.refuse_change(path)
+        self.fs.accept_metadata_change(path)
+        return 0
 
     @_errno_guard
     def chown(self, path, uid, gid):
-        self.fs.refuse_change(path)
+        self.fs.accept_metadata_change(path)
+        return 0
 
     @_errno_guard
     def utimens(self, path, times=None):
-        self.fs.refuse_change(path)
+        mtime = times[1] / 1e9 if times else None  # use_ns: nanoseconds
+        self.fs.set_times(path, mtime)
+        return 0
 
     @_errno_guard
     def symlink(self, target, source):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from unifs.config import MountEntry
+from unifs.config import MountEntry, redact_url
 from unifs.stores.base import Store
 
 
@@ -30,6 +30,10 @@ class Mount:
     @property
     def ttl(self) -> float:
         return self.entry.metadata_ttl
+
+    @property
+    def entry_url_redacted(self) -> str:
+        return redact_url(self.entry.url)
 
 
 def split(path: str) -> list[str]:

@@ -135,13 +135,18 @@ class LocalServer:
     def _answers(self) -> bool:
         raise NotImplementedError
 
-    def start(self, timeout: Optional[float] = None):
+    def restart(self, timeout: Optional[float] = None):
+        """Start again on the same port (and data directory) after stop(): clients that
+        were configured with the old endpoint reach it again."""
+        return self.start(timeout, port=self.port)
+
+    def start(self, timeout: Optional[float] = None, port: int = 0):
         timeout = self.start_timeout if timeout is None else timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self._log_path()
         log.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            self.port = self._pick_port()
+            self.port = port or self._pick_port()
             cmd = self._command()
             with open(log, "ab") as out:
                 self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,

@@ -60,7 +60,7 @@ class SeaweedS3(LocalServer):
         """Options for a mount-table entry (s3fs style)."""
         return {"endpoint_url": self.endpoint, "key": self.access_key, "secret": self.secret_key}
 
-    def start(self, timeout: Optional[float] = None) -> "SeaweedS3":
+    def start(self, timeout: Optional[float] = None, port: int = 0) -> "SeaweedS3":
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         auth = self.workdir / "s3.json"
         identities = [{"name": "unifs",
@@ -71,7 +71,7 @@ class SeaweedS3(LocalServer):
                 {"accessKey": ident["access_key"], "secretKey": ident["secret_key"]}]})
         auth.write_text(json.dumps({"identities": identities}))
         os.chmod(auth, 0o600)
-        return super().start(timeout)
+        return super().start(timeout, port)
 
     # -- lifecycle (LocalServer) -------------------------------------------
     def _pick_port(self) -> int:

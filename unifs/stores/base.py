@@ -30,6 +30,7 @@ class Listing:
 
 class Store(Protocol):
     url: str
+    has_dirs: bool  # real directories (file://, memory://) rather than key prefixes
 
     def check(self) -> None:
         """Raise AccessDenied / StoreUnavailable / ObjectNotFound if the root is unusable."""
@@ -45,6 +46,30 @@ class Store(Protocol):
 
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
         """Bytes [start, end) of key; raises ObjectChanged if etag no longer matches."""
+
+    # -- changes (never called on read-only mounts) ----------------------------
+    def put_file(self, key: str, local_path: str) -> ObjectInfo:
+        """Upload a whole local file as key (multipart for large files); the new object."""
+
+    def delete(self, key: str) -> None:
+        """Remove key; a missing object is not an error (stores disagree, unifs does not)."""
+
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy of one object, replacing dst."""
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename one object (or, where has_dirs, a whole directory): the store's native
+        rename where it has one, else copy then delete, so a crash leaves both copies."""
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every object key below prefix + '/' (recursive), for directory renames."""
+
+    def make_dir(self, key: str) -> bool:
+        """Create a real directory where the store has them (file://, memory://);
+        False where directories only exist through the keys below them."""
+
+    def remove_dir(self, key: str) -> None:
+        """Remove an empty directory made by make_dir (or its leftover marker)."""
 
     def close(self) -> None:
         ...

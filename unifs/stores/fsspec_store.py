@@ -20,6 +20,7 @@ log = logging.getLogger("unifs.store")
 _BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 _GCS_SCHEMES = {"gs", "gcs"}
 _AZ_SCHEMES = {"az", "abfs", "abfss"}
+_LOCAL_SCHEMES = {"file", "local"}
 
 
 def _to_ts(v) -> float:
@@ -101,15 +102,16 @@ class FsspecStore:
         self.timeout = timeout
         self.retries = retries
         self._async = bool(getattr(self.fs, "async_impl", False))
+        self.has_dirs = self.scheme not in _BUCKET_SCHEMES
 
     # -- helpers ---------------------------------------------------------
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn, *args, _timeout: Optional[float] = None, **kwargs):
         if self._async:
             # fsspec's sync() takes the timeout itself: a dead store cannot hang a reader.
-            kwargs["timeout"] = self.timeout
+            kwargs["timeout"] = _timeout or self.timeout
         return call_store(self.retries, what, fn, *args, **kwargs)
 
     # -- Store protocol ----------------------------------------------------
@@ -240,5 +242,81 @@ class FsspecStore:
             return out
         return fsspec.asyn.sync(self.fs.loop, _walk, timeout=timeout)
 
+    # -- changes -------------------------------------------------------------
+    def put_file(self, key: str, local_path: str) -> ObjectInfo:
+        path = self._path(key)
+        if self.scheme in _LOCAL_SCHEMES:
+            self._call(f"write {key}", _atomic_local_copy, local_path, path)
+        else:
+            # a whole-upload bound: the request timeout plus 1 s per MiB
+            limit = self.timeout + os.path.getsize(local_path) / (1 << 20)
+            self._call(f"upload {key}", self.fs.put_file, local_path, path, _timeout=limit)
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"upload {key}: the store does not show the object after the upload")
+        return info
+
+    def delete(self, key: str) -> None:
+        try:
+            self._call(f"delete {key}", self.fs.rm_file, self._path(key))
+        except ObjectNotFound:
+            pass  # GCS and Azure fail here, S3 does not: deleting nothing succeeds everywhere
+
+    def copy(self, src: str, dst: str) -> None:
+        if self.scheme in _LOCAL_SCHEMES:
+            self._call(f"copy {src} to {dst}", _atomic_local_copy, self._path(src), self._path(dst))
+        else:
+            # server-side copies of big objects take longer than one request
+            self._call(f"copy {src} to {dst}", self.fs.copy, self._path(src), self._path(dst),
+                       _timeout=self.timeout * 10)
+
+    def move(self, src: str, dst: str) -> None:
+        if self.scheme in _LOCAL_SCHEMES:
+            self._call(f"rename {src} to {dst}", os.replace, self._path(src), self._path(dst))
+        elif self.has_dirs:
+            self._call(f"rename {src} to {dst}", self.fs.mv, self._path(src), self._path(dst), recursive=True)
+        else:
+            self.copy(src, dst)
+            self.delete(src)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix).rstrip("/")
+        found = self._call(f"list {prefix or '/'}", self.fs.find, base, detail=False)
+        cut = len(self.root) + 1 if self.root else 0
+        return [str(p)[cut:] for p in found if str(p).rstrip("/") != base and not str(p).endswith("/")]
+
+    def make_dir(self, key: str) -> bool:
+        if self.scheme in _BUCKET_SCHEMES:
+            return False  # directories exist through the keys below them
+        self._call(f"mkdir {key}", self.fs.makedirs, self._path(key), exist_ok=True)
+        return True
+
+    def remove_dir(self, key: str) -> None:
+        if self.scheme in _BUCKET_SCHEMES:
+            return
+        try:
+            self._call(f"rmdir {key}", self.fs.rmdir, self._path(key))
+        except ObjectNotFound:
+            pass
+
     def close(self) -> None:
         pass
+
+
+def _atomic_local_copy(src: str, dst: str) -> None:
+    """Readers of a local directory never see a half-written file."""
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".unifs-", dir=os.path.dirname(dst))
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

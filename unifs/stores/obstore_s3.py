@@ -10,6 +10,9 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import logging
+import os
+import time
+from pathlib import Path
 from typing import Any, Optional
 
 import obstore
@@ -20,6 +23,8 @@ from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.retry import call_store
 
 log = logging.getLogger("unifs.store")
+
+PART_SIZE = 8 * 1024 * 1024
 
 _PASSTHROUGH = {"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "default_block_size",
                 "default_fill_cache", "default_cache_type", "max_concurrency"}
@@ -82,6 +87,7 @@ def _ts(v) -> float:
 
 
 class ObstoreS3Store:
+    has_dirs = False
     def __init__(self, url: str, config: dict[str, Any], timeout: float = 30.0,
                  connect_timeout: float = 5.0, retries: int = 3, fallback=None):
         """fallback: a callable returning an s3fs-backed store, used for listings that
@@ -177,6 +183,44 @@ class ObstoreS3Store:
         def _get():
             return bytes(obstore.get(self.store, key, options=opts).bytes())
         return self._call(f"read {key}", _get)
+
+    # -- changes -------------------------------------------------------------
+    @_s3fs_for_unparseable_keys
+    def put_file(self, key: str, local_path: str) -> ObjectInfo:
+        size = os.path.getsize(local_path)
+        # multipart above one part, parts in parallel; obstore aborts a failed upload's parts
+        res = self._call(f"upload {key}", obstore.put, self.store, key, Path(local_path),
+                         chunk_size=PART_SIZE, max_concurrency=8)
+        return ObjectInfo(key=key, size=size, mtime=time.time(), etag=res.get("e_tag"),
+                          version=res.get("version"))
+
+    @_s3fs_for_unparseable_keys
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", obstore.delete, self.store, key)
+
+    @_s3fs_for_unparseable_keys
+    def copy(self, src: str, dst: str) -> None:
+        self._call(f"copy {src} to {dst}", obstore.copy, self.store, src, dst)
+
+    def move(self, src: str, dst: str) -> None:
+        self.copy(src, dst)
+        self.delete(src)
+
+    @_s3fs_for_unparseable_keys
+    def list_keys(self, prefix: str) -> list[str]:
+        def _all():
+            return [m["path"] for chunk in obstore.list(self.store, prefix or None) for m in chunk]
+        return self._call(f"list {prefix or '/'}", _all)
+
+    def make_dir(self, key: str) -> bool:
+        return False  # S3 directories exist through the keys below them
+
+    def remove_dir(self, key: str) -> None:
+        # a directory marker ("key/", also what SeaweedFS and MinIO keep for an emptied
+        # prefix) would keep listing the removed directory. obstore normalises the trailing
+        # slash away, so only when no object "key" exists that this could hit instead.
+        if key and self.head(key) is None:
+            self.delete(key + "/")
 
     def close(self) -> None:
         pass

@@ -4,7 +4,8 @@ Every method raises OSError with the errno a caller should see, so the FUSE
 adapter only translates. An open handle pins the object's ETag and size:
 reads use conditional ranged GETs, and if the object changes while open the
 read fails with ESTALE instead of mixing old and new bytes (reopen to see the
-new version).
+new version). Files opened for writing are staged locally (writes.py); any
+handle on a path being written reads the staged copy.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from unifs.config import ReadSettings
+from unifs.config import ReadSettings, WriteSettings
 from unifs.errors import ObjectChanged, ObjectNotFound, StoreError
 from unifs.namespace import Mount, Namespace
 from unifs.vfs.attrs import Attr
 from unifs.vfs.metacache import NEGATIVE, MetaCache
 from unifs.vfs.reader import HandleReader, ReadBudget
 from unifs.vfs.singleflight import SingleFlight
+from unifs.vfs.staging import StagedFile
+from unifs.vfs.writes import Writes
 
 log = logging.getLogger("unifs.vfs")
 
@@ -38,14 +41,13 @@ def _err(code: int, path: str, why: str = "") -> OSError:
 @dataclass
 class Handle:
     path: str
-    mount: Mount
-    key: str
-    attr: Attr
-    reader: HandleReader
+    reader: Optional[HandleReader] = None
+    staged: Optional[StagedFile] = None
 
 
 class FileSystem:
-    def __init__(self, namespace: Namespace, read: Optional[ReadSettings] = None):
+    def __init__(self, namespace: Namespace, read: Optional[ReadSettings] = None,
+                 write: Optional[WriteSettings] = None, staging_dir: Optional[str] = None):
         self.ns = namespace
         self.read_settings = read or ReadSettings()
         self.meta = MetaCache()
@@ -56,6 +58,10 @@ class FileSystem:
         self._last_etag: dict[str, Optional[str]] = {}
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
+        write = write or WriteSettings()
+        self.writes = Writes(self, write, staging_dir or os.path.join(write.staging_dir, "default"))
+        if any(not m.read_only for m in namespace.mounts):
+            self.writes.start()
 
     # -- lookups -------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
@@ -66,6 +72,9 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         if not key or self.ns.is_virtual_dir(path):
             return Attr.directory(mount.read_only)
+        local = self.writes.attr(path)
+        if local is not None:
+            return local
         hit = self.meta.get(path)
         if hit is NEGATIVE:
             raise _err(errno.ENOENT, path)
@@ -86,7 +95,7 @@ class FileSystem:
             else:
                 attr = None
         except StoreError as e:
-            raise self._store_error(e, path) from None
+            raise self.store_error(e, path) from None
         self.meta.put(path, attr, mount.ttl)
         return attr
 
@@ -98,6 +107,7 @@ class FileSystem:
         mount, key = self.ns.resolve(path)
         if mount is not None:
             children.update(self._listing(path, mount, key))
+            children.update(self.writes.children(path))
         for name in self.ns.virtual_children(path):
             children[name] = Attr.directory(self._child_read_only(path, name))
         return sorted(children.items())
@@ -118,7 +128,7 @@ class FileSystem:
             except ObjectNotFound:
                 return {}
             except StoreError as e:
-                raise self._store_error(e, path) from None
+                raise self.store_error(e, path) from None
             children = {name: Attr.from_object(info, mount.read_only) for name, info in listing.files.items()}
             for d in listing.dirs:
                 # a prefix shadows an object of the same name ("a" and "a/b")
@@ -131,54 +141,139 @@ class FileSystem:
     def open(self, path: str, flags: int) -> tuple[int, bool]:
         """(file handle, keep_cache): keep_cache when the object is unchanged since the last open."""
         if flags & _WRITE_FLAGS:
-            self._require_writable(path)
+            return self._new_handle(Handle(path, staged=self.writes.open(path, bool(flags & os.O_TRUNC)))), False
         attr = self.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
+        st = self.writes.staged(path)
+        if st is not None:
+            with self.writes._lock:
+                st.opens += 1
+            return self._new_handle(Handle(path, staged=st)), False
         mount, key = self.ns.resolve(path)
         assert mount is not None
         rs = self.read_settings
-        fetch = self._fetcher(path, mount, key, attr.etag)
+        fetch = self.fetcher(path, mount, key, attr.etag)
         reader = HandleReader(fetch, attr.size, self.pool, self.budget, rs.first_request,
                               rs.part_size, rs.max_window)
-        fh = next(self._fh)
+        fh = self._new_handle(Handle(path, reader=reader))
         with self._lock:
-            self._handles[fh] = Handle(path, mount, key, attr, reader)
             keep = attr.etag is not None and self._last_etag.get(path) == attr.etag
             self._last_etag[path] = attr.etag
         return fh, keep
 
-    def _fetcher(self, path, mount, key, etag):
+    def create(self, path: str) -> int:
+        return self._new_handle(Handle(path, staged=self.writes.create(path)))
+
+    def _new_handle(self, handle: Handle) -> int:
+        fh = next(self._fh)
+        with self._lock:
+            self._handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise _err(errno.EBADF, str(fh))
+        return handle
+
+    def fetcher(self, path, mount, key, etag):
         def fetch(start: int, end: int) -> bytes:
             try:
                 return mount.store.get_range(key, start, end, etag)
             except ObjectNotFound:
-                raise self._store_error(ObjectChanged(f"{path}: deleted from the store while open"),
-                                        path) from None
+                raise self.store_error(ObjectChanged(f"{path}: deleted from the store while open"),
+                                       path) from None
             except StoreError as e:
-                raise self._store_error(e, path) from None
+                raise self.store_error(e, path) from None
         return fetch
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise _err(errno.EBADF, str(fh))
+        handle = self._handle(fh)
+        if handle.staged is not None:
+            return handle.staged.pread(size, offset)
         return handle.reader.read(offset, size)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        handle = self._handle(fh)
+        if handle.staged is None:
+            raise _err(errno.EBADF, handle.path)
+        return handle.staged.pwrite(data, offset)
+
+    def flush(self, fh: int) -> None:
+        """Every close() of a descriptor: upload what changed; EIO (data kept) on failure."""
+        handle = self._handle(fh)
+        if handle.staged is not None:
+            self.writes.flush(handle.staged)
+
+    def fsync(self, fh: int) -> None:
+        self.flush(fh)
+
+    def truncate(self, path: str, length: int, fh: Optional[int] = None) -> None:
+        handle = self._handles.get(fh) if fh is not None else None
+        self.writes.truncate(path, length, handle.staged if handle is not None else None)
 
     def release(self, fh: int) -> None:
         with self._lock:
             handle = self._handles.pop(fh, None)
-        if handle is not None:
+        if handle is None:
+            return
+        if handle.reader is not None:
             handle.reader.close()
+        if handle.staged is not None:
+            self.writes.release(handle.staged)
 
     def open_handles(self) -> int:
         return len(self._handles)
+
+    # -- namespace changes ------------------------------------------------------
+    def unlink(self, path: str) -> None:
+        self.writes.unlink(path)
+
+    def mkdir(self, path: str) -> None:
+        self.writes.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self.writes.rmdir(path)
+
+    def rename(self, old: str, new: str) -> None:
+        self.writes.rename(old, new)
+
+    def set_times(self, path: str, mtime: Optional[float]) -> None:
+        """utimens: kept on a file being written; otherwise the store's mtime stands
+        (object stores have no settable mtime) and the call succeeds."""
+        self.writes.writable(path)
+        self.getattr(path)
+        st = self.writes.staged(path)
+        if st is not None and mtime is not None:
+            st.set_mtime(mtime)
+
+    def accept_metadata_change(self, path: str) -> None:
+        """chmod/chown: modes are fixed (0644/0755); accepted so frameworks never fail on them."""
+        self.writes.writable(path)
+        self.getattr(path)
+
+    # -- bookkeeping after changes -------------------------------------------------
+    def uploaded(self, path: str, mount: Mount, info, current: bool) -> None:
+        attr = Attr.from_object(info, mount.read_only)
+        self.meta.put_child(path, attr, mount.ttl)
+        if current:
+            with self._lock:
+                # the kernel's pages for this file hold what was just uploaded
+                self._last_etag[path] = attr.etag
+
+    def changed(self, path: str, attr: Optional[Attr], subtree: bool = False) -> None:
+        if subtree:
+            self.meta.invalidate_tree(path)
+        self.meta.invalidate(path)
+        with self._lock:
+            self._last_etag.pop(path, None)
 
     # -- other calls ---------------------------------------------------------
     def access(self, path: str, mode: int) -> None:
         self.getattr(path)
         if mode & os.W_OK:
-            self._require_writable(path)
+            self.writes.writable(path)
 
     def statfs(self) -> dict:
         big = 1 << 40
@@ -186,15 +281,13 @@ class FileSystem:
                 "f_bavail": big, "f_files": 1 << 32, "f_ffree": 1 << 32, "f_favail": 1 << 32,
                 "f_namemax": 1024}
 
-    def _require_writable(self, path: str) -> None:
-        # Writes arrive with the staged-write layer; until then every mount is read-only.
-        raise _err(errno.EROFS, path)
-
     def refuse_change(self, path: str) -> None:
-        """Any namespace change (mkdir, unlink, rename, chmod ...) on this read path."""
-        self._require_writable(path)
+        """Changes no store can hold (symlinks, hard links, xattrs): EROFS on read-only
+        mounts, EPERM elsewhere."""
+        self.writes.writable(path)
+        raise _err(errno.EPERM, path)
 
-    def _store_error(self, e: StoreError, path: str) -> OSError:
+    def store_error(self, e: StoreError, path: str) -> OSError:
         if isinstance(e, ObjectChanged):
             self.meta.invalidate(path)
         if e.errno == errno.ENOENT:
@@ -207,7 +300,9 @@ class FileSystem:
             handles = list(self._handles.values())
             self._handles.clear()
         for h in handles:
-            h.reader.close()
+            if h.reader is not None:
+                h.reader.close()
+        self.writes.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for m in self.ns.mounts:
             m.store.close()

@@ -84,6 +84,23 @@ class MetaCache:
             while len(self._listings) > self.max_listings:
                 self._listings.popitem(last=False)
 
+    def put_child(self, path: str, attr: Attr, ttl: float) -> None:
+        """A local change: the entry and, when cached, its parent's listing."""
+        self.put(path, attr, ttl)
+        parent, name = posixpath.split(path)
+        with self._lock:
+            listing = self._listings.get(parent)
+            if listing is not None:
+                # copy on write: readers may be iterating the old dict
+                self._listings[parent] = (listing[0], {**listing[1], name: attr})
+
+    def invalidate_tree(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            for table in (self._entries, self._listings):
+                for p in [p for p in table if p.startswith(prefix)]:
+                    del table[p]
+
     def invalidate(self, path: str) -> None:
         with self._lock:
             self._entries.pop(path, None)

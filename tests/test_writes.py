@@ -1,0 +1,227 @@
+"""Staged writes through a real mount on SeaweedFS: create, overwrite, random writes,
+truncate, mkdir/rmdir, unlink, rename, EROFS next to a writable mount."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+
+import obstore
+import pytest
+
+from conftest import SCRATCH, sha256
+
+PREFIX = "writes"
+
+
+def _store_bytes(seaweed, key: str) -> bytes:
+    return bytes(obstore.get(seaweed.obstore(SCRATCH), key).bytes())
+
+
+def _store_keys(seaweed, prefix: str) -> set[str]:
+    return {m["path"] for chunk in obstore.list(seaweed.obstore(SCRATCH), prefix) for m in chunk}
+
+
+def _errno_of(fn, *args) -> int:
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    raise AssertionError(f"{fn.__name__}{args} did not fail")
+
+
+@pytest.fixture
+def rw(mounter, dataset, request):
+    """A writable mount of a per-test prefix of the scratch bucket at <mp>/w."""
+    prefix = f"{PREFIX}/{request.node.name}"
+    mp = mounter.mount([mounter.s3_entry("/w", f"s3://{SCRATCH}/{prefix}")])
+    return mp / "w", prefix
+
+
+def test_create_write_close_lands_in_the_store(rw, seaweed):
+    root, prefix = rw
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with open(root / "model.bin", "wb") as f:
+        f.write(data)
+    assert _store_bytes(seaweed, f"{prefix}/model.bin") == data
+    assert (root / "model.bin").read_bytes() == data
+    assert os.stat(root / "model.bin").st_size == len(data)
+    assert "model.bin" in os.listdir(root)
+    # an empty file is an object too
+    open(root / "empty", "wb").close()
+    assert _store_bytes(seaweed, f"{prefix}/empty") == b""
+
+
+def test_read_your_writes_before_close(rw):
+    root, _ = rw
+    with open(root / "log.txt", "wb", buffering=0) as w:
+        w.write(b"first line\n")
+        with open(root / "log.txt", "rb") as r:
+            assert r.read() == b"first line\n"
+        w.seek(0)
+        w.write(b"FIRST")
+        with open(root / "log.txt", "rb") as r:
+            assert r.read() == b"FIRST line\n"
+    assert (root / "log.txt").read_bytes() == b"FIRST line\n"
+
+
+def test_overwrite_append_and_random_writes(rw, seaweed):
+    root, prefix = rw
+    p = root / "f.bin"
+    base = os.urandom(5_000_000)
+    p.write_bytes(base)
+    p.write_bytes(b"short")  # O_TRUNC over an existing object
+    assert _store_bytes(seaweed, f"{prefix}/f.bin") == b"short"
+    with open(p, "ab") as f:
+        f.write(b"+more")
+    assert _store_bytes(seaweed, f"{prefix}/f.bin") == b"short+more"
+    p.write_bytes(base)
+    expect = bytearray(base)
+    with open(p, "r+b") as f:  # existing object: fetched once, then patched locally
+        for off in (4_999_990, 0, 1_234_567):
+            f.seek(off)
+            f.write(b"XYZ")
+            expect[off:off + 3] = b"XYZ"
+    assert sha256(_store_bytes(seaweed, f"{prefix}/f.bin")) == sha256(bytes(expect))
+    assert sha256(p.read_bytes()) == sha256(bytes(expect))
+
+
+def test_truncate_and_ftruncate(rw, seaweed):
+    root, prefix = rw
+    p = root / "t.bin"
+    p.write_bytes(b"0123456789")
+    os.truncate(p, 4)
+    assert _store_bytes(seaweed, f"{prefix}/t.bin") == b"0123"
+    assert p.read_bytes() == b"0123"
+    with open(p, "r+b") as f:
+        f.truncate(8)
+    assert _store_bytes(seaweed, f"{prefix}/t.bin") == b"0123\0\0\0\0"
+    assert os.stat(p).st_size == 8
+
+
+def test_mkdir_rmdir_unlink(rw, seaweed):
+    root, prefix = rw
+    os.mkdir(root / "run1")
+    assert (root / "run1").is_dir() and "run1" in os.listdir(root)
+    assert _errno_of(os.mkdir, root / "run1") == errno.EEXIST
+    assert _errno_of(os.mkdir, root / "no/such/parent") == errno.ENOENT
+    (root / "run1/ckpt.pt").write_bytes(b"weights")
+    assert _errno_of(os.rmdir, root / "run1") == errno.ENOTEMPTY
+    assert _errno_of(os.unlink, root / "run1") == errno.EISDIR
+    assert _errno_of(os.rmdir, root / "run1/ckpt.pt") == errno.ENOTDIR
+    os.unlink(root / "run1/ckpt.pt")
+    assert _errno_of(os.unlink, root / "run1/ckpt.pt") == errno.ENOENT
+    assert f"{prefix}/run1/ckpt.pt" not in _store_keys(seaweed, prefix)
+    os.rmdir(root / "run1")
+    assert not (root / "run1").exists()
+    assert "run1" not in os.listdir(root)
+
+
+def test_rename_files_and_directories(rw, seaweed):
+    root, prefix = rw
+    os.makedirs(root / "tmp/deep")
+    (root / "tmp/a").write_bytes(b"A" * 100_000)
+    (root / "tmp/deep/b").write_bytes(b"B")
+    (root / "checkpoint").write_bytes(b"old state")
+    (root / "checkpoint.tmp").write_bytes(b"new state")
+    os.rename(root / "checkpoint.tmp", root / "checkpoint")  # over an existing file
+    assert (root / "checkpoint").read_bytes() == b"new state"
+    assert not (root / "checkpoint.tmp").exists()
+    os.rename(root / "tmp/a", root / "a-moved")  # across directories
+    assert (root / "a-moved").read_bytes() == b"A" * 100_000
+    os.rename(root / "tmp", root / "final")  # a directory with a subdirectory
+    assert (root / "final/deep/b").read_bytes() == b"B"
+    assert not (root / "tmp").exists() and "tmp" not in os.listdir(root)
+    keys = _store_keys(seaweed, prefix)
+    assert {f"{prefix}/checkpoint", f"{prefix}/a-moved", f"{prefix}/final/deep/b"} <= keys
+    assert not any(k.startswith(f"{prefix}/tmp/") or k.endswith("checkpoint.tmp") for k in keys)
+    assert _store_bytes(seaweed, f"{prefix}/checkpoint") == b"new state"
+    (root / "x").write_bytes(b"x")
+    assert _errno_of(os.rename, root / "final", root / "final/deep/inside") == errno.EINVAL
+    assert _errno_of(os.rename, root / "x", root / "final") == errno.EISDIR
+    assert _errno_of(os.rename, root / "final", root / "x") == errno.ENOTDIR
+
+
+def test_rename_of_a_file_still_open_for_writing(rw, seaweed):
+    root, prefix = rw
+    f = open(root / "partial", "wb")
+    f.write(b"abc")
+    f.flush()
+    os.rename(root / "partial", root / "done")
+    f.write(b"def")
+    f.close()
+    assert _store_bytes(seaweed, f"{prefix}/done") == b"abcdef"
+    assert f"{prefix}/partial" not in _store_keys(seaweed, prefix)
+
+
+def test_concurrent_writers(rw, seaweed):
+    root, prefix = rw
+    blobs = {f"w{i}.bin": os.urandom(700_000 + i) for i in range(8)}
+
+    def write(name):
+        with open(root / name, "wb") as f:
+            for off in range(0, len(blobs[name]), 65536):
+                f.write(blobs[name][off:off + 65536])
+    threads = [threading.Thread(target=write, args=(n,)) for n in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, data in blobs.items():
+        assert sha256(_store_bytes(seaweed, f"{prefix}/{name}")) == sha256(data)
+
+
+def test_metadata_calls_frameworks_make_succeed(rw):
+    root, _ = rw
+    p = root / "weights.h5"
+    p.write_bytes(b"h5")
+    os.chmod(p, 0o600)  # accepted, modes stay fixed
+    os.utime(p, (1_000_000, 1_000_000))
+    with open(p, "r+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # HDF5 locks its files
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        f.write(b"H5")
+        fcntl.flock(f, fcntl.LOCK_UN)
+    assert p.read_bytes() == b"H5"
+    assert _errno_of(os.symlink, "weights.h5", root / "link") == errno.EPERM
+
+
+def test_unlink_while_open_for_writing(rw, seaweed):
+    root, prefix = rw
+    f = open(root / "gone.bin", "wb")
+    f.write(b"data")
+    f.flush()
+    os.unlink(root / "gone.bin")
+    f.write(b"more")
+    f.close()
+    assert not (root / "gone.bin").exists()
+    assert f"{prefix}/gone.bin" not in _store_keys(seaweed, prefix)
+
+
+def test_read_only_mount_next_to_a_writable_one(mounter, dataset, seaweed):
+    from conftest import BUCKET
+
+    mp = mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True),
+                        mounter.s3_entry("/ckpt", f"s3://{SCRATCH}/{PREFIX}/ro-neighbour")])
+    root = mp / "data"
+    f = root / "images/class_0/img_00000.jpg"
+    assert _errno_of(open, root / "new.txt", "wb") == errno.EROFS
+    assert _errno_of(open, f, "r+b") == errno.EROFS
+    assert _errno_of(open, f, "ab") == errno.EROFS
+    assert _errno_of(os.mkdir, root / "newdir") == errno.EROFS
+    assert _errno_of(os.unlink, f) == errno.EROFS
+    assert _errno_of(os.rmdir, root / "extra") == errno.EROFS
+    assert _errno_of(os.rename, f, root / "moved.jpg") == errno.EROFS
+    assert _errno_of(os.rename, f, mp / "ckpt/moved.jpg") == errno.EROFS
+    assert _errno_of(os.chmod, f, 0o600) == errno.EROFS
+    assert _errno_of(os.truncate, f, 0) == errno.EROFS
+    assert _errno_of(os.utime, f, (1, 1)) == errno.EROFS
+    assert _errno_of(os.symlink, "x", root / "link") == errno.EROFS
+    assert _errno_of(open, mp / "toplevel.txt", "wb") == errno.EROFS
+    assert not os.access(f, os.W_OK)
+    # the neighbour takes writes; a cross-mount rename is EXDEV (mv falls back to copying)
+    (mp / "ckpt/c.pt").write_bytes(b"ok")
+    assert _errno_of(os.rename, mp / "ckpt/c.pt", root / "c.pt") == errno.EROFS
+    assert sha256(f.read_bytes()) == dataset["small"]["images/class_0/img_00000.jpg"]

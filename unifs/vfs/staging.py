@@ -1,0 +1,228 @@
+"""Staged writes: the local copy of a file being written, and its sidecar.
+
+A file opened for writing lives in the staging directory (mode 0700) until an
+upload of its latest content succeeds. A JSON sidecar next to the data names
+the destination, so `unifs status` can list what is not yet in the store and a
+restarted daemon can resume. Sidecar states:
+
+- "open": an application has the file open. A daemon that dies now leaves it
+  as "orphaned": kept, listed, never uploaded by itself, because the
+  application may have been half-way through writing it and an upload would
+  replace a good object with a torn one.
+- "pending": closed (or fsynced) with changes the store does not have yet;
+  uploaded in the background with backoff, also after a restart.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+log = logging.getLogger("unifs.staging")
+
+OPEN, PENDING, ORPHANED = "open", "pending", "orphaned"
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass
+class Base:
+    """The store object a staged file starts from, fetched on first use: an
+    open() for writing that is followed by truncate(0) never downloads it."""
+
+    size: int
+    fetch: Callable[[int, int], bytes]
+
+
+class StagedFile:
+    def __init__(self, area: "StagingArea", sid: str, path: str, mount_path: str, key: str, url: str,
+                 base: Optional[Base] = None, gen: int = 0):
+        self.area = area
+        self.sid = sid
+        self.path = path
+        self.mount_path = mount_path
+        self.key = key
+        self.url = url
+        self.base = base
+        self.data_path = os.path.join(area.directory, sid + ".data")
+        self.meta_path = os.path.join(area.directory, sid + ".json")
+        self.fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.lock = threading.RLock()         # content and counters
+        self.upload_lock = threading.Lock()   # one upload (or rename/unlink) at a time
+        self.gen = gen                        # bumped on every change
+        self.uploaded_gen = 0
+        self.opens = 0
+        self.deleted = False
+        self.mtime = time.time()
+        self.last_upload = time.monotonic()
+        self.failures = 0
+        self.next_retry = 0.0
+        self.error: Optional[str] = None
+
+    # -- content ---------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return self.gen != self.uploaded_gen
+
+    @property
+    def size(self) -> int:
+        with self.lock:
+            if self.base is not None:
+                return self.base.size
+            return os.fstat(self.fd).st_size
+
+    def load(self) -> None:
+        """Fetch the base object into the staged file (once)."""
+        with self.lock:
+            base = self.base
+            if base is None:
+                return
+            pos = 0
+            while pos < base.size:
+                data = base.fetch(pos, min(base.size, pos + _CHUNK))
+                os.pwrite(self.fd, data, pos)
+                pos += len(data)
+            self.base = None
+
+    def pread(self, size: int, offset: int) -> bytes:
+        self.load()
+        return os.pread(self.fd, size, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        self.load()
+        with self.lock:
+            n = os.pwrite(self.fd, data, offset)
+            self._changed()
+        return n
+
+    def truncate(self, length: int) -> None:
+        with self.lock:
+            if self.base is not None and length == 0:
+                self.base = None  # open(O_TRUNC) of an existing object: nothing to fetch
+            else:
+                self.load()
+            os.ftruncate(self.fd, length)
+            self._changed()
+
+    def touch(self) -> None:
+        with self.lock:
+            self._changed()
+
+    def set_mtime(self, mtime: float) -> None:
+        self.mtime = mtime
+
+    def _changed(self) -> None:
+        self.gen += 1
+        self.mtime = time.time()
+
+    # -- sidecar -----------------------------------------------------------------
+    def save(self) -> None:
+        state = OPEN if self.opens > 0 else PENDING
+        self.area.write_sidecar(self, state)
+
+    def close_fd(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+    def remove(self) -> None:
+        self.close_fd()
+        for p in (self.data_path, self.meta_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+
+class StagingArea:
+    def __init__(self, directory: str):
+        self.directory = directory
+        parent = os.path.dirname(directory.rstrip("/"))
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)  # an existing directory may have been created looser
+
+    def create(self, path: str, mount_path: str, key: str, url: str,
+               base: Optional[Base] = None) -> StagedFile:
+        st = StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base)
+        self.write_sidecar(st, OPEN)
+        return st
+
+    def write_sidecar(self, st: StagedFile, state: str) -> None:
+        doc = {"path": st.path, "mount": st.mount_path, "key": st.key, "url": st.url, "state": state,
+               "size": st.size, "data": st.data_path, "error": st.error, "updated": time.time()}
+        tmp = st.meta_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, st.meta_path)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            log.warning("cannot record staged file %s: %s", st.data_path, e.strerror)
+
+    def recover(self) -> list[tuple[dict, str]]:
+        """Sidecars left by an earlier daemon: (document, sid). Files that were still
+        open then become "orphaned" and stay put."""
+        found = []
+        for doc, sid in read_sidecars(self.directory):
+            if doc.get("state") == OPEN:
+                doc["state"] = ORPHANED
+                with open(os.path.join(self.directory, sid + ".json"), "w") as f:
+                    json.dump(doc, f)
+                log.warning("%s was still open for writing when the daemon stopped; its data is kept at "
+                            "%s and not uploaded (copy it back yourself if it is complete)",
+                            doc.get("path"), doc.get("data"))
+            found.append((doc, sid))
+        for name in os.listdir(self.directory):
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(self.directory, name))
+        return found
+
+    def adopt(self, doc: dict, sid: str) -> StagedFile:
+        """A pending file from an earlier daemon, to be uploaded again."""
+        st = StagedFile(self, sid, doc["path"], doc["mount"], doc["key"], doc["url"], gen=1)
+        st.error = doc.get("error")
+        return st
+
+
+def staging_dir_for(root: str, mountpoint: str) -> str:
+    """One subdirectory per mount point: two daemons never resume each other's files."""
+    import hashlib
+
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return os.path.join(root, digest)
+
+
+def pending_files(directory: str) -> list[dict]:
+    """What `unifs status` and `unifs umount` report: files not (yet) in the store."""
+    return [doc for doc, _ in read_sidecars(directory) if doc.get("state") in (PENDING, ORPHANED)]
+
+
+def read_sidecars(directory: str) -> list[tuple[dict, str]]:
+    out = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        sid = name[:-5]
+        try:
+            with open(os.path.join(directory, name)) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not os.path.exists(os.path.join(directory, sid + ".data")):
+            continue
+        out.append((doc, sid))
+    return out

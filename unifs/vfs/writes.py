@@ -1,0 +1,419 @@
+"""Changes to the namespace: staged files, uploads, mkdir, rmdir, unlink, rename.
+
+Writes go to a local staged file (see staging.py); the upload happens on
+flush (every close()) and fsync, so close() returns only once the store holds
+exactly the written bytes, or fails with EIO and keeps the data locally for a
+background retry. Directories on key-only stores (S3, GCS, Azure) exist through
+the keys below them: a new empty directory lives in the daemon until a file is
+written into it, as with mountpoint-s3.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Optional
+
+from unifs.config import WriteSettings
+from unifs.errors import StoreError
+from unifs.namespace import Mount
+from unifs.vfs.attrs import Attr
+from unifs.vfs.staging import Base, StagedFile, StagingArea
+
+if TYPE_CHECKING:
+    from unifs.vfs.filesystem import FileSystem
+
+log = logging.getLogger("unifs.writes")
+
+
+def _err(code: int, path: str, why: str = "") -> OSError:
+    return OSError(code, why or os.strerror(code), path)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+class Writes:
+    def __init__(self, fs: "FileSystem", settings: WriteSettings, staging_dir: str):
+        self.fs = fs
+        self.settings = settings
+        self.staging_dir = staging_dir
+        self._area: Optional[StagingArea] = None
+        self._staged: dict[str, StagedFile] = {}
+        self._dirs: set[str] = set()
+        self._lock = threading.RLock()
+        self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Resume an earlier run's pending uploads and start the background uploader."""
+        if os.path.isdir(self.staging_dir):
+            self.resume(self.area.recover())
+        self._thread = threading.Thread(target=self._loop, name="unifs-uploader", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.retry_pending()
+            except Exception:  # noqa: BLE001 - the uploader must outlive any one bad file
+                log.exception("background uploader")
+
+    @property
+    def area(self) -> StagingArea:
+        if self._area is None:
+            self._area = StagingArea(self.staging_dir)
+        return self._area
+
+    # -- what the read side asks ---------------------------------------------------
+    def staged(self, path: str) -> Optional[StagedFile]:
+        return self._staged.get(path)
+
+    def attr(self, path: str) -> Optional[Attr]:
+        st = self._staged.get(path)
+        if st is not None:
+            return Attr(is_dir=False, size=st.size, mtime=st.mtime)
+        if path in self._dirs:
+            return Attr.directory()
+        return None
+
+    def children(self, path: str) -> dict[str, Attr]:
+        out = {}
+        with self._lock:
+            for p in list(self._staged) + list(self._dirs):
+                parent, name = posixpath.split(p)
+                if parent == path and name:
+                    out[name] = self.attr(p)
+        return {k: v for k, v in out.items() if v is not None}
+
+    def all_staged(self) -> list[StagedFile]:
+        with self._lock:
+            return list(self._staged.values())
+
+    # -- checks ------------------------------------------------------------------
+    def writable(self, path: str) -> tuple[Mount, str]:
+        mount, key = self.fs.ns.resolve(path)
+        if mount is None or mount.read_only:
+            raise _err(errno.EROFS, path)
+        if self.fs.ns.is_virtual_dir(path) and key == "" and not self.fs.ns.is_mount_point(path):
+            raise _err(errno.EROFS, path)
+        return mount, key
+
+    def _parent_is_dir(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if not self.fs.getattr(parent).is_dir:
+            raise _err(errno.ENOTDIR, parent)
+
+    def _exists(self, path: str) -> Optional[Attr]:
+        try:
+            return self.fs.getattr(path)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+
+    # -- files -----------------------------------------------------------------------
+    def create(self, path: str) -> StagedFile:
+        mount, key = self.writable(path)
+        if not key:
+            raise _err(errno.EISDIR, path)
+        self._parent_is_dir(path)
+        with self._lock:
+            st = self._staged.get(path)
+            if st is None:
+                st = self.area.create(path, mount.path, key, mount.entry_url_redacted)
+                self._staged[path] = st
+            else:
+                st.truncate(0)
+            st.opens += 1
+            st.touch()  # an empty new file is uploaded too
+        self.fs.meta.invalidate(path)
+        return st
+
+    def open(self, path: str, truncate: bool) -> StagedFile:
+        mount, key = self.writable(path)
+        with self._lock:
+            st = self._staged.get(path)
+            if st is None:
+                attr = self.fs.getattr(path)
+                if attr.is_dir:
+                    raise _err(errno.EISDIR, path)
+                base = Base(attr.size, self.fs.fetcher(path, mount, key, attr.etag)) if attr.size else None
+                st = self.area.create(path, mount.path, key, mount.entry_url_redacted, base)
+                self._staged[path] = st
+            st.opens += 1
+        if truncate:
+            st.truncate(0)
+        return st
+
+    def flush(self, st: StagedFile) -> None:
+        """Upload if changed; EIO (data kept) if the store cannot take it."""
+        if st.deleted or not st.dirty:
+            return
+        try:
+            self._upload(st)
+        except StoreError as e:
+            raise _err(errno.EIO, st.path, f"upload failed, data kept at {st.data_path}: {e.strerror}") \
+                from None
+
+    def release(self, st: StagedFile) -> None:
+        with self._lock:
+            st.opens -= 1
+            if st.opens > 0:
+                return
+            if st.deleted or not st.dirty:
+                self._discard(st)
+                return
+        # closed with changes the store does not have: the background uploader takes over
+        st.save()
+
+    def _discard(self, st: StagedFile) -> None:
+        with self._lock:
+            if self._staged.get(st.path) is st:
+                del self._staged[st.path]
+        st.remove()
+
+    def _upload(self, st: StagedFile) -> None:
+        with st.upload_lock:
+            if st.deleted:
+                return
+            gen = st.gen
+            if gen == st.uploaded_gen:
+                return
+            st.load()
+            mount, _ = self.fs.ns.resolve(st.path)
+            st.save()
+            started = time.monotonic()
+            try:
+                info = mount.store.put_file(st.key, st.data_path)
+            except StoreError as e:
+                st.failures += 1
+                st.error = e.strerror
+                st.next_retry = time.monotonic() + min(self.settings.retry_max_interval,
+                                                       2.0 ** min(st.failures, 10))
+                st.save()
+                log.error("%s: upload to %s failed (%s); the data is kept at %s and retried in the "
+                          "background", st.path, st.key, e.strerror, st.data_path)
+                raise
+            st.uploaded_gen = gen
+            st.failures = 0
+            st.error = None
+            st.last_upload = time.monotonic()
+            log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
+            self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
+
+    def retry_pending(self) -> None:
+        """Background work: pending uploads (with backoff) and write-back of open files."""
+        now = time.monotonic()
+        for st in self.all_staged():
+            if st.deleted or not st.dirty or st.upload_lock.locked():
+                continue
+            if st.opens == 0:
+                if now < st.next_retry:
+                    continue
+            else:
+                mount, _ = self.fs.ns.resolve(st.path)
+                wb = mount.entry.write_back if mount is not None else 0
+                if wb <= 0 or now - st.last_upload < wb or now < st.next_retry:
+                    continue
+            self.pool.submit(self._background_upload, st)
+
+    def _background_upload(self, st: StagedFile) -> None:
+        try:
+            self._upload(st)
+        except StoreError:
+            return
+        except Exception:  # noqa: BLE001 - keep the uploader alive, keep the data
+            log.exception("%s: background upload failed", st.path)
+            return
+        with self._lock:
+            if st.opens == 0 and not st.dirty:
+                self._discard(st)
+
+    def resume(self, docs) -> int:
+        """Adopt pending uploads of an earlier daemon; returns how many."""
+        n = 0
+        for doc, sid in docs:
+            if doc.get("state") != "pending":
+                continue
+            mount, key = self.fs.ns.resolve(doc["path"])
+            if mount is None or mount.read_only or key != doc["key"] or \
+                    mount.entry_url_redacted != doc["url"]:
+                log.warning("%s: a pending upload from an earlier run no longer matches the mount table; "
+                            "its data stays at %s", doc["path"], doc.get("data"))
+                continue
+            with self._lock:
+                if doc["path"] in self._staged:
+                    continue
+                self._staged[doc["path"]] = self.area.adopt(doc, sid)
+            n += 1
+        if n:
+            log.info("resuming %d pending upload(s) from an earlier run", n)
+        return n
+
+    def truncate(self, path: str, length: int, st: Optional[StagedFile]) -> None:
+        if st is None:
+            st = self._staged.get(path)
+        if st is not None:
+            self.writable(path)
+            st.truncate(length)
+            if st.opens == 0:
+                self.flush(st)
+                self.release_if_idle(st)
+            return
+        st = self.open(path, truncate=False)
+        try:
+            st.truncate(length)
+            self.flush(st)
+        finally:
+            self.release(st)
+
+    def release_if_idle(self, st: StagedFile) -> None:
+        with self._lock:
+            if st.opens == 0 and not st.dirty:
+                self._discard(st)
+
+    def unlink(self, path: str) -> None:
+        mount, key = self.writable(path)
+        attr = self.fs.getattr(path)
+        if attr.is_dir:
+            raise _err(errno.EISDIR, path)
+        self._drop_staged(path)
+        self._store(path, mount.store.delete, key)
+        self.fs.changed(path, None)
+
+    def _drop_staged(self, path: str) -> None:
+        with self._lock:
+            st = self._staged.pop(path, None)
+        if st is not None:
+            with st.upload_lock:
+                st.deleted = True
+            if st.opens == 0:
+                st.remove()
+
+    # -- directories -------------------------------------------------------------------
+    def mkdir(self, path: str) -> None:
+        mount, key = self.writable(path)
+        if not key or self._exists(path) is not None:
+            raise _err(errno.EEXIST, path)
+        self._parent_is_dir(path)
+        if not self._store(path, mount.store.make_dir, key):
+            with self._lock:
+                self._dirs.add(path)
+        self.fs.changed(path, Attr.directory())
+
+    def rmdir(self, path: str) -> None:
+        mount, key = self.writable(path)
+        if not key or self.fs.ns.is_virtual_dir(path):
+            raise _err(errno.EBUSY, path)
+        attr = self.fs.getattr(path)
+        if not attr.is_dir:
+            raise _err(errno.ENOTDIR, path)
+        self.fs.meta.invalidate(path)
+        if self.fs.readdir(path):
+            raise _err(errno.ENOTEMPTY, path)
+        with self._lock:
+            self._dirs.discard(path)
+        self._store(path, mount.store.remove_dir, key)
+        self.fs.changed(path, None)
+
+    # -- rename ------------------------------------------------------------------------
+    def rename(self, old: str, new: str) -> None:
+        m1, k1 = self.writable(old)
+        m2, k2 = self.writable(new)
+        if m1 is not m2:
+            raise _err(errno.EXDEV, new)
+        if not k1 or not k2 or self.fs.ns.is_virtual_dir(old) or self.fs.ns.is_virtual_dir(new):
+            raise _err(errno.EBUSY, old)
+        src = self.fs.getattr(old)
+        if old == new:
+            return
+        self._parent_is_dir(new)
+        dst = self._exists(new)
+        if src.is_dir:
+            if _under(new, old):
+                raise _err(errno.EINVAL, new)
+            if dst is not None and not dst.is_dir:
+                raise _err(errno.ENOTDIR, new)
+            if dst is not None:
+                self.fs.meta.invalidate(new)
+                if self.fs.readdir(new):
+                    raise _err(errno.ENOTEMPTY, new)
+            self._rename_dir(m1, old, k1, new, k2)
+        else:
+            if dst is not None and dst.is_dir:
+                raise _err(errno.EISDIR, new)
+            self._rename_file(m1, old, k1, new, k2)
+        self.fs.changed(old, None, subtree=src.is_dir)
+        self.fs.changed(new, None, subtree=src.is_dir)
+
+    def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
+        self._drop_staged(new)  # a file renamed over one still open: the open one is unlinked
+        st = self._staged.get(old)
+        if st is None:
+            self._store(old, mount.store.move, k1, k2)
+            return
+        with st.upload_lock:
+            if st.dirty:
+                # not in the store yet (or only an older version): upload under the new name
+                self._store(old, mount.store.delete, k1)
+            else:
+                self._store(old, mount.store.move, k1, k2)
+            with self._lock:
+                self._staged.pop(old, None)
+                st.path, st.key = new, k2
+                self._staged[new] = st
+            st.save()
+
+    def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
+        # staged files first: their uploads must not land under the old name afterwards
+        with self._lock:
+            moving = [st for p, st in self._staged.items() if _under(p, old)]
+            for d in [d for d in self._dirs if _under(d, old)]:
+                self._dirs.discard(d)
+                self._dirs.add(new + d[len(old):])
+        for st in moving:
+            with st.upload_lock:
+                with self._lock:
+                    self._staged.pop(st.path, None)
+                    st.path = new + st.path[len(old):]
+                    st.key = k2 + st.key[len(k1):]
+                    st.uploaded_gen = -1  # upload again under the new name
+                    self._staged[st.path] = st
+                st.save()
+        if mount.store.has_dirs:
+            self._store(old, mount.store.move, k1, k2)
+            return
+        keys = self._store(old, mount.store.list_keys, k1)
+        # each object is copied before its original is deleted: a crash leaves both
+        list(self.pool.map(lambda k: self._store(old, mount.store.move, k, k2 + k[len(k1):]), keys))
+        # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list them
+        dirs = {k1}
+        for k in keys:
+            d = posixpath.dirname(k)
+            while _under(d, k1) and d not in dirs:
+                dirs.add(d)
+                d = posixpath.dirname(d)
+        for d in sorted(dirs, key=len, reverse=True):
+            self._store(old, mount.store.remove_dir, d)
+
+    def _store(self, path: str, fn, *args):
+        try:
+            return fn(*args)
+        except StoreError as e:
+            raise self.fs.store_error(e, path) from None
+
+    def close(self) -> None:
+        self._stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for st in self.all_staged():
+            if st.opens > 0 and st.dirty:
+                st.save()
+            st.close_fd()
