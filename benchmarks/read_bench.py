@@ -202,8 +202,10 @@ class CacheControl:
 
 
 def unifs_cmd() -> list[str]:
-    exe = shutil.which("unifs")
-    return [exe] if exe else [sys.executable, "-m", "unifs"]
+    """The `unifs` command of this interpreter (not whatever `unifs` comes first on PATH, e.g. a
+    pyenv shim running another Python), so the daemon runs the same code and packages."""
+    exe = Path(sys.executable).parent / "unifs"
+    return [str(exe)] if os.access(exe, os.X_OK) else [sys.executable, "-m", "unifs"]
 
 
 class Mount:
