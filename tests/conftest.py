@@ -162,7 +162,8 @@ class Mounter:
                 subprocess.run(["fusermount", "-u", str(mp)], capture_output=True)
                 continue
             if is_mounted(mp):
-                res = unifs("umount", str(mp))
+                # --force: a test that left uploads pending against a stopped store must not hang here
+                res = unifs("umount", "--force", str(mp))
                 if res.returncode != 0 and is_mounted(mp):
                     subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
         for t in self.threads:

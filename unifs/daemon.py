@@ -225,7 +225,7 @@ def wait_for_uploads(staging: str, progress: bool = True, poll: float = 0.5) -> 
     from tqdm import tqdm
 
     def count():
-        return [d for d in pending_files(staging) if d.get("state") == "pending"]
+        return [d for d in pending_files(staging) if d.get("state") != "orphaned"]
 
     left = count()
     if not left:

@@ -43,6 +43,7 @@ class Handle:
     path: str
     reader: Optional[HandleReader] = None
     staged: Optional[StagedFile] = None
+    writable: bool = False
 
 
 class FileSystem:
@@ -141,7 +142,8 @@ class FileSystem:
     def open(self, path: str, flags: int) -> tuple[int, bool]:
         """(file handle, keep_cache): keep_cache when the object is unchanged since the last open."""
         if flags & _WRITE_FLAGS:
-            return self._new_handle(Handle(path, staged=self.writes.open(path, bool(flags & os.O_TRUNC)))), False
+            st = self.writes.open(path, bool(flags & os.O_TRUNC))
+            return self._new_handle(Handle(path, staged=st, writable=True)), False
         attr = self.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
@@ -163,7 +165,7 @@ class FileSystem:
         return fh, keep
 
     def create(self, path: str) -> int:
-        return self._new_handle(Handle(path, staged=self.writes.create(path)))
+        return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True))
 
     def _new_handle(self, handle: Handle) -> int:
         fh = next(self._fh)
@@ -196,14 +198,14 @@ class FileSystem:
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)
-        if handle.staged is None:
+        if not handle.writable:
             raise _err(errno.EBADF, handle.path)
         return handle.staged.pwrite(data, offset)
 
     def flush(self, fh: int) -> None:
         """Every close() of a descriptor: upload what changed; EIO (data kept) on failure."""
         handle = self._handle(fh)
-        if handle.staged is not None:
+        if handle.writable:
             self.writes.flush(handle.staged)
 
     def fsync(self, fh: int) -> None:

@@ -64,6 +64,7 @@ class StagedFile:
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None
+        self.write_error = 0  # errno of a failed local write (ENOSPC): never upload a torn file
 
     # -- content ---------------------------------------------------------------
     @property
@@ -97,7 +98,11 @@ class StagedFile:
     def pwrite(self, data: bytes, offset: int) -> int:
         self.load()
         with self.lock:
-            n = os.pwrite(self.fd, data, offset)
+            try:
+                n = os.pwrite(self.fd, data, offset)
+            except OSError as e:
+                self.write_error = e.errno
+                raise
             self._changed()
         return n
 
@@ -203,8 +208,10 @@ def staging_dir_for(root: str, mountpoint: str) -> str:
 
 
 def pending_files(directory: str) -> list[dict]:
-    """What `unifs status` and `unifs umount` report: files not (yet) in the store."""
-    return [doc for doc, _ in read_sidecars(directory) if doc.get("state") in (PENDING, ORPHANED)]
+    """What `unifs status` and `unifs umount` report: files not (yet) in the store
+    (still-open files only once an upload of theirs failed)."""
+    return [doc for doc, _ in read_sidecars(directory)
+            if doc.get("state") in (PENDING, ORPHANED) or doc.get("error")]
 
 
 def read_sidecars(directory: str) -> list[tuple[dict, str]]:

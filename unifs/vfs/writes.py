@@ -155,6 +155,9 @@ class Writes:
 
     def flush(self, st: StagedFile) -> None:
         """Upload if changed; EIO (data kept) if the store cannot take it."""
+        if st.write_error:
+            raise _err(st.write_error, st.path, "an earlier write to this file failed locally; "
+                       "it is not uploaded (the store keeps its previous content)")
         if st.deleted or not st.dirty:
             return
         try:
@@ -168,7 +171,7 @@ class Writes:
             st.opens -= 1
             if st.opens > 0:
                 return
-            if st.deleted or not st.dirty:
+            if st.deleted or not st.dirty or st.write_error:
                 self._discard(st)
                 return
         # closed with changes the store does not have: the background uploader takes over
@@ -213,7 +216,7 @@ class Writes:
         """Background work: pending uploads (with backoff) and write-back of open files."""
         now = time.monotonic()
         for st in self.all_staged():
-            if st.deleted or not st.dirty or st.upload_lock.locked():
+            if st.deleted or not st.dirty or st.write_error or st.upload_lock.locked():
                 continue
             if st.opens == 0:
                 if now < st.next_retry:

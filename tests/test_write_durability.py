@@ -1,0 +1,186 @@
+"""Nothing lost: a write the store cannot take fails at close with EIO, stays on local
+disk, shows in `unifs status`, and is uploaded once the store is back, also after the
+daemon was killed. A full local disk gives ENOSPC, never a truncated object."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import obstore
+import pytest
+
+from conftest import is_mounted, sha256, unifs, wait_for
+from unifs.devstores.seaweed import SeaweedS3
+
+BUCKET = "ckpt"
+
+
+@pytest.fixture
+def flaky(tmp_path):
+    """A SeaweedFS of its own, stopped and restarted (same port, same data) by the tests."""
+    server = SeaweedS3(str(tmp_path / "flaky")).start()
+    server.create_bucket(BUCKET)
+    yield server
+    server.stop()
+
+
+def _table(mounter, server, **write):
+    mounter.seaweed = server
+    entry = mounter.s3_entry("/c", f"s3://{BUCKET}/run", write_back="1s")
+    return {"mounts": [entry], "store": {"timeout": "2s", "connect_timeout": "1s", "retries": 1},
+            "write": {"staging_dir": str(mounter.tmp / "staging"), "retry_max_interval": "1s", **write}}
+
+
+def _mount(mounter, server):
+    t = _table(mounter, server)
+    return mounter.mount(t.pop("mounts"), extra=t)
+
+
+def _status(mp) -> dict:
+    res = unifs("status", "--json", check=True)
+    rows = [r for r in json.loads(res.stdout) if r["mountpoint"] == str(mp)]
+    assert rows, res.stdout
+    return rows[0]
+
+
+def _in_store(server, key):
+    try:
+        return bytes(obstore.get(server.obstore(BUCKET), key).bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _write_across_outage(path, data, server):
+    """Open and start writing while the store is up, stop it, finish: close fails with EIO."""
+    with pytest.raises(OSError) as e:
+        with open(path, "wb") as f:
+            f.write(data[:len(data) // 2])
+            f.flush()
+            server.stop()
+            f.write(data[len(data) // 2:])
+    assert e.value.errno == errno.EIO, e.value
+
+
+def test_store_down_at_close_keeps_data_and_uploads_later(mounter, flaky):
+    mp = _mount(mounter, flaky)
+    (mp / "c/before.bin").write_bytes(b"fine")
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    _write_across_outage(mp / "c/epoch3.pt", data, flaky)
+
+    def pending_now():
+        return [p for p in _status(mp)["pending"] if p["path"] == "/c/epoch3.pt" and p["state"] == "pending"]
+    # FUSE sends release (after which the file counts as closed) just after close() returns
+    assert wait_for(pending_now, timeout=10), _status(mp)
+    pending = pending_now()
+    assert pending[0]["error"]
+    with open(pending[0]["data"], "rb") as f:  # the user can recover it by hand
+        assert sha256(f.read()) == sha256(data)
+    text = unifs("status").stdout
+    assert "upload pending: /c/epoch3.pt" in text and pending[0]["data"] in text
+    # reads through the mount still see what was written
+    assert sha256((mp / "c/epoch3.pt").read_bytes()) == sha256(data)
+
+    flaky.restart()
+    assert wait_for(lambda: _in_store(flaky, "run/epoch3.pt") is not None, timeout=60)
+    assert sha256(_in_store(flaky, "run/epoch3.pt")) == sha256(data)
+    assert wait_for(lambda: not _status(mp)["pending"], timeout=20)
+    assert not os.path.exists(pending[0]["data"])
+
+
+def test_killed_daemon_resumes_pending_uploads(mounter, flaky, tmp_path):
+    table = _table(mounter, flaky)
+    cfg = mounter.write_table(table)
+    mp = tmp_path / "mnt-resume"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    try:
+        data = os.urandom(300_000)
+        _write_across_outage(mp / "c/model.keras", data, flaky)
+        pid = _status(mp)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        res = unifs("umount", str(mp))  # the stale mount of the dead daemon
+        assert res.returncode == 0, res.stderr
+        assert "kept in" in res.stdout
+        flaky.restart()
+        unifs("mount", str(mp), "--config", str(cfg), check=True)
+        assert wait_for(lambda: _in_store(flaky, "run/model.keras") is not None, timeout=60)
+        assert sha256(_in_store(flaky, "run/model.keras")) == sha256(data)
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", str(mp))
+
+
+def test_umount_waits_for_pending_uploads(mounter, flaky):
+    mp = _mount(mounter, flaky)
+    data = os.urandom(100_000)
+    _write_across_outage(mp / "c/last.ckpt", data, flaky)
+    waiter = subprocess.Popen([sys.executable, "-m", "unifs", "umount", str(mp)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        # still waiting (and still mounted) while the store is down
+        assert not wait_for(lambda: waiter.poll() is not None, timeout=3)
+        assert is_mounted(mp)
+        flaky.restart()
+        out, err = waiter.communicate(timeout=90)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    assert waiter.returncode == 0, err
+    assert not is_mounted(mp)
+    assert sha256(_in_store(flaky, "run/last.ckpt")) == sha256(data)
+
+
+def test_umount_force_leaves_staged_files_and_says_where(mounter, flaky):
+    mp = _mount(mounter, flaky)
+    _write_across_outage(mp / "c/abandoned.bin", b"precious", flaky)
+    res = unifs("umount", "--force", str(mp))
+    assert res.returncode == 0, res.stderr
+    staging = str(mounter.tmp / "staging")
+    assert staging in res.stdout and "1 file(s)" in res.stdout
+    found = [os.path.join(d, f) for d, _, fs in os.walk(staging) for f in fs if f.endswith(".data")]
+    assert [open(p, "rb").read() for p in found] == [b"precious"]
+
+
+def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):
+    mp = _mount(mounter, flaky)
+    with open(mp / "c/events.out.tfevents", "wb") as f:
+        f.write(b"step 1\n")
+        f.flush()
+        assert wait_for(lambda: _in_store(flaky, "run/events.out.tfevents") == b"step 1\n", timeout=20)
+        f.write(b"step 2\n")
+        f.flush()
+        assert wait_for(lambda: _in_store(flaky, "run/events.out.tfevents") == b"step 1\nstep 2\n", timeout=20)
+        f.write(b"step 3\n")
+    assert _in_store(flaky, "run/events.out.tfevents") == b"step 1\nstep 2\nstep 3\n"
+
+
+def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, dataset, tmp_path):
+    from conftest import SCRATCH
+
+    small = tmp_path / "tiny-staging"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc")],
+                           extra={"write": {"staging_dir": str(small / "s")}})
+        with pytest.raises(OSError) as e:
+            with open(mp / "c/too-big.bin", "wb") as f:
+                for _ in range(4):
+                    f.write(os.urandom(1024 * 1024))
+        assert e.value.errno == errno.ENOSPC
+        assert _keys(seaweed, SCRATCH, "enospc") == set()
+        (mp / "c/fits.bin").write_bytes(b"small enough")
+        assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
+        mounter.cleanup()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def _keys(server, bucket, prefix):
+    return {m["path"] for chunk in obstore.list(server.obstore(bucket), prefix) for m in chunk}
