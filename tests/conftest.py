@@ -118,6 +118,7 @@ class Mounter:
         table = {"mounts": mounts, **(extra or {})}
         # staged writes of test mounts stay in the test's tmp dir
         table.setdefault("write", {"staging_dir": str(self.tmp / "staging")})
+        table.setdefault("cache", {"dir": str(self.tmp / "cache"), "ram": "256MiB", "disk": "1GiB"})
         cfg = self.write_table(table)
         mp = self.tmp / f"mnt{self.count}"
         mp.mkdir()

@@ -131,6 +131,51 @@ def status(as_json):
 
 
 @main.group()
+def cache():
+    """Block cache commands (talk to live daemons)."""
+
+
+@cache.command("stats")
+@click.argument("mountpoint", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def cache_stats(mountpoint, as_json):
+    """Per tier: bytes, blocks, hit ratio, evictions; per mount: bytes from store vs cache."""
+    from unifs import cachecmd
+
+    result = cachecmd.stats(mountpoint)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for mp, s in result.items():
+        click.echo("\n".join(cachecmd.format_stats(mp, s)))
+
+
+@cache.command("clear")
+@click.argument("path", required=False, default=None)
+def cache_clear(path):
+    """Drop cached blocks of PATH (a mount point or anything below one; default: all mounts)."""
+    from unifs import cachecmd
+
+    if path is None:
+        for mp in cachecmd.stats():
+            click.echo("unifs: " + cachecmd.clear(mp))
+        return
+    click.echo("unifs: " + cachecmd.clear(path))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--threads", default=16, show_default=True, help="files read in parallel")
+def warmup(paths, threads):
+    """Load files or directories under a unifs mount into the block cache (RAM and disk)."""
+    from unifs import cachecmd
+
+    n, total = cachecmd.warmup(list(paths), threads, progress=sys.stderr.isatty())
+    from unifs.units import format_size
+    click.echo(f"unifs: warmed {n} file(s), {format_size(total)}")
+
+
+@main.group()
 def config():
     """Mount table commands."""
 

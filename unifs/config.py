@@ -159,6 +159,8 @@ class MountEntry(BaseModel):
     metadata_ttl: float = 60.0
     client: str = "auto"
     write_back: float = 5.0  # upload data flushed to a file still open at most this often (0: only at close)
+    cache: Optional[str] = None  # none|ram|disk|tiered; None: the cache section's mode
+    prefetch: bool = True  # fetch the next small files of a directory read in listing order
 
     @field_validator("path")
     @classmethod
@@ -194,6 +196,13 @@ class MountEntry(BaseModel):
     @classmethod
     def _ttl(cls, v):
         return _duration(v)
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_mode(cls, v):
+        if v is not None and v not in CACHE_MODES:
+            raise ValueError(f"must be one of {', '.join(CACHE_MODES)}; got {v!r}")
+        return v
 
     @field_validator("client")
     @classmethod
@@ -241,6 +250,67 @@ class ReadSettings(BaseModel):
         return s
 
 
+CACHE_MODES = ("none", "ram", "disk", "tiered")
+
+
+def default_cache_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/cache/unifs"
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unifs")
+
+
+def default_ram_cache() -> int:
+    """An eighth of physical memory, at most 4 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return min(4 << 30, total // 8)
+
+
+class CacheSettings(BaseModel):
+    """The tiered block cache: RAM in front of a local disk directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: str = "tiered"
+    ram: int = Field(default_factory=default_ram_cache)
+    disk: int = 20 << 30
+    dir: str = Field(default_factory=default_cache_dir)
+    block_size: int = 4 << 20
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v):
+        if v not in CACHE_MODES:
+            raise ValueError(f"must be one of {', '.join(CACHE_MODES)}; got {v!r}")
+        return v
+
+    @field_validator("ram", "disk", mode="before")
+    @classmethod
+    def _bytes(cls, v):
+        s = _size(v)
+        if s < 0:
+            raise ValueError("must not be negative")
+        return s
+
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _block(cls, v):
+        s = _size(v)
+        if not (64 << 10) <= s <= (64 << 20):
+            raise ValueError("must be between 64KiB and 64MiB")
+        return s
+
+    @field_validator("dir")
+    @classmethod
+    def _abs(cls, v):
+        v = os.path.expanduser(str(v))
+        if not os.path.isabs(v):
+            raise ValueError(f"must be an absolute path, got {v!r}")
+        return v
+
+
 def default_staging_dir() -> str:
     """Not under a cache directory: staged files may be the only copy of a user's data."""
     if os.geteuid() == 0:
@@ -282,6 +352,7 @@ class MountTable(BaseModel):
     store: StoreSettings = Field(default_factory=StoreSettings)
     read: ReadSettings = Field(default_factory=ReadSettings)
     write: WriteSettings = Field(default_factory=WriteSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
 
 # ---------------------------------------------------------------------------
@@ -405,6 +476,7 @@ def _suggest(key, err) -> str:
         ("store",): StoreSettings.model_fields,
         ("read",): ReadSettings.model_fields,
         ("write",): WriteSettings.model_fields,
+        ("cache",): CacheSettings.model_fields,
     }
     loc = tuple(p for p in err["loc"][:-1] if not isinstance(p, int))
     names = fields.get(loc)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from unifs.config import MountTable, describe_table, redact_url
+from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
 from unifs.logs import setup_logging
 from unifs import mountinfo
@@ -105,12 +106,19 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
     mountinfo.check_dev_fuse()
     mounts = _open_mounts(table)
     staging = staging_dir_for(table.write.staging_dir, mountpoint)
-    fs = FileSystem(Namespace(mounts), table.read, table.write, staging)
+    cache = open_cache(table, mountpoint)
+    fs = FileSystem(Namespace(mounts), table.read, table.write, staging, cache, table.cache.mode)
+    control_path = str(mountinfo.state_file(mountpoint).with_suffix(".sock"))
+    control = ControlServer(control_path, {
+        "stats": lambda req: fs.stats(),
+        "clear": lambda req: {"mounts": fs.clear_cache(req.get("path") or "/")},
+    }).start()
 
     def ready():
         mountinfo.write_state(mountpoint, {
             "mountpoint": mountpoint, "pid": os.getpid(), "config": str(config_path),
             "log_file": log_path, "started": time.time(), "staging_dir": staging,
+            "control_socket": control_path, "cache_dir": cache.disk.directory if cache and cache.disk else None,
             "mounts": describe_table(table)["mounts"],
         })
         log.info("mounted %s with %d store mount(s)", mountpoint, len(mounts))
@@ -128,8 +136,29 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         raise UserError(f"mounting {mountpoint} failed (libfuse error {e}); see the log for libfuse's reason") \
             from None
     finally:
+        control.stop()
         mountinfo.remove_state(mountpoint)
     log.info("unmounted %s", mountpoint)
+
+
+def open_cache(table: MountTable, mountpoint: str):
+    """The block cache for this mount point, or None when every mount has cache: none.
+    One directory per mount point: two daemons never share (or lock) one index."""
+    from unifs.cache import BlockCache
+
+    c = table.cache
+    modes = {m.cache or c.mode for m in table.mounts}
+    if modes == {"none"}:
+        return None
+    needs_disk = bool(modes & {"disk", "tiered"}) and c.disk > 0
+    directory = staging_dir_for(c.dir, mountpoint) if needs_disk else None
+    mode = c.mode if needs_disk or c.mode in ("none", "ram") else "ram"
+    try:
+        if directory is not None and not os.path.isdir(c.dir):
+            os.makedirs(c.dir, mode=0o700)  # a root we create is private too
+        return BlockCache(c.block_size, c.ram, c.disk if needs_disk else 0, directory, mode)
+    except OSError as e:
+        raise UserError(f"cache directory {directory}: {e.strerror}") from None
 
 
 def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], log_level: str,

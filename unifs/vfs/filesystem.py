@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
+from unifs.cache import BlockCache, ObjectId
 from unifs.config import ReadSettings, WriteSettings
 from unifs.errors import ObjectChanged, ObjectNotFound, StoreError
 from unifs.namespace import Mount, Namespace
@@ -48,8 +49,12 @@ class Handle:
 
 class FileSystem:
     def __init__(self, namespace: Namespace, read: Optional[ReadSettings] = None,
-                 write: Optional[WriteSettings] = None, staging_dir: Optional[str] = None):
+                 write: Optional[WriteSettings] = None, staging_dir: Optional[str] = None,
+                 cache: Optional[BlockCache] = None, cache_mode: str = "none"):
         self.ns = namespace
+        self.cache = cache
+        self.cache_mode = cache_mode if cache is not None else "none"
+        self._io: dict[str, dict[str, int]] = {}  # per mount: store GETs and their bytes
         self.read_settings = read or ReadSettings()
         self.meta = MetaCache()
         self._flights = SingleFlight()
@@ -155,14 +160,36 @@ class FileSystem:
         mount, key = self.ns.resolve(path)
         assert mount is not None
         rs = self.read_settings
-        fetch = self.fetcher(path, mount, key, attr.etag)
+        with self._lock:
+            last = self._last_etag.get(path)
+            keep = attr.etag is not None and last == attr.etag
+            self._last_etag[path] = attr.etag
+        fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep)
         reader = HandleReader(fetch, attr.size, self.pool, self.budget, rs.first_request,
                               rs.part_size, rs.max_window)
-        fh = self._new_handle(Handle(path, reader=reader))
-        with self._lock:
-            keep = attr.etag is not None and self._last_etag.get(path) == attr.etag
-            self._last_etag[path] = attr.etag
-        return fh, keep
+        return self._new_handle(Handle(path, reader=reader)), keep
+
+    def mount_cache_mode(self, mount: Mount) -> str:
+        if self.cache is None:
+            return "none"
+        mode = mount.entry.cache or self.cache_mode
+        if self.cache.disk is None and mode in ("disk", "tiered"):
+            return "ram"  # no disk tier configured (disk: 0)
+        return mode
+
+    def _cached_fetcher(self, path: str, mount: Mount, key: str, attr: Attr, drop_old: bool):
+        fetch = self.fetcher(path, mount, key, attr.etag)
+        mode = self.mount_cache_mode(mount)
+        if mode == "none":
+            return fetch
+        # the version pins content: an overwritten object never matches old blocks
+        obj = ObjectId(mount.entry_url_redacted, key, attr.etag or f"size{attr.size}-mtime{attr.mtime}")
+        if drop_old:
+            self.cache.forget_object(obj.store, key, keep_version=obj.version)
+
+        def cached(start: int, end: int) -> bytes:
+            return self.cache.get_range(obj, start, end, attr.size, fetch, mode, mount.path)
+        return cached
 
     def create(self, path: str) -> int:
         return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True))
@@ -181,6 +208,7 @@ class FileSystem:
 
     def fetcher(self, path, mount, key, etag):
         def fetch(start: int, end: int) -> bytes:
+            self._count(mount.path, end - start)
             try:
                 return mount.store.get_range(key, start, end, etag)
             except ObjectNotFound:
@@ -255,10 +283,50 @@ class FileSystem:
         self.writes.writable(path)
         self.getattr(path)
 
+    # -- statistics and cache control ------------------------------------------------
+    def _count(self, mount_path: str, nbytes: int) -> None:
+        with self._lock:
+            c = self._io.setdefault(mount_path, {"gets": 0, "bytes": 0})
+            c["gets"] += 1
+            c["bytes"] += nbytes
+
+    def stats(self) -> dict:
+        with self._lock:
+            store = {m: dict(c) for m, c in self._io.items()}
+        out = {"store_reads": store,
+               "readahead": {"used": self.budget.used, "peak": self.budget.peak, "limit": self.budget.limit},
+               "open_handles": self.open_handles(),
+               "staged_files": len(self.writes.all_staged())}
+        if self.cache is not None:
+            out["cache"] = self.cache.stats()
+        return out
+
+    def clear_cache(self, path: str = "/") -> int:
+        """Drop cached blocks (RAM and disk) of everything at or below path; returns how many
+        mounts it touched."""
+        if self.cache is None:
+            return 0
+        path = "/" + "/".join(p for p in path.split("/") if p)
+        touched = 0
+        for m in self.ns.mounts:
+            if path == "/" or m.path == path or m.path.startswith(path.rstrip("/") + "/"):
+                self.cache.clear(m.entry_url_redacted)
+                touched += 1
+        mount, key = self.ns.resolve(path)
+        if mount is not None and key:
+            self.cache.forget_object(mount.entry_url_redacted, key)
+            self.cache.clear(mount.entry_url_redacted, key.rstrip("/") + "/")
+            touched += 1
+        with self._lock:
+            self._last_etag.clear()  # the next open also drops the kernel's pages
+        return touched
+
     # -- bookkeeping after changes -------------------------------------------------
     def uploaded(self, path: str, mount: Mount, info, current: bool) -> None:
         attr = Attr.from_object(info, mount.read_only)
         self.meta.put_child(path, attr, mount.ttl)
+        if self.cache is not None and info.etag:
+            self.cache.forget_object(mount.entry_url_redacted, info.key, keep_version=info.etag)
         if current:
             with self._lock:
                 # the kernel's pages for this file hold what was just uploaded
@@ -268,6 +336,11 @@ class FileSystem:
         if subtree:
             self.meta.invalidate_tree(path)
         self.meta.invalidate(path)
+        mount, key = self.ns.resolve(path)
+        if self.cache is not None and mount is not None and key:
+            self.cache.forget_object(mount.entry_url_redacted, key)
+            if subtree:
+                self.cache.clear(mount.entry_url_redacted, key + "/")
         with self._lock:
             self._last_etag.pop(path, None)
 
@@ -306,5 +379,7 @@ class FileSystem:
                 h.reader.close()
         self.writes.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.cache is not None:
+            self.cache.close()
         for m in self.ns.mounts:
             m.store.close()

@@ -1,0 +1,217 @@
+"""The block cache through a real mount on SeaweedFS: warm reads make no store GETs, the
+disk tier survives a restart and detects corruption, both tiers stay within their bounds,
+one fetch per block for concurrent readers, read-ahead within its budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+
+import obstore
+import pytest
+
+from conftest import SCRATCH, is_mounted, sha256, unifs, wait_for
+
+MiB = 1 << 20
+
+
+def drop_page_cache():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def stats(mp) -> dict:
+    res = unifs("cache", "stats", "--json", str(mp), check=True)
+    return json.loads(res.stdout)[str(mp)]
+
+
+def gets(mp, mount="/c") -> int:
+    return stats(mp)["store_reads"].get(mount, {"gets": 0})["gets"]
+
+
+def read_all(paths) -> dict:
+    return {p.name: sha256(p.read_bytes()) for p in paths}
+
+
+@pytest.fixture(scope="module")
+def objects(seaweed, dataset):
+    rng = __import__("random").Random(7)
+    data = {f"cache/imgs/img_{i:03d}.jpg": rng.randbytes(rng.randrange(1000, 150_000)) for i in range(40)}
+    data["cache/shard.bin"] = rng.randbytes(12 * MiB + 333)
+    for i in range(4):
+        data[f"cache/bulk/part{i}.bin"] = rng.randbytes(12 * MiB)
+    seaweed.put_many(SCRATCH, data)
+    return {k: sha256(v) for k, v in data.items()}
+
+
+def _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache", cache=None, read=None, mp=None, **entry):
+    table = {"mounts": [mounter.s3_entry("/c", url, read_only=True, **entry)],
+             "write": {"staging_dir": str(tmp_path / "staging")},
+             "cache": {"dir": str(tmp_path / "cache"), "ram": "64MiB", "disk": "256MiB", "block_size": "1MiB",
+                       **(cache or {})}}
+    if read:
+        table["read"] = read
+    if mp is None:
+        return mounter.mount(table.pop("mounts"), extra=table)
+    cfg = mounter.write_table(table)
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    return mp
+
+
+def test_second_read_makes_no_store_gets(mounter, objects, tmp_path):
+    mp = _mount(mounter, tmp_path)
+    files = sorted((mp / "c/imgs").iterdir()) + [mp / "c/shard.bin"]
+    first = read_all(files)
+    assert first == {os.path.basename(k): v for k, v in objects.items() if k.startswith("cache/imgs/")
+                     or k == "cache/shard.bin"}
+    before = stats(mp)
+    assert before["store_reads"]["/c"]["gets"] > 0
+    drop_page_cache()  # the kernel forgets: every byte must come from the daemon's cache
+    assert read_all(files) == first
+    after = stats(mp)
+    assert after["store_reads"]["/c"] == before["store_reads"]["/c"]
+    assert after["cache"]["mounts"]["/c"]["bytes_from_cache"] > before["cache"]["mounts"]["/c"]["bytes_from_cache"]
+    text = unifs("cache", "stats", str(mp), check=True).stdout
+    assert "hit ratio" in text and "from store" in text
+    # clearing drops the blocks: the next read goes to the store again
+    res = unifs("cache", "clear", str(mp / "c/imgs"), check=True)
+    assert "cleared" in res.stdout
+    drop_page_cache()
+    n = gets(mp)
+    read_all(sorted((mp / "c/imgs").iterdir()))
+    assert gets(mp) > n
+
+
+def test_warm_files_read_with_the_store_stopped(mounter, tmp_path):
+    from unifs.devstores.seaweed import SeaweedS3
+
+    server = SeaweedS3(str(tmp_path / "s")).start()
+    try:
+        server.create_bucket("warm")
+        blobs = {f"f{i}": os.urandom(300_000 + i) for i in range(5)}
+        server.put_many("warm", blobs)
+        mounter.seaweed = server
+        mp = _mount(mounter, tmp_path, url="s3://warm", metadata_ttl="10m")
+        warm = read_all(sorted((mp / "c").iterdir()))
+        server.stop()
+        drop_page_cache()
+        assert read_all(sorted((mp / "c").iterdir())) == warm == {k: sha256(v) for k, v in blobs.items()}
+    finally:
+        server.stop()
+
+
+def test_tier_bounds_hold_after_reading_three_times_their_size(mounter, objects, tmp_path):
+    mp = _mount(mounter, tmp_path, cache={"ram": "8MiB", "disk": "16MiB"})
+    parts = sorted((mp / "c/bulk").iterdir())  # 48 MiB
+    got = read_all(parts)
+    assert got == {os.path.basename(k): v for k, v in objects.items() if k.startswith("cache/bulk/")}
+    s = stats(mp)["cache"]
+    assert 0 < s["ram"]["bytes"] <= 8 * MiB and s["ram"]["evictions"] > 0
+    assert 0 < s["disk"]["bytes"] <= 16 * MiB and s["disk"]["evictions"] > 0
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "cache") for f in fs)
+    assert on_disk <= 16 * MiB + 64 * 1024  # block files plus the lock file
+    assert (os.stat(tmp_path / "cache").st_mode & 0o777) == 0o700
+
+
+def test_restart_keeps_the_disk_tier_warm_and_drops_corrupt_blocks(mounter, objects, tmp_path):
+    mp = tmp_path / "mnt-restart"
+    mp.mkdir()
+    try:
+        _mount(mounter, tmp_path, mp=mp)
+        want = read_all([mp / "c/shard.bin"])
+        unifs("umount", str(mp), check=True)
+
+        _mount(mounter, tmp_path, mp=mp)
+        drop_page_cache()
+        assert read_all([mp / "c/shard.bin"]) == want
+        assert gets(mp) == 0  # everything from the disk tier
+        unifs("umount", str(mp), check=True)
+
+        blocks = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "cache") for f in fs
+                  if os.path.getsize(os.path.join(d, f)) > MiB // 2]
+        assert len(blocks) >= 12
+        with open(blocks[0], "r+b") as f:  # flip one byte in the middle of a block's data
+            f.seek(MiB // 2)
+            b = f.read(1)
+            f.seek(MiB // 2)
+            f.write(bytes([b[0] ^ 0xFF]))
+        _mount(mounter, tmp_path, mp=mp)
+        drop_page_cache()
+        assert read_all([mp / "c/shard.bin"]) == want
+        s = stats(mp)
+        assert s["cache"]["disk"]["corrupt"] == 1
+        assert s["store_reads"]["/c"]["gets"] == 1  # only the damaged block was fetched again
+    finally:
+        if is_mounted(mp):
+            unifs("umount", str(mp))
+
+
+def test_an_overwritten_object_is_served_new_after_the_ttl(mounter, seaweed, dataset, tmp_path):
+    store = seaweed.obstore(SCRATCH)
+    obstore.put(store, "cache-ow/obj.bin", b"old" * 100_000)
+    mp = _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache-ow", metadata_ttl="1s")
+    assert (mp / "c/obj.bin").read_bytes() == b"old" * 100_000
+    obstore.put(store, "cache-ow/obj.bin", b"new!" * 50_000)
+    assert wait_for(lambda: (mp / "c/obj.bin").read_bytes() == b"new!" * 50_000, timeout=10)
+
+
+def test_eight_threads_on_one_cold_file_fetch_each_block_once(mounter, objects, tmp_path):
+    mp = _mount(mounter, tmp_path)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def reader():
+        barrier.wait()
+        results.append(sha256((mp / "c/shard.bin").read_bytes()))
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [objects["cache/shard.bin"]] * 8
+    io = stats(mp)["store_reads"]["/c"]
+    assert io["gets"] == 13  # 12 MiB + 333 bytes in 1 MiB blocks
+    assert io["bytes"] == 12 * MiB + 333
+
+
+def test_read_ahead_stays_within_its_budget_with_32_readers(mounter, objects, tmp_path):
+    mp = _mount(mounter, tmp_path, cache={"ram": "8MiB"}, read={"budget": "16MiB", "part_size": "2MiB"})
+    files = sorted((mp / "c/bulk").iterdir()) + [mp / "c/shard.bin"]
+    handles = [open(files[i % len(files)], "rb") for i in range(32)]
+    out = {}
+
+    def stream(i, f):
+        h = __import__("hashlib").sha256()
+        while True:
+            b = f.read(128 * 1024)
+            if not b:
+                break
+            h.update(b)
+        out[i] = h.hexdigest()
+    threads = [threading.Thread(target=stream, args=(i, f)) for i, f in enumerate(handles)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for f in handles:
+        f.close()
+    want = {p.name: objects[f"cache/{p.parent.name}/{p.name}" if p.parent.name == "bulk" else "cache/shard.bin"]
+            for p in files}
+    assert all(out[i] == want[files[i % len(files)].name] for i in range(32))
+    ra = stats(mp)["readahead"]
+    assert 0 < ra["peak"] <= ra["limit"] == 16 * MiB
+
+
+def test_warmup_loads_a_directory_into_the_cache(mounter, objects, tmp_path):
+    mp = _mount(mounter, tmp_path)
+    res = unifs("warmup", str(mp / "c/imgs"), check=True)
+    assert "warmed 40 file(s)" in res.stdout
+    n = gets(mp)
+    drop_page_cache()
+    read_all(sorted((mp / "c/imgs").iterdir()))
+    assert gets(mp) == n
+    bad = unifs("warmup", str(tmp_path))
+    assert bad.returncode != 0 and "not inside a live unifs mount" in bad.stderr

@@ -1,0 +1,120 @@
+"""`unifs cache stats`, `unifs cache clear` and `unifs warmup`: talk to live daemons."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Optional
+
+from unifs import control, mountinfo
+from unifs.errors import UserError
+from unifs.units import format_size
+
+
+def _daemons() -> dict[str, str]:
+    """mountpoint -> control socket of every live unifs mount."""
+    out = {}
+    for st in mountinfo.all_states():
+        mp, sock = st.get("mountpoint"), st.get("control_socket")
+        if mp and sock and mountinfo.pid_alive(st.get("pid")) and os.path.exists(sock):
+            out[mp] = sock
+    return out
+
+
+def locate(path: str) -> tuple[str, str, str]:
+    """(mountpoint, socket, path inside the mount) for a path at or below a live unifs mount."""
+    real = os.path.realpath(path)
+    daemons = _daemons()
+    for mp in sorted(daemons, key=len, reverse=True):
+        if real == mp or real.startswith(mp.rstrip("/") + "/"):
+            return mp, daemons[mp], "/" if real == mp else "/" + os.path.relpath(real, mp)
+    raise UserError(f"{path} is not inside a live unifs mount (see 'unifs status')")
+
+
+def stats(mountpoint: Optional[str] = None) -> dict[str, dict]:
+    daemons = _daemons()
+    if mountpoint is not None:
+        mp, sock, _ = locate(mountpoint)
+        daemons = {mp: sock}
+    if not daemons:
+        raise UserError("no live unifs mounts")
+    return {mp: control.request(sock, "stats") for mp, sock in daemons.items()}
+
+
+def _ratio(hits: int, misses: int) -> str:
+    total = hits + misses
+    return f"{100.0 * hits / total:.1f}%" if total else "-"
+
+
+def format_stats(mp: str, s: dict) -> list[str]:
+    lines = [mp]
+    cache = s.get("cache")
+    if cache is None:
+        lines.append("  block cache: off (every mount has cache: none)")
+    for tier in ("ram", "disk"):
+        t = (cache or {}).get(tier)
+        if t is None:
+            continue
+        lines.append(f"  {tier:<4} {format_size(t['bytes'])} of {format_size(t['limit'])} in {t['blocks']} blocks; "
+                     f"hit ratio {_ratio(t['hits'], t['misses'])} ({t['hits']} hits, {t['misses']} misses); "
+                     f"{t['evictions']} evictions; {t['corrupt']} corrupt blocks dropped")
+    ra = s["readahead"]
+    lines.append(f"  read-ahead {format_size(ra['used'])} in use, peak {format_size(ra['peak'])} "
+                 f"of {format_size(ra['limit'])}")
+    served = (cache or {}).get("mounts", {})
+    for m in sorted(set(served) | set(s["store_reads"])):
+        io = s["store_reads"].get(m, {"gets": 0, "bytes": 0})
+        c = served.get(m, {})
+        lines.append(f"  {m:<20} from store {format_size(io['bytes'])} in {io['gets']} GETs; "
+                     f"from cache {format_size(c.get('bytes_from_cache', 0))}")
+    if s.get("staged_files"):
+        lines.append(f"  {s['staged_files']} file(s) staged for upload (see 'unifs status')")
+    return lines
+
+
+def clear(path: str) -> str:
+    mp, sock, inner = locate(path)
+    control.request(sock, "clear", path=inner or "/")
+    return f"cleared cached blocks of {path} ({mp}{inner if inner != '/' else ''})"
+
+
+def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[int, int]:
+    """Read every file under paths through the mount, so the daemon caches their blocks
+    (RAM and disk tier). Returns (files, bytes)."""
+    from tqdm import tqdm
+
+    files = []
+    for p in paths:
+        locate(p)  # a clear error for a path outside any unifs mount
+        if os.path.isdir(p):
+            for d, _, names in os.walk(p):
+                files.extend(os.path.join(d, n) for n in names)
+        elif os.path.exists(p):
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or directory")
+    sizes = {f: os.stat(f).st_size for f in files}
+    total = sum(sizes.values())
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"warming {len(files)} files", disable=not progress)
+
+    def read(f):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                bar.update(len(chunk))
+            # the daemon's cache has it now; do not crowd out the page cache too
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    errors = []
+    with ThreadPoolExecutor(threads) as pool:
+        for fut in as_completed([pool.submit(read, f) for f in files]):
+            if fut.exception() is not None:
+                errors.append(str(fut.exception()))
+    bar.close()
+    if errors:
+        raise UserError(f"{len(errors)} file(s) could not be read, e.g. {errors[0]}")
+    return len(files), total
