@@ -215,3 +215,17 @@ def test_warmup_loads_a_directory_into_the_cache(mounter, objects, tmp_path):
     assert gets(mp) == n
     bad = unifs("warmup", str(tmp_path))
     assert bad.returncode != 0 and "not inside a live unifs mount" in bad.stderr
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_files_opened_in_listing_order_are_prefetched(mounter, objects, tmp_path, prefetch):
+    mp = _mount(mounter, tmp_path, prefetch=prefetch)
+    names = sorted(os.listdir(mp / "c/imgs"))
+    got = {n: sha256((mp / "c/imgs" / n).read_bytes()) for n in names}
+    assert got == {os.path.basename(k): v for k, v in objects.items() if k.startswith("cache/imgs/")}
+    s = stats(mp)
+    assert s["store_reads"]["/c"]["gets"] == 40  # each file fetched once, by prefetch or by its reader
+    if prefetch:
+        assert s["prefetch"]["files"] >= 30
+    else:
+        assert s["prefetch"]["files"] == 0

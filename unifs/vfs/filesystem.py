@@ -14,6 +14,7 @@ import errno
 import itertools
 import logging
 import os
+import posixpath
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from unifs.namespace import Mount, Namespace
 from unifs.vfs.attrs import Attr
 from unifs.vfs.metacache import NEGATIVE, MetaCache
 from unifs.vfs.reader import HandleReader, ReadBudget
+from unifs.vfs.prefetch import Prefetcher
 from unifs.vfs.singleflight import SingleFlight
 from unifs.vfs.staging import StagedFile
 from unifs.vfs.writes import Writes
@@ -64,6 +66,7 @@ class FileSystem:
         self._last_etag: dict[str, Optional[str]] = {}
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
+        self.prefetcher = Prefetcher(self._prefetch, self.budget)
         write = write or WriteSettings()
         self.writes = Writes(self, write, staging_dir or os.path.join(write.staging_dir, "default"))
         if any(not m.read_only for m in namespace.mounts):
@@ -167,7 +170,27 @@ class FileSystem:
         fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep)
         reader = HandleReader(fetch, attr.size, self.pool, self.budget, rs.first_request,
                               rs.part_size, rs.max_window)
-        return self._new_handle(Handle(path, reader=reader)), keep
+        fh = self._new_handle(Handle(path, reader=reader))
+        if mount.entry.prefetch and self.mount_cache_mode(mount) != "none":
+            listing = self.meta.get_listing(posixpath.dirname(path))
+            if listing:
+                self.prefetcher.opened(path, listing, self.cache.block_size)
+        return fh, keep
+
+    def _prefetch(self, path: str, attr: Attr, done) -> None:
+        mount, key = self.ns.resolve(path)
+
+        def run():
+            try:
+                self._cached_fetcher(path, mount, key, attr, drop_old=False)(0, attr.size)
+            except Exception as e:  # noqa: BLE001 - a failed prefetch is just a later miss
+                log.debug("prefetch of %s failed: %s", path, e)
+            finally:
+                done()
+        try:
+            self.pool.submit(run)
+        except RuntimeError:  # shutting down
+            done()
 
     def mount_cache_mode(self, mount: Mount) -> str:
         if self.cache is None:
@@ -295,6 +318,7 @@ class FileSystem:
             store = {m: dict(c) for m, c in self._io.items()}
         out = {"store_reads": store,
                "readahead": {"used": self.budget.used, "peak": self.budget.peak, "limit": self.budget.limit},
+               "prefetch": {"files": self.prefetcher.files, "bytes": self.prefetcher.bytes},
                "open_handles": self.open_handles(),
                "staged_files": len(self.writes.all_staged())}
         if self.cache is not None:

@@ -1,0 +1,87 @@
+"""Dataset prefetch: a directory whose files are opened in listing order (an image
+folder read by a DataLoader without shuffling, `cp -r`, `tar`, checksumming) gets its
+next files fetched whole, in parallel, into the block cache ahead of the reader.
+
+Per directory the prefetcher remembers the listing position of the last open. An
+open at the next position (or a little further: parallel workers open slightly out
+of order) doubles the window of files fetched ahead, up to `max_window`; any other
+open resets it. Only files up to one block are prefetched (one GET each; big files
+have sequential read-ahead instead), and every prefetch holds its bytes in the
+read-ahead budget until it lands in the cache, so prefetch and read-ahead together
+stay within one memory bound.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import posixpath
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+log = logging.getLogger("unifs.prefetch")
+
+_SLACK = 8  # an open this far ahead of the last one still counts as in order
+
+
+@dataclass
+class _DirState:
+    names: list
+    last: int = -1
+    window: int = 0
+    scheduled: set = field(default_factory=set)
+
+
+class Prefetcher:
+    def __init__(self, submit, budget, first_window: int = 4, max_window: int = 64, max_dirs: int = 1024):
+        self.submit = submit  # submit(path, attr, done) -> schedules a whole-file fetch
+        self.budget = budget
+        self.first_window = first_window
+        self.max_window = max_window
+        self.max_dirs = max_dirs
+        self._dirs: OrderedDict[str, _DirState] = OrderedDict()
+        self._lock = threading.Lock()
+        self.files = 0
+        self.bytes = 0
+
+    def opened(self, path: str, listing: dict, max_size: int) -> None:
+        """path was opened for reading; listing is its parent's cached listing (name -> Attr)."""
+        parent, name = posixpath.split(path)
+        todo = []
+        with self._lock:
+            st = self._dirs.get(parent)
+            if st is None or len(st.names) != len(listing):
+                st = _DirState(sorted(n for n, a in listing.items() if not a.is_dir))
+                self._dirs[parent] = st
+                while len(self._dirs) > self.max_dirs:
+                    self._dirs.popitem(last=False)
+            self._dirs.move_to_end(parent)
+            i = bisect.bisect_left(st.names, name)
+            if i >= len(st.names) or st.names[i] != name:
+                return
+            in_order = st.last < i <= st.last + _SLACK
+            st.window = min(self.max_window, max(self.first_window, st.window * 2)) if in_order else 0
+            st.last = i
+            if not st.window:
+                st.scheduled.clear()
+                return
+            for j in range(i + 1, min(len(st.names), i + 1 + st.window)):
+                n = st.names[j]
+                if n in st.scheduled:
+                    continue
+                attr = listing.get(n)
+                if attr is None or attr.size == 0 or attr.size > max_size:
+                    continue
+                if not self.budget.try_acquire(attr.size):
+                    break  # the reader catches up first; the next open schedules more
+                st.scheduled.add(n)
+                todo.append((posixpath.join(parent, n), attr))
+        for p, attr in todo:
+            self.submit(p, attr, lambda n=attr.size: self._done(n))
+
+    def _done(self, nbytes: int) -> None:
+        self.budget.release(nbytes)
+        with self._lock:
+            self.files += 1
+            self.bytes += nbytes
