@@ -11,7 +11,7 @@ import numpy as np
 import obstore
 import pytest
 
-from conftest import SCRATCH, sha256
+from conftest import SCRATCH
 
 
 @pytest.fixture

@@ -22,6 +22,9 @@ class Provider:
     def put_many(self, items: dict[str, bytes]) -> None:
         raise NotImplementedError
 
+    def make_root(self, prefix: str) -> None:
+        """An empty root for a writable mount (stores with real directories need one)."""
+
     def entry(self, path: str, prefix: str, **extra) -> dict:
         e = {"path": path, "url": self.url(prefix)}
         if self.options():
@@ -56,6 +59,9 @@ class FileProvider(Provider):
 
     def url(self, prefix):
         return f"file://{self.root / prefix}".rstrip("/")
+
+    def make_root(self, prefix):
+        (self.root / prefix).mkdir(parents=True, exist_ok=True)
 
     def put_many(self, items):
         for key, data in items.items():
@@ -96,6 +102,9 @@ class MemoryProvider(Provider):
 
     def put_many(self, items):
         self.fs.pipe({f"/{self.root}/{k}": v for k, v in items.items()})
+
+    def make_root(self, prefix):
+        self.fs.makedirs(f"/{self.root}/{prefix}", exist_ok=True)
 
 
 class HttpProvider(FileProvider):

@@ -139,12 +139,14 @@ class Writes:
 
     def open(self, path: str, truncate: bool) -> StagedFile:
         mount, key = self.writable(path)
+        attr = None if path in self._staged else self.fs.getattr(path)  # a HEAD: not under the lock
+        if attr is not None and attr.is_dir:
+            raise _err(errno.EISDIR, path)
         with self._lock:
             st = self._staged.get(path)
             if st is None:
-                attr = self.fs.getattr(path)
-                if attr.is_dir:
-                    raise _err(errno.EISDIR, path)
+                if attr is None:
+                    attr = self.fs.getattr(path)  # staged a moment ago, uploaded and discarded since
                 base = Base(attr.size, self.fs.fetcher(path, mount, key, attr.etag)) if attr.size else None
                 st = self.area.create(path, mount.path, key, mount.entry_url_redacted, base)
                 self._staged[path] = st

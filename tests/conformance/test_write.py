@@ -1,0 +1,91 @@
+"""The same write and cache behaviour through a real mount, whatever the store: what one
+mount writes, a second, fresh mount of the same store reads back byte for byte."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from conftest import sha256, unifs
+
+WRITABLE = ["s3", "gcs", "azure", "file", "memory"]
+
+
+@pytest.fixture(params=WRITABLE)
+def wprovider(request, _providers):
+    return _providers(request.param)
+
+
+def _tree(root) -> dict:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = sha256(fh.read())
+    return out
+
+
+def test_writes_land_in_the_store(mounter, wprovider, request):
+    prefix = f"confw/{request.node.callspec.id}"
+    wprovider.make_root(prefix)
+    mp = mounter.mount([wprovider.entry("/w", prefix)], inprocess=wprovider.inprocess)
+    root = mp / "w"
+    big = os.urandom(9 * 1024 * 1024 + 7)
+    (root / "big.bin").write_bytes(big)
+    (root / "state").write_bytes(b"v1")
+    os.makedirs(root / "run/tmp")
+    (root / "run/tmp/a.part").write_bytes(b"A" * 5000)
+    (root / "run/tmp/b.part").write_bytes(b"B")
+    with open(root / "log.txt", "ab") as f:
+        f.write(b"line 1\n")
+    with open(root / "log.txt", "ab") as f:
+        f.write(b"line 2\n")
+    with open(root / "big.bin", "r+b") as f:
+        f.seek(4 * 1024 * 1024)
+        f.write(b"patched")
+    big = big[:4 * 1024 * 1024] + b"patched" + big[4 * 1024 * 1024 + 7:]
+    (root / "state.tmp").write_bytes(b"v2")
+    os.rename(root / "state.tmp", root / "state")
+    os.rename(root / "run/tmp", root / "run/final")
+    (root / "doomed").write_bytes(b"x")
+    os.unlink(root / "doomed")
+    assert _errno_of(os.rmdir, root / "run") == errno.ENOTEMPTY
+    assert _errno_of(os.unlink, root / "doomed") == errno.ENOENT
+
+    want = {"big.bin": sha256(big), "state": sha256(b"v2"), "log.txt": sha256(b"line 1\nline 2\n"),
+            "run/final/a.part": sha256(b"A" * 5000), "run/final/b.part": sha256(b"B")}
+    assert _tree(root) == want
+    # a fresh mount (new daemon, empty caches) sees exactly the same files in the store
+    fresh = mounter.mount([wprovider.entry("/r", prefix, read_only=True)], inprocess=wprovider.inprocess)
+    assert _tree(fresh / "r") == want
+
+
+def test_second_read_comes_from_the_cache(mounter, wprovider, expected):
+    mp = mounter.mount([wprovider.entry("/store", "conf", read_only=True)], inprocess=wprovider.inprocess)
+    files = [mp / "store" / rel for rel in sorted(expected)][:20]
+
+    def read():
+        return [sha256(p.read_bytes()) for p in files]
+
+    def store_gets():
+        out = json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]
+        return out["store_reads"].get("/store", {"gets": 0})["gets"]
+    first = read()
+    n = store_gets()
+    assert n > 0
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    assert read() == first == [expected[rel] for rel in sorted(expected)][:20]
+    assert store_gets() == n
+
+
+def _errno_of(fn, *args) -> int:
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    raise AssertionError(f"{fn.__name__}{args} did not fail")
