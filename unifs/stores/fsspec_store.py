@@ -11,7 +11,7 @@ from typing import Any, Optional
 import fsspec
 from fsspec.core import url_to_fs
 
-from unifs.errors import ObjectChanged, ObjectNotFound
+from unifs.errors import ObjectNotFound
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.retry import call_store
 
@@ -100,7 +100,9 @@ class FsspecStore:
             # unifs retries itself (tenacity); nested retry loops would multiply the wait
             self.fs.retries = 1
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.retries = retries
+        self._gcs = None
         self._async = bool(getattr(self.fs, "async_impl", False))
         self.has_dirs = self.scheme not in _BUCKET_SCHEMES
 
@@ -177,15 +179,17 @@ class FsspecStore:
             return self._call(f"read {key}", self._s3_get_if_match, key, start, end, etag)
         if self.scheme in _GCS_SCHEMES and etag and etag.isdigit():
             # pinned to the generation seen at open: a replaced object reads as not found
-            try:
-                return self._call(f"read {key}", self.fs.cat_file, self._path(key), start=start,
-                                  end=end, generation=etag)
-            except ObjectNotFound:
-                raise ObjectChanged(f"read {key}: object replaced or deleted in the store while open; "
-                                    "reopen it") from None
+            bucket, _, obj = self._path(key).partition("/")
+            return self._call(f"read {key}", self._gcs_reader().get, bucket, obj, start, end, etag)
         if self.scheme in _AZ_SCHEMES and etag:
             return self._call(f"read {key}", self._az_get_if_match, key, start, end, etag)
         return self._call(f"read {key}", self.fs.cat_file, self._path(key), start=start, end=end)
+
+    def _gcs_reader(self):
+        if self._gcs is None:
+            from unifs.stores.gcs_http import GcsRangeReader
+            self._gcs = GcsRangeReader(self.fs, self.timeout, self.connect_timeout)
+        return self._gcs
 
     def _s3_get_if_match(self, key, start, end, etag, timeout=None):
         async def _get():
