@@ -39,3 +39,26 @@ def test_missing_backend_package_is_named(tmp_path):
     assert res.returncode == 1
     assert "mounts[0] (/box).url" in res.stderr and "dropbox" in res.stderr.lower()
     assert "install" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unreachable_endpoints_fail_the_mount_at_once(mounter, tmp_path):
+    # gcsfs and the Azure SDK retry refused connections for ~30 s per call on their own;
+    # the mount must still answer within the command's timeout with one line per store
+    from unifs.devstores.process import free_port
+
+    port = free_port()  # nothing listens there
+    entries = {
+        "/g": {"path": "/g", "url": "gs://bkt", "options": {"endpoint_url": f"http://127.0.0.1:{port}",
+                                                           "token": "anon"}},
+        "/a": {"path": "/a", "url": "abfs://cont", "options": {"connection_string": connection_string(
+            f"http://127.0.0.1:{port}/{ACCOUNT}")}},
+    }
+    for path, entry in entries.items():
+        cfg = mounter.write_table({"mounts": [entry]})
+        mp = tmp_path / f"mp{path.strip('/')}"
+        mp.mkdir()
+        res = unifs("mount", str(mp), "--config", str(cfg), timeout=60)
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert f"mount {path}" in lines[0] and f"cannot connect to 127.0.0.1:{port}" in lines[0]

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import fsspec
 from fsspec.core import url_to_fs
 
-from unifs.errors import ObjectNotFound
+from unifs.errors import ObjectNotFound, StoreUnavailable
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.retry import call_store
 
@@ -123,6 +123,7 @@ class FsspecStore:
                 what = "is not a directory" if self.fs.exists(self.root) else "does not exist"
                 raise ObjectNotFound(f"local directory {self.root} {what}")
             return
+        self._probe_endpoint()
         try:
             self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False)
         except ObjectNotFound:
@@ -132,6 +133,32 @@ class FsspecStore:
                     self._call(f"list {self.scheme}://{bucket}", self.fs.ls, bucket, detail=False)
                 except ObjectNotFound:
                     raise ObjectNotFound(f"bucket or container '{bucket}' does not exist") from None
+
+    def _probe_endpoint(self) -> None:
+        """One TCP connect before the first request: gcsfs and the Azure SDK retry a refused
+        connection internally for half a minute per call, so a wrong endpoint would take
+        minutes to report. S3 clients fail fast on their own."""
+        import socket
+        from urllib.parse import urlsplit
+
+        if self.scheme in _GCS_SCHEMES:
+            url = getattr(self.fs, "_location", None)
+        elif self.scheme in _AZ_SCHEMES:
+            client = getattr(self.fs, "service_client", None)
+            url = getattr(client, "url", None) or getattr(self.fs, "account_url", None)
+        else:
+            return
+        if not url:
+            return
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        if not host:
+            return
+        try:
+            socket.create_connection((host, port), timeout=self.connect_timeout).close()
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            raise StoreUnavailable(f"cannot connect to {host}:{port} ({reason})") from None
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         try:
