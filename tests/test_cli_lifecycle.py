@@ -133,3 +133,13 @@ def test_mount_through_a_symlink(mounter, dataset, tmp_path):
     assert res.returncode == 1 and "already mounted" in res.stderr
     unifs("umount", str(tmp_path / "link"), check=True)
     assert not is_mounted(tmp_path / "real")
+
+
+def test_demo_reads_and_writes_through_its_own_mount():
+    # what `make demo` runs: its own server, upload, mount, read every file, write a checkpoint
+    res = unifs("demo", "--files", "40", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Checksums: all 41 files match" in res.stdout
+    assert "holds exactly those bytes" in res.stdout
+    work = res.stdout.split("working in ", 1)[1].split()[0]
+    assert not os.path.exists(work)  # nothing of the demo outlives it

@@ -42,6 +42,17 @@ mounts:
       endpoint_url: {endpoint}
       key: ${{DEMO_S3_KEY}}
       secret: ${{DEMO_S3_SECRET}}
+  - path: /checkpoints
+    url: s3://{bucket}/checkpoints
+    options:
+      endpoint_url: {endpoint}
+      key: ${{DEMO_S3_KEY}}
+      secret: ${{DEMO_S3_SECRET}}
+# the demo keeps its block cache and upload staging in its own work directory
+cache:
+  dir: {work}/cache
+write:
+  staging_dir: {work}/staging
 """
 
 
@@ -165,6 +176,24 @@ def _explain(table_text: str, env: dict, cfg: Path, mp: str, root: str, server) 
     print("\n".join("       " + n for n in images[:3]))
 
 
+def _write_checkpoint(mp: str, server) -> str:
+    """Write a file through the writable mount and check the store got exactly those bytes."""
+    import hashlib
+
+    import obstore
+
+    data = os.urandom(8 << 20)
+    path = os.path.join(mp, "checkpoints", "epoch-1.pt")
+    with open(path, "wb") as f:
+        f.write(data)  # close() returns once the object is in the store
+    stored = bytes(obstore.get(server.obstore(BUCKET), "checkpoints/epoch-1.pt").bytes())
+    if hashlib.sha256(stored).digest() != hashlib.sha256(data).digest():
+        raise UserError(f"demo: FAILED: {path} in the store differs from what was written")
+    print(f"Wrote {path} (8 MiB) through the mount; s3://{BUCKET}/checkpoints/epoch-1.pt holds exactly "
+          "those bytes (sha256)")
+    return path
+
+
 def run_demo(files: int = 500, keep: bool = False) -> None:
     from unifs.devstores.seaweed import SeaweedS3
 
@@ -199,7 +228,8 @@ def run_demo(files: int = 500, keep: bool = False) -> None:
         print(f"unifs demo: uploaded {files} PNG images + labels.csv ({total / 2**20:.1f} MiB)")
 
         cfg = work / "mounts.yaml"
-        table_text = MOUNT_TABLE.format(path=MOUNT_PATH, bucket=BUCKET, prefix=PREFIX, endpoint=server.endpoint)
+        table_text = MOUNT_TABLE.format(path=MOUNT_PATH, bucket=BUCKET, prefix=PREFIX, endpoint=server.endpoint,
+                                        work=work)
         cfg.write_text(table_text)
         os.chmod(cfg, 0o600)
         os.mkdir(mp)
@@ -218,6 +248,7 @@ def run_demo(files: int = 500, keep: bool = False) -> None:
             raise UserError(f"demo: FAILED: {len(problems)} problem(s) reading back the {len(expected)} uploaded "
                             f"files; first: {problems[0]}")
         print(f"Checksums: all {nfiles} files match what was uploaded (sha256)")
+        _write_checkpoint(mp, server)
         with _step("describing the mount"):
             _explain(table_text, env, cfg, mp, root, server)
         kept = keep
