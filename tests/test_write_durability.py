@@ -184,3 +184,17 @@ def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, data
 
 def _keys(server, bucket, prefix):
     return {m["path"] for chunk in obstore.list(server.obstore(bucket), prefix) for m in chunk}
+
+
+def test_write_back_never_replaces_an_object_with_a_partial_one(mounter, flaky):
+    import time
+
+    obstore.put(flaky.obstore(BUCKET), "run/model.pt", b"good old checkpoint")
+    mp = _mount(mounter, flaky)  # write_back: 1s
+    with open(mp / "c/model.pt", "wb") as f:
+        f.write(b"half of a new checkp")
+        f.flush()
+        time.sleep(3)  # well past write_back with the writer quiet: still no upload of half a file
+        assert _in_store(flaky, "run/model.pt") == b"good old checkpoint"
+        f.write(b"oint")
+    assert _in_store(flaky, "run/model.pt") == b"half of a new checkpoint"

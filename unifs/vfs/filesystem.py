@@ -347,14 +347,15 @@ class FileSystem:
 
     # -- bookkeeping after changes -------------------------------------------------
     def uploaded(self, path: str, mount: Mount, info, current: bool) -> None:
+        if not current:
+            return  # written to during the upload: its size may not be what the store got
         attr = Attr.from_object(info, mount.read_only)
         self.meta.put_child(path, attr, mount.ttl)
         if self.cache is not None and info.etag:
             self.cache.forget_object(mount.entry_url_redacted, info.key, keep_version=info.etag)
-        if current:
-            with self._lock:
-                # the kernel's pages for this file hold what was just uploaded
-                self._last_etag[path] = attr.etag
+        with self._lock:
+            # the kernel's pages for this file hold what was just uploaded
+            self._last_etag[path] = attr.etag
 
     def changed(self, path: str, attr: Optional[Attr], subtree: bool = False) -> None:
         if subtree:

@@ -60,7 +60,9 @@ class StagedFile:
         self.opens = 0
         self.deleted = False
         self.mtime = time.time()
+        self.last_write = time.monotonic()
         self.last_upload = time.monotonic()
+        self.replaces_object = base is not None  # set by the caller for an existing empty object too
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None
@@ -125,6 +127,7 @@ class StagedFile:
     def _changed(self) -> None:
         self.gen += 1
         self.mtime = time.time()
+        self.last_write = time.monotonic()
 
     # -- sidecar -----------------------------------------------------------------
     def save(self) -> None:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unifs.writes")
 
+WRITE_BACK_QUIET = 1.0  # seconds without writes before a file still open is written back
+
 
 def _err(code: int, path: str, why: str = "") -> OSError:
     return OSError(code, why or os.strerror(code), path)
@@ -149,6 +151,7 @@ class Writes:
                     attr = self.fs.getattr(path)  # staged a moment ago, uploaded and discarded since
                 base = Base(attr.size, self.fs.fetcher(path, mount, key, attr.etag)) if attr.size else None
                 st = self.area.create(path, mount.path, key, mount.entry_url_redacted, base)
+                st.replaces_object = True  # never written back half-way: only close/fsync replace it
                 self._staged[path] = st
             st.opens += 1
         if truncate:
@@ -224,9 +227,13 @@ class Writes:
                 if now < st.next_retry:
                     continue
             else:
+                # write-back shows progress of new files (logs, event files) once their writer
+                # pauses; a file replacing an object, or one still being streamed, waits for
+                # close/fsync, so a good previous version is never replaced by a partial one
                 mount, _ = self.fs.ns.resolve(st.path)
                 wb = mount.entry.write_back if mount is not None else 0
-                if wb <= 0 or now - st.last_upload < wb or now < st.next_retry:
+                if wb <= 0 or st.replaces_object or now - st.last_write < WRITE_BACK_QUIET \
+                        or now - st.last_upload < wb or now < st.next_retry:
                     continue
             self.pool.submit(self._background_upload, st)
 
