@@ -229,3 +229,15 @@ def test_files_opened_in_listing_order_are_prefetched(mounter, objects, tmp_path
         assert s["prefetch"]["files"] >= 30
     else:
         assert s["prefetch"]["files"] == 0
+
+
+def test_cache_clear_after_a_change_in_the_store_reads_the_new_version(mounter, seaweed, dataset, tmp_path):
+    store = seaweed.obstore(SCRATCH)
+    obstore.put(store, "cache-clear/obj.txt", b"version one")
+    mp = _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache-clear", metadata_ttl="10m")
+    assert (mp / "c/obj.txt").read_bytes() == b"version one"
+    # same size: the kernel keeps its own attribute cache (sizes) for metadata_ttl, which
+    # the daemon cannot invalidate through libfuse 2's high-level API
+    obstore.put(store, "cache-clear/obj.txt", b"version two")
+    unifs("cache", "clear", str(mp / "c/obj.txt"), check=True)
+    assert (mp / "c/obj.txt").read_bytes() == b"version two"

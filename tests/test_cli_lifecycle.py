@@ -143,3 +143,18 @@ def test_demo_reads_and_writes_through_its_own_mount():
     assert "holds exactly those bytes" in res.stdout
     work = res.stdout.split("working in ", 1)[1].split()[0]
     assert not os.path.exists(work)  # nothing of the demo outlives it
+
+
+def test_unusable_staging_dir_fails_the_mount_in_one_line(mounter, dataset, tmp_path):
+    from conftest import SCRATCH
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    cfg = mounter.write_table({"mounts": [mounter.s3_entry("/w", f"s3://{SCRATCH}/st")],
+                               "write": {"staging_dir": str(blocker)}, "cache": {"dir": str(tmp_path / "c")}})
+    mp = tmp_path / "mp-st"
+    mp.mkdir()
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode == 1
+    assert len(res.stderr.strip().splitlines()) == 1 and "write.staging_dir" in res.stderr, res.stderr
+    assert unifs("status").returncode == 0

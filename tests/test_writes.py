@@ -225,3 +225,42 @@ def test_read_only_mount_next_to_a_writable_one(mounter, dataset, seaweed):
     (mp / "ckpt/c.pt").write_bytes(b"ok")
     assert _errno_of(os.rename, mp / "ckpt/c.pt", root / "c.pt") == errno.EROFS
     assert sha256(f.read_bytes()) == dataset["small"]["images/class_0/img_00000.jpg"]
+
+
+def test_shell_redirection_over_a_file_does_not_upload_it_empty_first(rw, seaweed):
+    import subprocess
+
+    root, prefix = rw
+    (root / "k.txt").write_bytes(b"good previous version\n")
+    # bash opens with O_TRUNC, dup2s and closes the original descriptor before writing;
+    # while `sleep` runs, the store must still hold the previous version
+    proc = subprocess.Popen(["bash", "-c", f"(sleep 2; echo new) > {root / 'k.txt'}"])
+    try:
+        import time
+        time.sleep(1)
+        assert _store_bytes(seaweed, f"{prefix}/k.txt") == b"good previous version\n"
+    finally:
+        proc.wait(timeout=30)
+    assert _store_bytes(seaweed, f"{prefix}/k.txt") == b"new\n"
+
+
+def test_cp_a_and_sed_i_work(rw, seaweed, tmp_path):
+    import subprocess
+
+    root, prefix = rw
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d/f.txt").write_text("foo\n")
+    res = subprocess.run(["cp", "-a", str(src), str(root / "copy")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr  # xattrs/ACLs: ENOTSUP, which cp ignores
+    res = subprocess.run(["sed", "-i", "s/foo/bar/", str(root / "copy/d/f.txt")], capture_output=True, text=True)
+    assert res.returncode == 0 and not res.stderr, res.stderr
+    assert _store_bytes(seaweed, f"{prefix}/copy/d/f.txt") == b"bar\n"
+    with pytest.raises(OSError) as e:
+        os.setxattr(root / "copy/d/f.txt", "user.x", b"1")
+    assert e.value.errno == errno.ENOTSUP
+
+
+def test_a_key_longer_than_the_store_allows_is_enametoolong(rw):
+    root, _ = rw
+    assert _errno_of(open, root / ("n" * 1100), "wb") == errno.ENAMETOOLONG

@@ -121,7 +121,8 @@ def status(as_json):
             ro = "  (read-only)" if m.get("read_only") else ""
             click.echo(f"  {m['path']:<24} -> {m['url']}{ro}")
         for p in r.get("pending", []):
-            what = {"pending": "upload pending", "open": "upload failed, file still open"}.get(
+            what = {"pending": "upload pending", "open": "upload failed, file still open",
+                    "failed": "rejected by the store, not retried"}.get(
                 p.get("state"), "not uploaded (was open when a daemon stopped)")
             err = f"; last error: {p['error']}" if p.get("error") else ""
             click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}"

@@ -544,6 +544,9 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
         hint = missing_package_hint(scheme)
         if hint:
             problems.append((("mounts", i, "url"), hint))
+    if os.path.realpath(table.write.staging_dir) == os.path.realpath(table.cache.dir):
+        problems.append((("write", "staging_dir"), "must differ from cache.dir: staged files may be the only "
+                         "copy of data the store has not accepted, the cache is disposable"))
     return problems
 
 

@@ -270,11 +270,14 @@ def wait_for_uploads(staging: str, progress: bool = True, poll: float = 0.5) -> 
     from tqdm import tqdm
 
     def count():
-        return [d for d in pending_files(staging) if d.get("state") != "orphaned"]
+        return [d for d in pending_files(staging) if d.get("state") not in ("orphaned", "failed")]
 
     left = count()
     if not left:
         return
+    if not progress:  # no terminal for a bar: still say why this waits
+        print(f"unifs: waiting for {len(left)} pending upload(s) to {left[0].get('url', '?')}"
+              + (f" (last error: {left[0]['error']})" if left[0].get("error") else ""), flush=True)
     total_bytes = sum(int(d.get("size") or 0) for d in left)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=not progress,
                desc=f"waiting for {len(left)} pending upload(s)")
@@ -323,7 +326,8 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             raise UserError(f"{mountpoint} is busy (files open or a shell inside it); close them, "
                             "or use 'unifs umount --lazy' to detach now")
         raise UserError(f"unmounting {mountpoint} failed: {why_line}")
-    if pid and mountinfo.pid_alive(pid):
+    if pid and mountinfo.pid_alive(pid) and not (lazy and not stale):
+        # (a lazy detach leaves the daemon serving the files still open; it exits after them)
         end = time.monotonic() + timeout
         while mountinfo.pid_alive(pid) and time.monotonic() < end:
             time.sleep(0.05)

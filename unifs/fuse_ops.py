@@ -163,8 +163,8 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def setxattr(self, path, name, value, options, position=0):
-        self.fs.refuse_change(path)
+        self.fs.refuse_change(path, errno.ENOTSUP)
 
     @_errno_guard
     def removexattr(self, path, name):
-        self.fs.refuse_change(path)
+        self.fs.refuse_change(path, errno.ENOTSUP)

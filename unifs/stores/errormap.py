@@ -77,6 +77,9 @@ def normalise(exc: BaseException, what: str) -> StoreError:
     if name in ("PreconditionError",) or status in (412, 416):
         # 416: a range inside the size seen at open is past the end now: the object shrank
         return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        # the store refuses this request as such (KeyTooLongError, InvalidArgument ...): no retry helps
+        return StoreRejected(f"{redact_url(what)}: rejected by the store ({text})")
     if isinstance(exc, (TypeError, ValueError)) or name in ("InvalidPathError", "ProfileNotFound"):
         return StoreRejected(f"{redact_url(what)}: {name}: {text}")
     if isinstance(exc, TimeoutError) or "Timeout" in name:

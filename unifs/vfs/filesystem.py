@@ -47,6 +47,7 @@ class Handle:
     reader: Optional[HandleReader] = None
     staged: Optional[StagedFile] = None
     writable: bool = False
+    changed: bool = False  # this handle wrote (or created the file): its close uploads
 
 
 class FileSystem:
@@ -215,7 +216,7 @@ class FileSystem:
         return cached
 
     def create(self, path: str) -> int:
-        return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True))
+        return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True, changed=True))
 
     def _new_handle(self, handle: Handle) -> int:
         fh = next(self._fh)
@@ -251,19 +252,26 @@ class FileSystem:
         handle = self._handle(fh)
         if not handle.writable:
             raise _err(errno.EBADF, handle.path)
+        handle.changed = True
         return handle.staged.pwrite(data, offset)
 
     def flush(self, fh: int) -> None:
-        """Every close() of a descriptor: upload what changed; EIO (data kept) on failure."""
+        """Every close() of a descriptor that wrote: upload; EIO (data kept) on failure.
+        `cmd > file` opens with O_TRUNC and closes a dup of the descriptor before writing:
+        that close must not replace the stored object with an empty one."""
+        handle = self._handle(fh)
+        if handle.writable and handle.changed:
+            self.writes.flush(handle.staged)
+
+    def fsync(self, fh: int) -> None:
         handle = self._handle(fh)
         if handle.writable:
             self.writes.flush(handle.staged)
 
-    def fsync(self, fh: int) -> None:
-        self.flush(fh)
-
     def truncate(self, path: str, length: int, fh: Optional[int] = None) -> None:
         handle = self._handles.get(fh) if fh is not None else None
+        if handle is not None and handle.writable:
+            handle.changed = True
         self.writes.truncate(path, length, handle.staged if handle is not None else None)
 
     def release(self, fh: int) -> None:
@@ -341,6 +349,12 @@ class FileSystem:
             self.cache.forget_object(mount.entry_url_redacted, key)
             self.cache.clear(mount.entry_url_redacted, key.rstrip("/") + "/")
             touched += 1
+        # users clear when the data changed: the next lookup asks the store again too
+        if path == "/":
+            self.meta.clear()
+        else:
+            self.meta.invalidate(path)
+            self.meta.invalidate_tree(path)
         with self._lock:
             self._last_etag.clear()  # the next open also drops the kernel's pages
         return touched
@@ -381,11 +395,12 @@ class FileSystem:
                 "f_bavail": big, "f_files": 1 << 32, "f_ffree": 1 << 32, "f_favail": 1 << 32,
                 "f_namemax": 1024}
 
-    def refuse_change(self, path: str) -> None:
-        """Changes no store can hold (symlinks, hard links, xattrs): EROFS on read-only
-        mounts, EPERM elsewhere."""
+    def refuse_change(self, path: str, code: int = errno.EPERM) -> None:
+        """Changes no store can hold: EROFS on read-only mounts, else `code` (EPERM for
+        links; ENOTSUP for xattrs, which cp -a, cp -p and sed -i treat as "not supported"
+        and carry on)."""
         self.writes.writable(path)
-        raise _err(errno.EPERM, path)
+        raise _err(code, path)
 
     def store_error(self, e: StoreError, path: str) -> OSError:
         if isinstance(e, ObjectChanged):

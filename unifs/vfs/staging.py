@@ -11,6 +11,8 @@ restarted daemon can resume. Sidecar states:
   replace a good object with a torn one.
 - "pending": closed (or fsynced) with changes the store does not have yet;
   uploaded in the background with backoff, also after a restart.
+- "failed": the store rejected the upload as such (a 4xx such as KeyTooLong): kept and
+  listed, never retried.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 
 log = logging.getLogger("unifs.staging")
 
-OPEN, PENDING, ORPHANED = "open", "pending", "orphaned"
+OPEN, PENDING, ORPHANED, FAILED = "open", "pending", "orphaned", "failed"
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -66,6 +68,7 @@ class StagedFile:
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None
+        self.rejected = False  # the store refused the upload as such: retrying cannot help
         self.write_error = 0  # errno of a failed local write (ENOSPC): never upload a torn file
 
     # -- content ---------------------------------------------------------------
@@ -131,7 +134,7 @@ class StagedFile:
 
     # -- sidecar -----------------------------------------------------------------
     def save(self) -> None:
-        state = OPEN if self.opens > 0 else PENDING
+        state = OPEN if self.opens > 0 else FAILED if self.rejected else PENDING
         self.area.write_sidecar(self, state)
 
     def close_fd(self) -> None:
@@ -169,7 +172,7 @@ class StagingArea:
                "size": st.size, "data": st.data_path, "error": st.error, "updated": time.time()}
         tmp = st.meta_path + ".tmp"
         try:
-            with open(tmp, "w") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 json.dump(doc, f)
             os.replace(tmp, st.meta_path)
         except OSError as e:
@@ -214,14 +217,14 @@ def pending_files(directory: str) -> list[dict]:
     """What `unifs status` and `unifs umount` report: files not (yet) in the store
     (still-open files only once an upload of theirs failed)."""
     return [doc for doc, _ in read_sidecars(directory)
-            if doc.get("state") in (PENDING, ORPHANED) or doc.get("error")]
+            if doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error")]
 
 
 def read_sidecars(directory: str) -> list[tuple[dict, str]]:
     out = []
     try:
         names = sorted(os.listdir(directory))
-    except FileNotFoundError:
+    except OSError:  # missing, or not a directory: nothing staged there
         return out
     for name in names:
         if not name.endswith(".json"):

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Optional
 
 from unifs.config import WriteSettings
-from unifs.errors import StoreError
+from unifs.errors import StoreError, StoreRejected
 from unifs.namespace import Mount
 from unifs.vfs.attrs import Attr
 from unifs.vfs.staging import Base, StagedFile, StagingArea
@@ -30,11 +30,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unifs.writes")
 
+MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
 WRITE_BACK_QUIET = 1.0  # seconds without writes before a file still open is written back
 
 
 def _err(code: int, path: str, why: str = "") -> OSError:
     return OSError(code, why or os.strerror(code), path)
+
+
+def _full_key(mount: Mount, key: str) -> str:
+    """The object name in the bucket: the mount URL's prefix plus key."""
+    prefix = mount.entry.url.split("://", 1)[1].partition("/")[2].strip("/")
+    return f"{prefix}/{key}" if prefix else key
 
 
 def _under(path: str, top: str) -> bool:
@@ -55,9 +62,19 @@ class Writes:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        """Resume an earlier run's pending uploads and start the background uploader."""
-        if os.path.isdir(self.staging_dir):
-            self.resume(self.area.recover())
+        """Check the staging directory, resume an earlier run's pending uploads and start
+        the background uploader."""
+        from unifs.errors import UserError
+
+        try:
+            probe = os.path.join(self.area.directory, ".probe")
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(f"staging directory {self.staging_dir} (write.staging_dir) is not usable: "
+                            f"{e.strerror}") from None
+        self.resume(self.area.recover())
         self._thread = threading.Thread(target=self._loop, name="unifs-uploader", daemon=True)
         self._thread.start()
 
@@ -104,6 +121,8 @@ class Writes:
         mount, key = self.fs.ns.resolve(path)
         if mount is None or mount.read_only:
             raise _err(errno.EROFS, path)
+        if not mount.store.has_dirs and len(_full_key(mount, key).encode()) > MAX_KEY_BYTES:
+            raise _err(errno.ENAMETOOLONG, path, f"the store's keys are at most {MAX_KEY_BYTES} bytes")
         if self.fs.ns.is_virtual_dir(path) and key == "" and not self.fs.ns.is_mount_point(path):
             raise _err(errno.EROFS, path)
         return mount, key
@@ -204,11 +223,16 @@ class Writes:
             except StoreError as e:
                 st.failures += 1
                 st.error = e.strerror
+                st.rejected = isinstance(e, StoreRejected)
                 st.next_retry = time.monotonic() + min(self.settings.retry_max_interval,
                                                        2.0 ** min(st.failures, 10))
                 st.save()
-                log.error("%s: upload to %s failed (%s); the data is kept at %s and retried in the "
-                          "background", st.path, st.key, e.strerror, st.data_path)
+                if st.rejected:
+                    log.error("%s: the store rejects the upload to %s (%s); not retried, the data is kept "
+                              "at %s", st.path, st.key, e.strerror, st.data_path)
+                else:
+                    log.error("%s: upload to %s failed (%s); the data is kept at %s and retried in the "
+                              "background", st.path, st.key, e.strerror, st.data_path)
                 raise
             st.uploaded_gen = gen
             st.failures = 0
@@ -221,7 +245,7 @@ class Writes:
         """Background work: pending uploads (with backoff) and write-back of open files."""
         now = time.monotonic()
         for st in self.all_staged():
-            if st.deleted or not st.dirty or st.write_error or st.upload_lock.locked():
+            if st.deleted or not st.dirty or st.write_error or st.rejected or st.upload_lock.locked():
                 continue
             if st.opens == 0:
                 if now < st.next_retry:
