@@ -6,6 +6,7 @@ configured; mounts are made by running the `unifs` command as a user would.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -182,6 +183,26 @@ def mounter(tmp_path, seaweed):
 def data_mount(mounter, dataset):
     """The bucket mounted read-only at /data."""
     return mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)])
+
+
+def errno_of(fn, *args) -> int:
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    raise AssertionError(f"{fn.__name__}{args} did not fail")
+
+
+def assert_every_change_is_erofs(root: Path, f: Path) -> None:
+    """Every kind of change under a read-only mount root (f: an existing file in it)."""
+    for fn, args in [(open, (root / "new.txt", "wb")), (open, (f, "r+b")), (open, (f, "ab")),
+                     (os.mkdir, (root / "newdir",)), (os.unlink, (f,)), (os.rmdir, (root / "extra",)),
+                     (os.rename, (f, root / "moved.jpg")), (os.chmod, (f, 0o600)), (os.truncate, (f, 0)),
+                     (os.utime, (f, (1, 1))), (os.symlink, ("x", root / "link")),
+                     (os.setxattr, (f, "user.x", b"1"))]:
+        assert errno_of(fn, *args) == errno.EROFS, (fn.__name__, args)
+    assert not os.access(f, os.W_OK)
+    assert os.access(f, os.R_OK)
 
 
 def wait_for(cond, timeout=10.0, step=0.05):

@@ -149,6 +149,13 @@ def _duration(v):
     return parse_duration(v)
 
 
+def _absolute_dir(v) -> str:
+    v = os.path.expanduser(str(v))
+    if not os.path.isabs(v):
+        raise ValueError(f"must be an absolute path, got {v!r}")
+    return v
+
+
 class MountEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -305,10 +312,7 @@ class CacheSettings(BaseModel):
     @field_validator("dir")
     @classmethod
     def _abs(cls, v):
-        v = os.path.expanduser(str(v))
-        if not os.path.isabs(v):
-            raise ValueError(f"must be an absolute path, got {v!r}")
-        return v
+        return _absolute_dir(v)
 
 
 def default_staging_dir() -> str:
@@ -331,10 +335,7 @@ class WriteSettings(BaseModel):
     @field_validator("staging_dir")
     @classmethod
     def _abs(cls, v):
-        v = os.path.expanduser(str(v))
-        if not os.path.isabs(v):
-            raise ValueError(f"must be an absolute path, got {v!r}")
-        return v
+        return _absolute_dir(v)
 
     @field_validator("retry_max_interval", mode="before")
     @classmethod
