@@ -169,10 +169,16 @@ class FileSystem:
             keep = attr.etag is not None and last == attr.etag
             self._last_etag[path] = attr.etag
         fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep)
-        reader = HandleReader(fetch, attr.size, self.pool, self.budget, rs.first_request,
-                              rs.part_size, rs.max_window)
+        first, part = rs.first_request, rs.part_size
+        cached = self.mount_cache_mode(mount) != "none"
+        if cached:
+            # whole blocks per read-ahead part: a part never waits on a block its neighbour fetches,
+            # and the parts (one block each) spread over the fetch threads
+            first = part = self.cache.block_size
+        reader = HandleReader(fetch, attr.size, self.pool, self.budget, first, part, rs.max_window)
         fh = self._new_handle(Handle(path, reader=reader))
-        if mount.entry.prefetch and self.mount_cache_mode(mount) != "none":
+        # an unchanged file (keep) is likely in the page cache: prefetching it is wasted work
+        if mount.entry.prefetch and cached and not keep:
             listing = self.meta.get_listing(posixpath.dirname(path))
             if listing:
                 self.prefetcher.opened(path, listing, self.cache.block_size)
