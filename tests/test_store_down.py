@@ -19,7 +19,7 @@ def doomed_server(tmp_path):
 
 def test_store_down_gives_eio_not_a_hang(mounter, doomed_server):
     doomed_server.create_bucket("gone")
-    doomed_server.put_many("gone", {f"d/f{i}": os.urandom(50_000) for i in range(5)} | {"big": os.urandom(5 << 20)})
+    doomed_server.put_many("gone", {f"d/f{i}": os.urandom(50_000) for i in range(5)} | {"big": os.urandom(24 << 20)})
     mounter.seaweed = doomed_server  # entries below point at the doomed server
     # prefetch off: it would have fetched d/f1 ahead of the reader before the store went away
     mp = mounter.mount([mounter.s3_entry("/g", "s3://gone", read_only=True, prefetch=False)],
@@ -38,7 +38,7 @@ def test_store_down_gives_eio_not_a_hang(mounter, doomed_server):
         os.stat(mp / "g/not-cached-yet")
     assert e.value.errno == errno.EIO
     with pytest.raises(OSError) as e:
-        big.seek(4 << 20)
+        big.seek(20 << 20)  # far past what the first read fetched (one 4 MiB block)
         big.read(1000)
     assert e.value.errno == errno.EIO
     big.close()
