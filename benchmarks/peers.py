@@ -168,15 +168,19 @@ class PeerMount:
 
 
 class Rclone(PeerMount):
-    """`rclone mount remote:bucket MP --vfs-cache-mode MODE --read-only`, config in a temp file."""
+    """`rclone mount remote:bucket MP --vfs-cache-mode MODE [--read-only] [extra...]`, config and
+    cache dir fresh per mount, AWS_CA_BUNDLE removed from its environment."""
 
     binary = "rclone"
 
-    def __init__(self, workdir: Path, target: S3Target, cache_mode: str):
-        self.name = f"rclone-{cache_mode}"
+    def __init__(self, workdir: Path, target: S3Target, cache_mode: str, read_only: bool = True,
+                 extra: tuple = (), name: str = ""):
+        self.name = name or f"rclone-{cache_mode}"
         super().__init__(workdir)
         self.target = target
         self.cache_mode = cache_mode
+        self.read_only = read_only
+        self.extra = list(extra)
 
     def start(self, mountpoint) -> "Rclone":
         tmp = self._fresh_tmp()
@@ -190,7 +194,7 @@ class Rclone(PeerMount):
         env.pop("AWS_CA_BUNDLE", None)  # Debian's rclone 1.60 fails with LoadCustomCABundleError otherwise
         cmd = [shutil.which(self.binary), "mount", f"bench:{self.target.bucket}", os.path.realpath(mountpoint),
                "--config", str(conf), "--cache-dir", str(tmp / "cache"), "--vfs-cache-mode", self.cache_mode,
-               "--read-only"]
+               *(["--read-only"] if self.read_only else []), *self.extra]
         return self._launch(mountpoint, cmd, env)
 
 

@@ -76,7 +76,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from peers import PeerMount, S3Target, is_mounted, proc_cpu_seconds
+from peers import Rclone, S3Target, is_mounted, proc_cpu_seconds
 from read_bench import MIN_NOISE_SPAN, NOISE, Mount, VerificationError, log, unifs_cmd
 from unifs.config import MountEntry
 from unifs.devstores.seaweed import SeaweedS3
@@ -324,33 +324,10 @@ class Store:
 # --------------------------------------------------------------------------- rclone
 
 
-class RcloneWrites(PeerMount):
-    """`rclone mount bench:BUCKET MP --vfs-cache-mode writes [--vfs-write-back D]`, fresh config and
-    cache dir per mount, AWS_CA_BUNDLE removed from its environment."""
-
-    binary = "rclone"
-
-    def __init__(self, name: str, workdir: Path, target: S3Target, write_back: Optional[str]):
-        self.name = name
-        super().__init__(workdir)
-        self.target = target
-        self.write_back = write_back
-
-    def start(self, mountpoint) -> "RcloneWrites":
-        tmp = self._fresh_tmp()
-        conf = tmp / "rclone.conf"
-        conf.write_text("[bench]\ntype = s3\nprovider = SeaweedFS\n"
-                        f"access_key_id = {self.target.access_key}\n"
-                        f"secret_access_key = {self.target.secret_key}\n"
-                        f"endpoint = {self.target.endpoint}\nforce_path_style = true\n")
-        os.chmod(conf, 0o600)
-        env = dict(os.environ)
-        env.pop("AWS_CA_BUNDLE", None)  # Debian's rclone 1.60 fails with LoadCustomCABundleError otherwise
-        cmd = [shutil.which(self.binary), "mount", f"bench:{self.target.bucket}", os.path.realpath(mountpoint),
-               "--config", str(conf), "--cache-dir", str(tmp / "cache"), "--vfs-cache-mode", "writes"]
-        if self.write_back is not None:
-            cmd += ["--vfs-write-back", self.write_back]
-        return self._launch(mountpoint, cmd, env)
+def RcloneWrites(name: str, workdir: Path, target: S3Target, write_back: Optional[str]) -> Rclone:
+    """`rclone mount --vfs-cache-mode writes [--vfs-write-back D]`, writable."""
+    extra = ("--vfs-write-back", write_back) if write_back is not None else ()
+    return Rclone(workdir, target, "writes", read_only=False, extra=extra, name=name)
 
 
 # --------------------------------------------------------------------------- variants
@@ -705,9 +682,9 @@ def main(argv=None) -> int:
         ap.error("--workloads: big, dir or big,dir")
     res = Results()
     for v in list(variants):
-        if v.startswith("rclone") and RcloneWrites.missing():
-            log(f"{v} skipped: {RcloneWrites.missing()}")
-            res.failed[v] = f"skipped: {RcloneWrites.missing()}"
+        if v.startswith("rclone") and Rclone.missing():
+            log(f"{v} skipped: {Rclone.missing()}")
+            res.failed[v] = f"skipped: {Rclone.missing()}"
             variants.remove(v)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
