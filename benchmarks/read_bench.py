@@ -1086,10 +1086,14 @@ def main(argv=None) -> int:
         if args.client:
             entry["client"] = args.client
         cfg = workdir / "mounts.yaml"
-        cfg.write_text(yaml.safe_dump({"mounts": [entry]}, sort_keys=False))
+        cache_dir = workdir / "unifs-cache"
+        cfg.write_text(yaml.safe_dump({"mounts": [entry], "cache": {"dir": str(cache_dir)}}, sort_keys=False))
         os.chmod(cfg, 0o600)
 
         def mount_factory():
+            # cold means cold: unifs' disk tier outlives a remount, so every fresh mount starts
+            # from an empty one (as the peers get a fresh --cache-dir / use_cache dir)
+            shutil.rmtree(cache_dir, ignore_errors=True)
             m = Mount(mountpoint, cfg)
             mounts.append(m)
             return m

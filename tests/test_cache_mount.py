@@ -50,7 +50,7 @@ def objects(seaweed, dataset):
 def _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache", cache=None, read=None, mp=None, **entry):
     table = {"mounts": [mounter.s3_entry("/c", url, read_only=True, **entry)],
              "write": {"staging_dir": str(tmp_path / "staging")},
-             "cache": {"dir": str(tmp_path / "cache"), "ram": "64MiB", "disk": "256MiB", "block_size": "1MiB",
+             "cache": {"mode": "tiered", "dir": str(tmp_path / "cache"), "ram": "64MiB", "disk": "256MiB", "block_size": "1MiB",
                        **(cache or {})}}
     if read:
         table["read"] = read

@@ -280,7 +280,7 @@ class CacheSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: str = "tiered"
+    mode: str = "ram"  # tiered adds the disk tier: see docs/config.md for its cost
     ram: int = Field(default_factory=default_ram_cache)
     disk: int = 20 << 30
     dir: str = Field(default_factory=default_cache_dir)
