@@ -267,16 +267,22 @@ def test_damaged_files_are_deleted_at_startup(tmp_path):
 # ---------------------------------------------------------------------------- BlockCache
 
 
-@pytest.mark.parametrize("mode", ["ram", "disk", "tiered"])
-def test_concurrent_misses_share_one_fetch(tmp_path, monkeypatch, mode):
-    waiting = threading.Semaphore(0)
+@pytest.fixture
+def waiting(monkeypatch):
+    """A semaphore released each time a thread starts waiting on a flight's result."""
+    sem = threading.Semaphore(0)
 
     class CountedFuture(Future):
         def result(self, timeout=None):
-            waiting.release()
+            sem.release()
             return super().result(timeout)
 
     monkeypatch.setattr(tiered, "Future", CountedFuture)
+    return sem
+
+
+@pytest.mark.parametrize("mode", ["ram", "disk", "tiered"])
+def test_concurrent_misses_share_one_fetch(tmp_path, waiting, mode):
     data = blob(3 * BS)
     calls = []
 
@@ -303,15 +309,7 @@ def test_concurrent_misses_share_one_fetch(tmp_path, monkeypatch, mode):
     cache.close()
 
 
-def test_fetch_error_reaches_every_waiter_and_is_not_cached(tmp_path, monkeypatch):
-    waiting = threading.Semaphore(0)
-
-    class CountedFuture(Future):
-        def result(self, timeout=None):
-            waiting.release()
-            return super().result(timeout)
-
-    monkeypatch.setattr(tiered, "Future", CountedFuture)
+def test_fetch_error_reaches_every_waiter_and_is_not_cached(tmp_path, waiting):
     calls = []
 
     def failing_fetch(start, end):

@@ -149,6 +149,13 @@ def _duration(v):
     return parse_duration(v)
 
 
+def _positive_duration(v) -> float:
+    d = _duration(v)
+    if d <= 0:
+        raise ValueError("must be greater than 0")
+    return d
+
+
 def _absolute_dir(v) -> str:
     v = os.path.expanduser(str(v))
     if not os.path.isabs(v):
@@ -231,10 +238,7 @@ class StoreSettings(BaseModel):
     @field_validator("timeout", "connect_timeout", mode="before")
     @classmethod
     def _d(cls, v):
-        d = _duration(v)
-        if d <= 0:
-            raise ValueError("must be greater than 0")
-        return d
+        return _positive_duration(v)
 
 
 class ReadSettings(BaseModel):
@@ -340,10 +344,7 @@ class WriteSettings(BaseModel):
     @field_validator("retry_max_interval", mode="before")
     @classmethod
     def _d(cls, v):
-        d = _duration(v)
-        if d <= 0:
-            raise ValueError("must be greater than 0")
-        return d
+        return _positive_duration(v)
 
 
 class MountTable(BaseModel):

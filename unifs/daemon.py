@@ -25,7 +25,7 @@ from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
 from unifs.logs import setup_logging
 from unifs import mountinfo
-from unifs.vfs.staging import pending_files, staging_dir_for
+from unifs.vfs.staging import pending_files
 
 log = logging.getLogger("unifs.daemon")
 
@@ -121,7 +121,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
     mountinfo.check_dev_fuse()
     _tune_malloc()
     mounts = _open_mounts(table)
-    staging = staging_dir_for(table.write.staging_dir, mountpoint)
+    staging = mountinfo.mountpoint_dir(table.write.staging_dir, mountpoint)
     cache = open_cache(table, mountpoint)
     fs = FileSystem(Namespace(mounts), table.read, table.write, staging, cache, table.cache.mode)
     control_path = str(mountinfo.state_file(mountpoint).with_suffix(".sock"))
@@ -158,8 +158,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
 
 
 def open_cache(table: MountTable, mountpoint: str):
-    """The block cache for this mount point, or None when every mount has cache: none.
-    One directory per mount point: two daemons never share (or lock) one index."""
+    """The block cache for this mount point, or None when every mount has cache: none."""
     from unifs.cache import BlockCache
 
     c = table.cache
@@ -167,7 +166,7 @@ def open_cache(table: MountTable, mountpoint: str):
     if modes == {"none"}:
         return None
     needs_disk = bool(modes & {"disk", "tiered"}) and c.disk > 0
-    directory = staging_dir_for(c.dir, mountpoint) if needs_disk else None
+    directory = mountinfo.mountpoint_dir(c.dir, mountpoint) if needs_disk else None
     mode = c.mode if needs_disk or c.mode in ("none", "ram") else "ram"
     try:
         if directory is not None and not os.path.isdir(c.dir):

@@ -138,6 +138,13 @@ def state_file(mountpoint: str) -> Path:
     return state_dir() / f"mount-{digest}.json"
 
 
+def mountpoint_dir(root: str, mountpoint: str) -> str:
+    """root's subdirectory for one mount point (staging, disk cache): two daemons never
+    share one, nor resume or evict each other's files."""
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return os.path.join(root, digest)
+
+
 def log_file(mountpoint: str) -> Path:
     return state_file(mountpoint).with_suffix(".log")
 

@@ -156,10 +156,8 @@ class FileSystem:
         attr = self.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
-        st = self.writes.staged(path)
+        st = self.writes.attach(path)
         if st is not None:
-            with self.writes._lock:
-                st.opens += 1
             return self._new_handle(Handle(path, staged=st)), False
         mount, key = self.ns.resolve(path)
         assert mount is not None

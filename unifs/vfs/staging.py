@@ -205,14 +205,6 @@ class StagingArea:
         return st
 
 
-def staging_dir_for(root: str, mountpoint: str) -> str:
-    """One subdirectory per mount point: two daemons never resume each other's files."""
-    import hashlib
-
-    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
-    return os.path.join(root, digest)
-
-
 def pending_files(directory: str) -> list[dict]:
     """What `unifs status` and `unifs umount` report: files not (yet) in the store
     (still-open files only once an upload of theirs failed)."""

@@ -95,6 +95,14 @@ class Writes:
     def staged(self, path: str) -> Optional[StagedFile]:
         return self._staged.get(path)
 
+    def attach(self, path: str) -> Optional[StagedFile]:
+        """A read-only open of a path being written: it reads the staged copy."""
+        with self._lock:
+            st = self._staged.get(path)
+            if st is not None:
+                st.opens += 1
+            return st
+
     def attr(self, path: str) -> Optional[Attr]:
         st = self._staged.get(path)
         if st is not None:
