@@ -64,7 +64,7 @@ class StagedFile:
         self.mtime = time.time()
         self.last_write = time.monotonic()
         self.last_upload = time.monotonic()
-        self.replaces_object = base is not None  # set by the caller for an existing empty object too
+        self.replaces_object = False  # opened over an existing object (set by Writes.open)
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None

@@ -277,9 +277,7 @@ class Writes:
         except Exception:  # noqa: BLE001 - keep the uploader alive, keep the data
             log.exception("%s: background upload failed", st.path)
             return
-        with self._lock:
-            if st.opens == 0 and not st.dirty:
-                self._discard(st)
+        self.release_if_idle(st)
 
     def resume(self, docs) -> int:
         """Adopt pending uploads of an earlier daemon; returns how many."""
