@@ -48,6 +48,7 @@ class Handle:
     staged: Optional[StagedFile] = None
     writable: bool = False
     changed: bool = False  # this handle wrote (or created the file): its close uploads
+    prefetch_counted: bool = False  # the prefetcher counts it among its directory's readers
 
 
 class FileSystem:
@@ -174,13 +175,14 @@ class FileSystem:
             # and the parts (one block each) spread over the fetch threads
             first = part = self.cache.block_size
         reader = HandleReader(fetch, attr.size, self.pool, self.budget, first, part, rs.max_window)
-        fh = self._new_handle(Handle(path, reader=reader))
+        handle = Handle(path, reader=reader)
         # an unchanged file (keep) is likely in the page cache: prefetching it is wasted work
         if mount.entry.prefetch and cached and not keep:
             listing = self.meta.get_listing(posixpath.dirname(path))
             if listing:
                 self.prefetcher.opened(path, listing, self.cache.block_size)
-        return fh, keep
+                handle.prefetch_counted = True
+        return self._new_handle(handle), keep
 
     def _prefetch(self, path: str, attr: Attr, done) -> None:
         mount, key = self.ns.resolve(path)
@@ -285,6 +287,8 @@ class FileSystem:
             return
         if handle.reader is not None:
             handle.reader.close()
+        if handle.prefetch_counted:
+            self.prefetcher.closed(handle.path)
         if handle.staged is not None:
             self.writes.release(handle.staged)
 

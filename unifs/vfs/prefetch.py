@@ -31,14 +31,17 @@ class _DirState:
     last: int = -1
     window: int = 0
     scheduled: set = field(default_factory=set)
+    readers: int = 0  # files of this directory open for reading now
 
 
 class Prefetcher:
-    def __init__(self, submit, budget, first_window: int = 4, max_window: int = 64, max_dirs: int = 1024):
+    def __init__(self, submit, budget, first_window: int = 4, max_window: int = 64, max_dirs: int = 1024,
+                 max_readers: int = 4):
         self.submit = submit  # submit(path, attr, done) -> schedules a whole-file fetch
         self.budget = budget
         self.first_window = first_window
         self.max_window = max_window
+        self.max_readers = max_readers
         self.max_dirs = max_dirs
         self._dirs: OrderedDict[str, _DirState] = OrderedDict()
         self._lock = threading.Lock()
@@ -46,17 +49,20 @@ class Prefetcher:
         self.bytes = 0
 
     def opened(self, path: str, listing: dict, max_size: int) -> None:
-        """path was opened for reading; listing is its parent's cached listing (name -> Attr)."""
+        """path was opened for reading; listing is its parent's cached listing (name -> Attr).
+        Each call is matched by one `closed(path)`."""
         parent, name = posixpath.split(path)
         todo = []
         with self._lock:
             st = self._dirs.get(parent)
             if st is None or len(st.names) != len(listing):
-                st = _DirState(sorted(n for n, a in listing.items() if not a.is_dir))
+                readers = st.readers if st is not None else 0
+                st = _DirState(sorted(n for n, a in listing.items() if not a.is_dir), readers=readers)
                 self._dirs[parent] = st
                 while len(self._dirs) > self.max_dirs:
                     self._dirs.popitem(last=False)
             self._dirs.move_to_end(parent)
+            st.readers += 1
             i = bisect.bisect_left(st.names, name)
             if i >= len(st.names) or st.names[i] != name:
                 return
@@ -66,6 +72,8 @@ class Prefetcher:
             if not st.window:
                 st.scheduled.clear()
                 return
+            if st.readers >= self.max_readers:
+                return  # enough readers keep the store busy; the window stays for when they go
             for j in range(i + 1, min(len(st.names), i + 1 + st.window)):
                 n = st.names[j]
                 if n in st.scheduled:
@@ -79,6 +87,12 @@ class Prefetcher:
                 todo.append((posixpath.join(parent, n), attr))
         for p, attr in todo:
             self.submit(p, attr, lambda n=attr.size: self._done(n))
+
+    def closed(self, path: str) -> None:
+        with self._lock:
+            st = self._dirs.get(posixpath.dirname(path))
+            if st is not None and st.readers > 0:
+                st.readers -= 1
 
     def _done(self, nbytes: int) -> None:
         self.budget.release(nbytes)
