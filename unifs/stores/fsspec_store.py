@@ -68,6 +68,82 @@ def _s3_defaults(options: dict, timeout: float, connect_timeout: float) -> dict:
     return opts
 
 
+# gcsfs and the Azure SDK retry inside each call (gcsfs: 6 attempts 1-32 s apart, a count fixed
+# when gcsfs is imported; Azure: 3 retries 15 s and more apart) and wait long to connect or read
+# (gcsfs: no limit; Azure: 20 s and 60 s). Under unifs' per-call timeout a refused connection
+# then ran into that timeout on every attempt instead of failing at once. unifs retries itself
+# (tenacity, `store: retries`), so the clients make one attempt per call, with `store: timeout`
+# and `connect_timeout` as their socket timeouts unless the mount's options set the client's own
+# (gcsfs `requests_timeout`; adlfs `connection_timeout`, `read_timeout`).
+
+def _gcs_defaults(options: dict, timeout: float, connect_timeout: float) -> dict:
+    import aiohttp
+
+    opts = dict(options)
+    # per request; gcsfs passes it to aiohttp and None there means no limit at all. No total:
+    # an upload or a big read may take longer than one socket wait.
+    opts.setdefault("requests_timeout", aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                                              sock_read=timeout))
+    # the Storage Control retries of gcsfs' extended class (bucket layout lookups)
+    opts.setdefault("retry_timeout", timeout)
+    return opts
+
+
+def _gcs_single_attempt(fs) -> None:
+    """gcsfs' request methods on this instance without its retry_request decorator: one attempt.
+    (retry_request(retries=1) would also do one attempt, but logs a traceback for each failure.)"""
+    for name in ("_request", "_get_file_request", "_get_file_concurrent"):
+        inner = getattr(getattr(type(fs), name, None), "__wrapped__", None)
+        if inner is None:
+            (log.warning if name == "_request" else log.debug)(
+                "gcsfs %s has no retry wrapper to replace: gcsfs keeps retrying inside each call", name)
+            continue
+        setattr(fs, name, _gcs_once(inner).__get__(fs))
+
+
+def _gcs_once(inner):
+    async def once(*args, **kwargs):
+        try:
+            return await inner(*args, **kwargs)
+        except Exception as e:
+            # the one error retry_request rewrites: keep its hint
+            msg = getattr(e, "message", None)
+            if getattr(e, "code", None) == 400 and isinstance(msg, str) and "requester pays" in msg:
+                raise ValueError("Bucket is requester pays. Set `requester_pays: true` in the mount's "
+                                 "options.") from e
+            raise
+    return once
+
+
+def _az_defaults(options: dict, timeout: float, connect_timeout: float) -> dict:
+    opts = dict(options)
+    # adlfs passes these to its uploads and downloads; _az_bound applies them to every call
+    opts.setdefault("connection_timeout", connect_timeout)
+    opts.setdefault("read_timeout", timeout)
+    return opts
+
+
+def _az_bound(fs) -> None:
+    """One attempt per call, with the connection_timeout / read_timeout options, on the client
+    every adlfs and unifs call goes through. adlfs builds its BlobServiceClient itself and passes
+    it no retry or timeout settings (adlfs applies its timeout options to uploads and downloads
+    only), so they are set on the client's retry policy and transport, which its container and
+    blob clients share."""
+    client = getattr(fs, "service_client", None)
+    config = getattr(client, "_config", None)
+    retry = getattr(config, "retry_policy", None)
+    conn = getattr(getattr(config, "transport", None), "connection_config", None)
+    if retry is None or conn is None:
+        log.warning("Azure client without the expected retry policy and transport: the Azure SDK "
+                    "keeps retrying inside each call")
+        return
+    for attr in ("total_retries", "connect_retries", "read_retries", "status_retries"):
+        setattr(retry, attr, 0)
+    given = getattr(fs, "_timeout_kwargs", {})
+    conn.timeout = given.get("connection_timeout", conn.timeout)
+    conn.read_timeout = given.get("read_timeout", conn.read_timeout)
+
+
 class FsspecStore:
     def __init__(self, url: str, options: dict[str, Any], timeout: float = 30.0,
                  connect_timeout: float = 5.0, retries: int = 3):
@@ -76,6 +152,10 @@ class FsspecStore:
         opts = dict(options)
         if self.scheme in ("s3", "s3a"):
             opts = _s3_defaults(opts, timeout, connect_timeout)
+        elif self.scheme in _GCS_SCHEMES:
+            opts = _gcs_defaults(opts, timeout, connect_timeout)
+        elif self.scheme in _AZ_SCHEMES:
+            opts = _az_defaults(opts, timeout, connect_timeout)
         opts.setdefault("skip_instance_cache", True)
         if self.scheme in _BUCKET_SCHEMES:
             # unifs caches metadata itself (metadata_ttl); fsspec's listings cache never
@@ -99,6 +179,10 @@ class FsspecStore:
         if self.scheme in ("s3", "s3a"):
             # unifs retries itself (tenacity); nested retry loops would multiply the wait
             self.fs.retries = 1
+        elif self.scheme in _GCS_SCHEMES:
+            _gcs_single_attempt(self.fs)
+        elif self.scheme in _AZ_SCHEMES:
+            _az_bound(self.fs)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -135,9 +219,10 @@ class FsspecStore:
                     raise ObjectNotFound(f"bucket or container '{bucket}' does not exist") from None
 
     def _probe_endpoint(self) -> None:
-        """One TCP connect before the first request: gcsfs and the Azure SDK retry a refused
-        connection internally for half a minute per call, so a wrong endpoint would take
-        minutes to report. S3 clients fail fast on their own."""
+        """One TCP connect before the first request: a wrong GCS or Azure endpoint fails the
+        mount at once with one clear line, not after unifs' retries of a listing (left to
+        themselves, gcsfs and the Azure SDK would also retry each call for half a minute;
+        see _gcs_single_attempt and _az_bound). S3 clients fail fast on their own."""
         import socket
         from urllib.parse import urlsplit
 
