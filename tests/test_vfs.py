@@ -158,3 +158,25 @@ def test_read_ahead_budget_holds_with_32_sequential_readers():
             assert all(readers_pool.map(stream, range(32)))
     assert max(peak) <= 48 << 20 and budget.peak <= 48 << 20
     assert budget.used == 0
+
+
+def test_a_failed_read_is_not_fetched_again_at_once():
+    """The kernel repeats a failed read-ahead request as a synchronous read of the same page:
+    against a dead store that must not cost a second round of timeouts and retries."""
+    calls = []
+
+    def dead(start, end):
+        calls.append((start, end))
+        raise OSError(errno.EIO, "store unreachable")
+    with ThreadPoolExecutor(2) as pool:
+        r = HandleReader(dead, 10 << 20, pool, ReadBudget(64 << 20), first_request=1 << 20,
+                         part_size=4 << 20, max_window=8 << 20)
+        for _ in range(2):
+            with pytest.raises(OSError) as e:
+                r.read(0, 131072)
+            assert e.value.errno == errno.EIO
+        assert calls == [(0, 1 << 20)]
+        with pytest.raises(OSError):
+            r.read(5 << 20, 131072)  # other bytes: a new fetch
+        assert len(calls) == 2
+        r.close()

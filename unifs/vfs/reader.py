@@ -11,6 +11,7 @@ more memory than the budget plus one demand fetch each.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +19,12 @@ from typing import Callable
 from unifs.errors import ObjectChanged
 
 Fetch = Callable[[int, int], bytes]
+
+# A read that failed is failed again, without a new fetch, if the same handle asks for the
+# same bytes this soon after: the kernel follows a failed read-ahead request with a
+# synchronous read of the same page, and against a dead store each of the two would wait
+# out the whole timeout-and-retries budget.
+FAILURE_MEMORY_S = 1.0
 
 
 class ReadBudget:
@@ -63,6 +70,7 @@ class HandleReader:
         self.segments: list[_Segment] = []  # sorted, non-overlapping
         self._lock = threading.Lock()
         self.closed = False
+        self._failure = None  # (start, end, error, monotonic time) of the last failed read
 
     # -- public ------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
@@ -71,6 +79,7 @@ class HandleReader:
             return b""
         demands: list[_Segment] = []
         with self._lock:
+            self._recent_failure(offset, end)
             sequential = abs(offset - self.next_offset) <= self.first_request or self._covered(offset)
             if not sequential:
                 self._drop_all()
@@ -86,9 +95,11 @@ class HandleReader:
             for seg in needed:
                 data = seg.future.result()
                 parts.append(data[max(offset, seg.start) - seg.start: min(end, seg.end) - seg.start])
-        except BaseException:
+        except BaseException as e:
             with self._lock:
                 self._forget(needed)
+                if isinstance(e, OSError):
+                    self._failure = (offset, end, e, time.monotonic())
             raise
         with self._lock:
             self._drop_behind(offset - self.first_request)
@@ -100,6 +111,15 @@ class HandleReader:
             self._drop_all()
 
     # -- internals (called with the lock held) -------------------------------
+    def _recent_failure(self, offset: int, end: int) -> None:
+        if self._failure is None:
+            return
+        start, stop, err, when = self._failure
+        if time.monotonic() - when > FAILURE_MEMORY_S:
+            self._failure = None
+        elif start < end and offset < stop:
+            raise OSError(err.errno, err.strerror, getattr(err, "filename", None))
+
     def _covered(self, offset: int) -> bool:
         return any(s.start <= offset < s.end for s in self.segments)
 
