@@ -1,6 +1,5 @@
-"""A GCS or Azure store that goes away under a live mount: EIO after unifs' own bounded retries,
-never a hang (the suite's pytest-timeout stops a hung test). tests/test_store_down.py does the
-same for S3.
+"""A store that goes away under a live mount: EIO after unifs' own bounded retries, never a
+hang (the suite's pytest-timeout stops a hung test).
 
 Each test starts its own emulator, since it stops it half-way."""
 
@@ -14,10 +13,14 @@ import pytest
 STORE = {"timeout": "2s", "connect_timeout": "1s", "retries": 2}
 
 
-@pytest.fixture(params=["gcs", "azure"])
+@pytest.fixture(params=["s3", "gcs", "azure"])
 def doomed(request, tmp_path):
     """(url of a bucket/container "gone", the server holding it)."""
-    if request.param == "gcs":
+    if request.param == "s3":
+        from unifs.devstores.seaweed import SeaweedS3
+
+        server, url = SeaweedS3(str(tmp_path / "doomed")).start(), "s3://gone"
+    elif request.param == "gcs":
         from unifs.devstores.fakegcs import FakeGCS
 
         server, url = FakeGCS(str(tmp_path / "doomed")).start(), "gs://gone"
