@@ -18,8 +18,13 @@ from unifs.stores.gcs_http import GcsRangeReader
 BODY = bytes(range(256)) * 64
 
 
-class _DropsAfterEachAnswer(BaseHTTPRequestHandler):
+class _KeepsAlive(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # the client keeps the connection for its next request
+    drop = False
+
+    def setup(self):
+        super().setup()
+        self.server.connections += 1
 
     def do_GET(self):
         start, end = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
@@ -30,7 +35,8 @@ class _DropsAfterEachAnswer(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
-        self.close_connection = True  # dropped without telling the client (no Connection: close)
+        if self.drop:
+            self.close_connection = True  # dropped without telling the client (no Connection: close)
 
     def log_message(self, *args):
         pass
@@ -44,10 +50,15 @@ class _Fs:
         return dict(headers, Authorization="Bearer test")
 
 
-@pytest.fixture
-def stub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _DropsAfterEachAnswer)
+class _DropsAfterEachAnswer(_KeepsAlive):
+    drop = True
+
+
+@pytest.fixture(params=[_KeepsAlive, _DropsAfterEachAnswer])
+def stub(request):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), request.param)
     server.paths = []
+    server.connections = 0
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield server
@@ -55,11 +66,13 @@ def stub():
     server.server_close()
 
 
-def test_a_connection_dropped_while_idle_is_replaced(stub):
+def test_connections_are_kept_and_a_dropped_one_is_replaced(stub):
     r = GcsRangeReader(_Fs(f"http://127.0.0.1:{stub.server_address[1]}"), timeout=5, connect_timeout=2)
     for start in (0, 100, 5000):
         assert r.get("bkt", "dir/obj name", start, start + 1000, "17") == BODY[start:start + 1000]
     assert len(stub.paths) == 3
+    # one connection for all three, unless the server drops each after its answer
+    assert stub.connections == (3 if stub.RequestHandlerClass.drop else 1)
     assert stub.paths[0] == "/download/storage/v1/b/bkt/o/dir%2Fobj%20name?alt=media&generation=17"
 
 
