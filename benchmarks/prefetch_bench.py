@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,8 @@ def main():
         print(f"  ratio         {best[True] / best[False]:8.2f}x")
     finally:
         server.stop()
+        if not any(os.path.ismount(work / f"mnt-{p}") for p in (True, False)):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,8 @@ def main():
     finally:
         subprocess.run([sys.executable, "-m", "unifs", "umount", "--force", str(mp)], capture_output=True)
         server.stop()
+        if not os.path.ismount(mp):  # the server's data and the cache: a few GiB
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
