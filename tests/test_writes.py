@@ -240,6 +240,10 @@ def test_cp_a_and_sed_i_work(rw, seaweed, tmp_path):
     with pytest.raises(OSError) as e:
         os.setxattr(root / "copy/d/f.txt", "user.x", b"1")
     assert e.value.errno == errno.ENOTSUP
+    for fn, args in [(os.getxattr, ("user.x",)), (os.listxattr, ())]:
+        with pytest.raises(OSError) as e:
+            fn(root / "copy/d/f.txt", *args)
+        assert e.value.errno == errno.ENOTSUP
 
 
 def test_a_key_longer_than_the_store_allows_is_enametoolong(rw):

@@ -85,11 +85,9 @@ class FuseOps(fuse.Operations):
         # Python's open() asks isatty(); answer "not a terminal" instead of ENOSYS
         raise fuse.FuseOSError(errno.ENOTTY)
 
-    def getxattr(self, path, name, position=0):
-        raise fuse.FuseOSError(fuse.ENOATTR)
-
-    def listxattr(self, path):
-        return []
+    # getxattr and listxattr are left out on purpose: libfuse answers ENOSYS, the kernel
+    # then stops asking and reports EOPNOTSUPP itself. `ls -l` asked twice per file
+    # (SELinux label, ACL) on every run, and writes asked for security.capability.
 
     # -- writes and namespace changes ---------------------------------------------
     @_errno_guard
