@@ -180,3 +180,34 @@ def test_a_failed_read_is_not_fetched_again_at_once():
             r.read(5 << 20, 131072)  # other bytes: a new fetch
         assert len(calls) == 2
         r.close()
+
+
+def test_a_read_whose_queued_part_a_random_read_dropped_fetches_it_itself():
+    """Two threads on one handle: one waits on a queued read-ahead part, the other seeks far
+    away, which drops queued parts. The first must still get its bytes, not an error."""
+    import time
+
+    blob = _Blob(32 << 20)
+    gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(gate.wait, 10)  # the pool's only thread is busy: read-ahead parts stay queued
+        r = HandleReader(blob.fetch, len(blob.data), pool, ReadBudget(64 << 20), first_request=1 << 20,
+                         part_size=1 << 20, max_window=8 << 20)
+        assert r.read(0, 131072) == blob.data[:131072]
+        assert r.read(512 << 10, 131072) == blob.data[512 << 10:640 << 10]  # queues part [1, 2) MiB
+        out = {}
+
+        def waiter():
+            try:
+                out["data"] = r.read((1 << 20) + 4096, 131072)
+            except BaseException as e:  # noqa: BLE001 - the test reports it
+                out["error"] = e
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.3)  # let it wait on the queued part
+        assert r.read(20 << 20, 4096) == blob.data[20 << 20:(20 << 20) + 4096]  # drops queued parts
+        t.join(10)
+        gate.set()
+        assert "error" not in out, repr(out.get("error"))
+        assert out["data"] == blob.data[(1 << 20) + 4096:(1 << 20) + 4096 + 131072]
+        r.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,7 +93,12 @@ class HandleReader:
         parts = []
         try:
             for seg in needed:
-                data = seg.future.result()
+                try:
+                    data = seg.future.result()
+                except CancelledError:
+                    # a random read by another thread on this handle dropped the queued part
+                    # this read waited on: fetch the bytes itself rather than fail
+                    data = self._fetch_exact(seg.start, seg.end)
                 parts.append(data[max(offset, seg.start) - seg.start: min(end, seg.end) - seg.start])
         except BaseException as e:
             with self._lock:
@@ -177,15 +182,18 @@ class HandleReader:
             i += 1
         self.segments.insert(i, seg)
 
+    def _fetch_exact(self, start: int, end: int) -> bytes:
+        data = self.fetch(start, end)
+        if len(data) != end - start:
+            raise ObjectChanged(f"object returned {len(data)} bytes for range "
+                                f"[{start}, {end}); it changed while open")
+        return data
+
     def _run(self, seg: _Segment) -> None:
         if not seg.future.set_running_or_notify_cancel():
             return
         try:
-            data = self.fetch(seg.start, seg.end)
-            if len(data) != seg.end - seg.start:
-                raise ObjectChanged(f"object returned {len(data)} bytes for range "
-                                    f"[{seg.start}, {seg.end}); it changed while open")
-            seg.future.set_result(data)
+            seg.future.set_result(self._fetch_exact(seg.start, seg.end))
         except BaseException as e:  # delivered to whichever reader waits on it
             seg.future.set_exception(e)
 
