@@ -84,3 +84,13 @@ def test_a_dead_server_is_store_unavailable():
     r = GcsRangeReader(_Fs(f"http://127.0.0.1:{port}"), timeout=2, connect_timeout=1)
     with pytest.raises(StoreUnavailable):
         r.get("bkt", "obj", 0, 10, None)
+
+
+def test_connections_idle_too_long_are_not_reused(stub, monkeypatch):
+    import unifs.stores.gcs_http as gcs_http
+
+    monkeypatch.setattr(gcs_http, "IDLE_MAX_S", -1.0)  # every idle connection counts as too old
+    r = GcsRangeReader(_Fs(f"http://127.0.0.1:{stub.server_address[1]}"), timeout=5, connect_timeout=2)
+    for start in (0, 100, 5000):
+        assert r.get("bkt", "obj", start, start + 10, None) == BODY[start:start + 10]
+    assert stub.connections == 3

@@ -19,6 +19,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 from typing import Optional
 from urllib.parse import quote, urlsplit
 
@@ -28,6 +29,9 @@ from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreUnava
 _STALE = (http.client.RemoteDisconnected, http.client.CannotSendRequest, BrokenPipeError,
           ConnectionResetError)
 MAX_IDLE = 64  # kept-alive connections waiting for the next request
+# an idle connection older than this is closed rather than reused: servers, proxies and NAT
+# drop idle connections, and one dropped silently would cost a whole read timeout
+IDLE_MAX_S = 30.0
 
 
 class GcsRangeReader:
@@ -40,7 +44,7 @@ class GcsRangeReader:
         self.host = loc.hostname or "storage.googleapis.com"
         self.port = loc.port or (443 if self.https else 80)
         self.base = loc.path.rstrip("/")
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context() if self.https else None
 
@@ -90,22 +94,31 @@ class GcsRangeReader:
         raise AssertionError("unreachable")
 
     def _take(self) -> tuple[Optional[http.client.HTTPConnection], bool]:
+        now = time.monotonic()
         with self._lock:
             if self._idle:
-                return self._idle.pop(), True
+                conn, since = self._idle.pop()
+                if now - since <= IDLE_MAX_S:
+                    return conn, True
+                # the most recently used one is too old: so are all the others
+                old, self._idle = [conn for conn, _ in self._idle] + [conn], []
+            else:
+                old = []
+        for conn in old:
+            conn.close()
         return None, False
 
     def _give(self, conn: http.client.HTTPConnection, keep: bool) -> None:
         with self._lock:
             if keep and len(self._idle) < MAX_IDLE:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
     def _close_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     def _connect(self) -> http.client.HTTPConnection:
