@@ -58,6 +58,18 @@ def _concise(exc: BaseException, status) -> str:
     return redact_url(first[:200])
 
 
+def _auth_hiccup(exc: BaseException) -> bool:
+    """A credentials refresh that failed for a passing reason (the metadata server or token
+    endpoint did not answer): gcsfs reports it as HTTP 401, but it is no refusal."""
+    seen = 0
+    while exc is not None and seen < 6:
+        if getattr(exc, "retryable", False) is True or type(exc).__name__ == "TransportError":
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 def normalise(exc: BaseException, what: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
@@ -69,6 +81,8 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return ObjectNotFound(f"{what}: not found")
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno in (errno.ENOENT,):
         return ObjectNotFound(f"{what}: not found")
+    if status == 401 and _auth_hiccup(exc):
+        return StoreUnavailable(f"{what}: refreshing the store credentials failed ({text}); retried")
     if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError") \
             or status in (401, 403):
         return AccessDenied(f"{what}: access denied by the store ({text})")

@@ -1,0 +1,39 @@
+"""How backend exceptions map to unifs' store errors where a real emulator cannot produce the
+exception: a GCS credentials refresh that fails (emulators take no credentials)."""
+
+from __future__ import annotations
+
+from gcsfs.retry import HttpError
+from google.auth import exceptions as gauth
+
+from unifs.errors import AccessDenied, StoreUnavailable
+from unifs.stores.errormap import normalise
+
+
+def _refresh_failure(cause: BaseException) -> HttpError:
+    """What gcsfs' credentials.maybe_refresh raises when google-auth's refresh fails."""
+    try:
+        try:
+            raise cause
+        except BaseException as e:
+            raise HttpError({"code": 401, "message": "Invalid Credentials"}) from e
+    except HttpError as err:
+        return err
+
+
+def test_a_refresh_that_could_not_reach_the_token_server_is_retried():
+    transport = gauth.TransportError("metadata server did not answer")
+    try:
+        raise gauth.RefreshError("refresh failed") from transport
+    except gauth.RefreshError as refresh:
+        err = _refresh_failure(refresh)
+    assert isinstance(normalise(err, "stat x"), StoreUnavailable)
+    assert isinstance(normalise(_refresh_failure(gauth.RefreshError("busy", retryable=True)), "stat x"),
+                      StoreUnavailable)
+
+
+def test_refused_credentials_stay_access_denied():
+    err = _refresh_failure(gauth.RefreshError("invalid_grant: account deleted"))
+    assert isinstance(normalise(err, "stat x"), AccessDenied)
+    assert isinstance(normalise(HttpError({"code": 401, "message": "Invalid Credentials"}), "stat x"),
+                      AccessDenied)
