@@ -1,5 +1,5 @@
 """How backend exceptions map to unifs' store errors where a real emulator cannot produce the
-exception: a GCS credentials refresh that fails (emulators take no credentials)."""
+exception: GCS credentials refused or failing to refresh (fake-gcs-server takes no credentials)."""
 
 from __future__ import annotations
 
@@ -36,4 +36,10 @@ def test_refused_credentials_stay_access_denied():
     err = _refresh_failure(gauth.RefreshError("invalid_grant: account deleted"))
     assert isinstance(normalise(err, "stat x"), AccessDenied)
     assert isinstance(normalise(HttpError({"code": 401, "message": "Invalid Credentials"}), "stat x"),
+                      AccessDenied)
+
+
+def test_gcs_forbidden_is_access_denied():
+    # gcsfs' validate_response raises a plain OSError for HTTP 403
+    assert isinstance(normalise(OSError("Forbidden: b/o\nno storage.objects.get access"), "read o"),
                       AccessDenied)

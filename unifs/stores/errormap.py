@@ -36,6 +36,8 @@ def _own_status(exc: BaseException):
     resp = getattr(exc, "response", None)
     if isinstance(resp, dict):
         return resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if isinstance(exc, OSError) and str(exc).startswith("Forbidden: "):
+        return 403  # gcsfs raises a plain OSError for HTTP 403
     # obstore's GenericError only carries the status in its message
     m = _STATUS_IN_TEXT.search(str(exc))
     if m:
