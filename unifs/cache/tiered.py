@@ -165,20 +165,21 @@ class BlockCache:
         with self._written:
             self._pending[bid] = data  # still findable if RAM evicts it before it is on disk
 
+        def landed():
+            with self._written:
+                self._pending.pop(bid, None)
+                self._written.notify_all()
+            self._backlog.release()
+
         def write():
             try:
                 self.disk.put(bid, data)
             finally:
-                with self._written:
-                    self._pending.pop(bid, None)
-                    self._written.notify_all()
-                self._backlog.release()
+                landed()
         try:
             self._writer.submit(write)
         except RuntimeError:  # closed
-            with self._written:
-                self._pending.pop(bid, None)
-            self._backlog.release()
+            landed()
 
     def flush(self) -> None:
         """Wait until every block fetched so far is on disk (before invalidations and stats)."""

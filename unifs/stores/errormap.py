@@ -16,16 +16,17 @@ from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError
 _STATUS_IN_TEXT = re.compile(r"status code: (\d{3})|\b(\d{3}) (?:Forbidden|Not Found|Unauthorized|Precondition Failed)")
 
 
+def _chain(exc: BaseException, limit: int):
+    """exc and the exceptions it was raised from, at most `limit` of them."""
+    while exc is not None and limit > 0:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+        limit -= 1
+
+
 def _status(exc: BaseException):
     # s3fs wraps botocore's ClientError in a plain OSError: look down the cause chain
-    seen = 0
-    while exc is not None and seen < 5:
-        st = _own_status(exc)
-        if st:
-            return st
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
+    return next((st for st in map(_own_status, _chain(exc, 5)) if st), None)
 
 
 def _own_status(exc: BaseException):
@@ -63,13 +64,8 @@ def _concise(exc: BaseException, status) -> str:
 def _auth_hiccup(exc: BaseException) -> bool:
     """A credentials refresh that failed for a passing reason (the metadata server or token
     endpoint did not answer): gcsfs reports it as HTTP 401, but it is no refusal."""
-    seen = 0
-    while exc is not None and seen < 6:
-        if getattr(exc, "retryable", False) is True or type(exc).__name__ == "TransportError":
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+    return any(getattr(e, "retryable", False) is True or type(e).__name__ == "TransportError"
+               for e in _chain(exc, 6))
 
 
 def normalise(exc: BaseException, what: str) -> StoreError:

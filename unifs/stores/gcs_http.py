@@ -94,18 +94,10 @@ class GcsRangeReader:
         raise AssertionError("unreachable")
 
     def _take(self) -> tuple[Optional[http.client.HTTPConnection], bool]:
-        now = time.monotonic()
         with self._lock:
-            if self._idle:
-                conn, since = self._idle.pop()
-                if now - since <= IDLE_MAX_S:
-                    return conn, True
-                # the most recently used one is too old: so are all the others
-                old, self._idle = [conn for conn, _ in self._idle] + [conn], []
-            else:
-                old = []
-        for conn in old:
-            conn.close()
+            if self._idle and time.monotonic() - self._idle[-1][1] <= IDLE_MAX_S:
+                return self._idle.pop()[0], True
+        self._close_idle()  # the most recently used one is too old: so are all the others
         return None, False
 
     def _give(self, conn: http.client.HTTPConnection, keep: bool) -> None:
