@@ -106,6 +106,27 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def write_json(path: str, config: dict, fields: dict, elapsed: float, out: dict) -> None:
+    """One results document (read_bench, write_bench): config, machine, the caller's fields,
+    timing and noise, then the report's own sections."""
+    doc = {"config": config,
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "python": platform.python_version()},
+           **fields, "elapsed_s": elapsed, "timed_s": NOISE.timed_s,
+           "other_processes_cpu_s_while_timed": NOISE.foreign_s, **out}
+    Path(path).write_text(json.dumps(doc, indent=2))
+    log(f"wrote {path}")
+
+
+def remove_workdir(workdir: Path, mountpoints: list, remove: bool) -> None:
+    """Delete the work directory (when `remove`) unless a mount point in it is still mounted."""
+    still = [mp for mp in mountpoints if is_mounted(mp)]
+    for mp in still:
+        log(f"WARNING: {mp} is still mounted")
+    if remove and not still:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- noise
 
 
@@ -1142,22 +1163,16 @@ def main(argv=None) -> int:
         elapsed = time.time() - started
         print(f"\ntotal time {elapsed:.0f} s")
         if args.json:
-            doc = {"config": {"store": args.store, "url": backend.url(),
-                              "direct_fsspec": backend.fsspec_label,
-                              "third_client": backend.third if backend.has_third else None,
-                              "client": args.client or "auto (key not set)", "big_mib": args.big_mib,
-                              "small_count": args.small_count, "small_kib": args.small_kib,
-                              "list_count": args.list_count, "list_object_bytes": LIST_OBJ_BYTES,
-                              "peers": peer_names,
-                              "repeat": args.repeat, "threads_small": SMALL_THREADS,
-                              "read_chunk": READ_CHUNK, "fsspec_block_size": FSSPEC_BLOCK,
-                              "obstore_range": OBSTORE_RANGE, "obstore_big_threads": OBSTORE_BIG_THREADS},
-                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                               "python": platform.python_version()},
-                   **info, "elapsed_s": elapsed, "timed_s": NOISE.timed_s,
-                   "other_processes_cpu_s_while_timed": NOISE.foreign_s, **out}
-            Path(args.json).write_text(json.dumps(doc, indent=2))
-            log(f"wrote {args.json}")
+            config = {"store": args.store, "url": backend.url(), "direct_fsspec": backend.fsspec_label,
+                      "third_client": backend.third if backend.has_third else None,
+                      "client": args.client or "auto (key not set)", "big_mib": args.big_mib,
+                      "small_count": args.small_count, "small_kib": args.small_kib,
+                      "list_count": args.list_count, "list_object_bytes": LIST_OBJ_BYTES,
+                      "peers": peer_names,
+                      "repeat": args.repeat, "threads_small": SMALL_THREADS,
+                      "read_chunk": READ_CHUNK, "fsspec_block_size": FSSPEC_BLOCK,
+                      "obstore_range": OBSTORE_RANGE, "obstore_big_threads": OBSTORE_BIG_THREADS}
+            write_json(args.json, config, info, elapsed, out)
     except VerificationError as e:
         print(f"\nFAILED: wrong bytes or sizes: {e}", file=sys.stderr, flush=True)
         rc = 3
@@ -1172,12 +1187,9 @@ def main(argv=None) -> int:
                 p.stop()
             except Exception as e:  # noqa: BLE001 - keep cleaning up
                 log(f"{p.name}: stop failed: {e}")
-        still = [mp for mp in [mountpoint] + [workdir / f"mnt-{p.name}" for p in peer_mounts] if is_mounted(mp)]
-        for mp in still:
-            log(f"WARNING: {mp} is still mounted")
         backend.stop()
-        if own_workdir and not args.keep_workdir and not still:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, [mountpoint] + [workdir / f"mnt-{p.name}" for p in peer_mounts],
+                       own_workdir and not args.keep_workdir)
     return rc
 
 

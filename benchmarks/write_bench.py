@@ -58,9 +58,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -77,7 +75,8 @@ from typing import Callable, Optional
 import yaml
 
 from peers import Rclone, S3Target, is_mounted, proc_cpu_seconds
-from read_bench import MIN_NOISE_SPAN, NOISE, Mount, VerificationError, log, unifs_cmd
+from read_bench import (MIN_NOISE_SPAN, NOISE, Mount, VerificationError, log, remove_workdir, unifs_cmd,
+                        write_json)
 from unifs.config import MountEntry
 from unifs.devstores.seaweed import SeaweedS3
 
@@ -767,21 +766,16 @@ def main(argv=None) -> int:
         elapsed = time.time() - started
         print(f"\ntotal time {elapsed:.0f} s")
         if args.json:
-            doc = {"config": {"size_mib": args.size_mib, "files": args.files, "dir_mib": args.dir_mib,
-                              "file_sizes": data.file_sizes, "dir_total_bytes": data.dir_total,
-                              "dir_writers": args.dir_writers, "variants": variants,
-                              "workloads": workloads, "repeat": args.repeat,
-                              "write_chunk": WRITE_CHUNK, "write_back": args.write_back or "unifs default",
-                              "obstore_part": OBSTORE_PART, "obstore_concurrency": OBSTORE_CONCURRENCY,
-                              "cold_source": args.cold_source, "seed": args.seed},
-                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                               "python": platform.python_version()},
-                   "page_cache_dropped": ctx.cache.can_drop,
-                   "samples": res.samples, "failed": res.failed, "wrong_bytes": res.wrong_bytes,
-                   "oddities": ctx.oddities, "elapsed_s": elapsed, "timed_s": NOISE.timed_s,
-                   "other_processes_cpu_s_while_timed": NOISE.foreign_s, **out}
-            Path(args.json).write_text(json.dumps(doc, indent=2))
-            log(f"wrote {args.json}")
+            config = {"size_mib": args.size_mib, "files": args.files, "dir_mib": args.dir_mib,
+                      "file_sizes": data.file_sizes, "dir_total_bytes": data.dir_total,
+                      "dir_writers": args.dir_writers, "variants": variants,
+                      "workloads": workloads, "repeat": args.repeat,
+                      "write_chunk": WRITE_CHUNK, "write_back": args.write_back or "unifs default",
+                      "obstore_part": OBSTORE_PART, "obstore_concurrency": OBSTORE_CONCURRENCY,
+                      "cold_source": args.cold_source, "seed": args.seed}
+            write_json(args.json, config, {"page_cache_dropped": ctx.cache.can_drop, "samples": res.samples,
+                                           "failed": res.failed, "wrong_bytes": res.wrong_bytes,
+                                           "oddities": ctx.oddities}, elapsed, out)
     except VerificationError as e:
         print(f"\nFAILED: wrong bytes or sizes: {e}", file=sys.stderr, flush=True)
         rc = 3
@@ -794,11 +788,7 @@ def main(argv=None) -> int:
                 if is_mounted(mp):
                     subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
         server.stop()
-        still = [mp for mp in mountpoints if is_mounted(mp)]
-        for mp in still:
-            log(f"WARNING: {mp} is still mounted")
-        if own_workdir and not args.keep_workdir and not still:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, mountpoints, own_workdir and not args.keep_workdir)
     return rc
 
 
