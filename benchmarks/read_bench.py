@@ -182,6 +182,17 @@ NOISE = Noise()
 # --------------------------------------------------------------------------- caches
 
 
+def drop_page_cache() -> Optional[OSError]:
+    """sync, then drop the page cache; the error if this user may not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        return e
+    return None
+
+
 class CacheControl:
     def __init__(self, server_data: Optional[Path], warm_server: bool):
         self.server_data = server_data  # None: the server keeps its data in memory
@@ -194,11 +205,8 @@ class CacheControl:
 
         dirs: what the measured client's server reads instead of the store server's data
         (the passthrough's local directory)."""
-        os.sync()
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3\n")
-        except OSError as e:
+        e = drop_page_cache()
+        if e is not None:
             if self.can_drop:
                 log(f"WARNING: cannot drop the page cache ({e.strerror}); 'cold' numbers are not cold "
                     "(run as root)")

@@ -75,8 +75,8 @@ from typing import Callable, Optional
 import yaml
 
 from peers import Rclone, S3Target, is_mounted, proc_cpu_seconds
-from read_bench import (MIN_NOISE_SPAN, NOISE, Mount, VerificationError, log, remove_workdir, unifs_cmd,
-                        write_json)
+from read_bench import (MIN_NOISE_SPAN, NOISE, Mount, VerificationError, drop_page_cache, log, remove_workdir,
+                        unifs_cmd, write_json)
 from unifs.config import MountEntry
 from unifs.devstores.seaweed import SeaweedS3
 
@@ -179,11 +179,8 @@ class Cache:
 
     def drop(self, warm: Optional[list] = None) -> None:
         """sync, drop the page cache, then read `warm` (files or directories) back in."""
-        os.sync()
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3\n")
-        except OSError as e:
+        e = drop_page_cache()
+        if e is not None:
             if self.can_drop:
                 log(f"WARNING: cannot drop the page cache ({e.strerror}); run as root")
             self.can_drop = False
