@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from conftest import errno_of
+
 STORE = {"timeout": "2s", "connect_timeout": "1s", "retries": 2}
 
 
@@ -36,9 +38,7 @@ def doomed(request, tmp_path):
 
 
 def eio(fn, *args):
-    with pytest.raises(OSError) as e:
-        fn(*args)
-    assert e.value.errno == errno.EIO, e.value
+    assert errno_of(fn, *args) == errno.EIO
 
 
 def test_store_down_gives_eio_not_a_hang(mounter, doomed):

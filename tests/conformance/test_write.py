@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import sha256, unifs
+from conftest import errno_of, sha256, unifs
 
 WRITABLE = ["s3", "gcs", "azure", "file", "memory"]
 
@@ -53,8 +53,8 @@ def test_writes_land_in_the_store(mounter, wprovider, request):
     os.rename(root / "run/tmp", root / "run/final")
     (root / "doomed").write_bytes(b"x")
     os.unlink(root / "doomed")
-    assert _errno_of(os.rmdir, root / "run") == errno.ENOTEMPTY
-    assert _errno_of(os.unlink, root / "doomed") == errno.ENOENT
+    assert errno_of(os.rmdir, root / "run") == errno.ENOTEMPTY
+    assert errno_of(os.unlink, root / "doomed") == errno.ENOENT
 
     want = {"big.bin": sha256(big), "state": sha256(b"v2"), "log.txt": sha256(b"line 1\nline 2\n"),
             "run/final/a.part": sha256(b"A" * 5000), "run/final/b.part": sha256(b"B")}
@@ -81,11 +81,3 @@ def test_second_read_comes_from_the_cache(mounter, wprovider, expected):
         f.write("3\n")
     assert read() == first == [expected[rel] for rel in sorted(expected)][:20]
     assert store_gets() == n
-
-
-def _errno_of(fn, *args) -> int:
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    raise AssertionError(f"{fn.__name__}{args} did not fail")
