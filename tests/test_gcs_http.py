@@ -94,3 +94,17 @@ def test_connections_idle_too_long_are_not_reused(stub, monkeypatch):
     for start in (0, 100, 5000):
         assert r.get("bkt", "obj", start, start + 10, None) == BODY[start:start + 10]
     assert stub.connections == 3
+
+
+def test_requester_pays_reads_name_the_billed_project(stub):
+    """A requester-pays bucket refuses reads without userProject; gcsfs adds it to its own
+    requests, and the ranged reads that bypass gcsfs must add it too."""
+    import os
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    from gcsfs.core import GCSFileSystem
+
+    fs = GCSFileSystem(endpoint_url=f"http://127.0.0.1:{stub.server_address[1]}", token="anon",
+                       project="billed-proj", requester_pays=True, skip_instance_cache=True)
+    r = GcsRangeReader(fs, timeout=5, connect_timeout=2)
+    assert r.get("bkt", "obj", 0, 10, "5") == BODY[:10]
+    assert stub.paths[-1] == "/download/storage/v1/b/bkt/o/obj?alt=media&generation=5&userProject=billed-proj"

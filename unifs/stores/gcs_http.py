@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 from typing import Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreUnavailable
 
@@ -51,9 +51,12 @@ class GcsRangeReader:
     def get(self, bucket: str, key: str, start: int, end: int, generation: Optional[str],
             timeout: Optional[float] = None) -> bytes:
         """timeout: accepted for the fsspec call convention; the socket timeouts apply per request."""
-        path = f"{self.base}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(key, safe='')}?alt=media"
-        if generation:
-            path += f"&generation={generation}"
+        params = {"alt": "media", "generation": generation or None}
+        # gcsfs' own query parameters: userProject for a requester-pays bucket
+        get_params = getattr(self.fs, "_get_params", None)
+        params = get_params(params) if get_params else {k: v for k, v in params.items() if v}
+        path = (f"{self.base}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(key, safe='')}"
+                f"?{urlencode(params)}")
         headers = self.fs._get_headers({"Range": f"bytes={start}-{end - 1}"})
         status, data = self._request(path, headers, key)
         if status in (200, 206):
