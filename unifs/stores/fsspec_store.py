@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import logging
 import os
@@ -13,7 +14,7 @@ from fsspec.core import url_to_fs
 
 from unifs.errors import ObjectNotFound, StoreUnavailable
 from unifs.stores.base import Listing, ObjectInfo
-from unifs.stores.retry import call_store
+from unifs.stores.retry import backoff_s, call_store, is_transient
 
 log = logging.getLogger("unifs.store")
 
@@ -21,6 +22,7 @@ _BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 _GCS_SCHEMES = {"gs", "gcs"}
 _AZ_SCHEMES = {"az", "abfs", "abfss"}
 _LOCAL_SCHEMES = {"file", "local"}
+UPLOAD_PART = 8 * 1024 * 1024
 
 
 def _to_ts(v) -> float:
@@ -89,8 +91,9 @@ def _gcs_defaults(options: dict, timeout: float, connect_timeout: float) -> dict
     return opts
 
 
-def _gcs_single_attempt(fs) -> None:
-    """gcsfs' request methods on this instance without its retry_request decorator: one attempt.
+def _gcs_single_attempt(fs, upload_retries: int) -> None:
+    """gcsfs' request methods on this instance without its retry_request decorator: one attempt,
+    except for the requests of an upload, which get `upload_retries` more (see _gcs_once).
     (retry_request(retries=1) would also do one attempt, but logs a traceback for each failure.)"""
     for name in ("_request", "_get_file_request", "_get_file_concurrent"):
         inner = getattr(getattr(type(fs), name, None), "__wrapped__", None)
@@ -98,20 +101,34 @@ def _gcs_single_attempt(fs) -> None:
             (log.warning if name == "_request" else log.debug)(
                 "gcsfs %s has no retry wrapper to replace: gcsfs keeps retrying inside each call", name)
             continue
-        setattr(fs, name, _gcs_once(inner).__get__(fs))
+        setattr(fs, name, _gcs_once(inner, upload_retries if name == "_request" else 0).__get__(fs))
 
 
-def _gcs_once(inner):
+def _is_gcs_upload(args) -> bool:
+    # (fs, method, path): a simple or resumable upload's start, or one chunk of a resumable upload
+    return len(args) >= 3 and args[1] in ("POST", "PUT") and "/upload/storage/v1/" in str(args[2])
+
+
+def _gcs_once(inner, upload_retries: int):
     async def once(*args, **kwargs):
-        try:
-            return await inner(*args, **kwargs)
-        except Exception as e:
-            # the one error retry_request rewrites: keep its hint
-            msg = getattr(e, "message", None)
-            if getattr(e, "code", None) == 400 and isinstance(msg, str) and "requester pays" in msg:
-                raise ValueError("Bucket is requester pays. Set `requester_pays: true` in the mount's "
-                                 "options.") from e
-            raise
+        attempt = 0
+        while True:
+            try:
+                return await inner(*args, **kwargs)
+            except Exception as e:
+                # the one error retry_request rewrites: keep its hint
+                msg = getattr(e, "message", None)
+                if getattr(e, "code", None) == 400 and isinstance(msg, str) and "requester pays" in msg:
+                    raise ValueError("Bucket is requester pays. Set `requester_pays: true` in the mount's "
+                                     "options.") from e
+                # A resumable upload sends its chunks one after another; a chunk that failed is
+                # sent again (gcsfs seeks its data back) rather than the whole upload.
+                attempt += 1
+                if attempt > upload_retries or not _is_gcs_upload(args) or not is_transient(e):
+                    raise
+                log.warning("upload request failed (attempt %d of %d): %s; retrying", attempt,
+                            upload_retries + 1, e)
+                await asyncio.sleep(backoff_s(attempt))
     return once
 
 
@@ -139,6 +156,16 @@ def _az_bound(fs) -> None:
         return
     for attr in ("total_retries", "connect_retries", "read_retries", "status_retries"):
         setattr(retry, attr, 0)
+    # uploads alone retry inside the SDK (put_file passes retry_total), each block on its own;
+    # with unifs' backoff, not the SDK's 15 s and more
+    retry.get_backoff_time = lambda settings: backoff_s(max(1, settings.get("count", 1)))
+    # blocks of one part size as on S3, uploaded in parallel, above one block (SDK: 64 MiB in one
+    # request, whose failure costs all of it)
+    config.max_single_put_size = UPLOAD_PART
+    config.max_block_size = UPLOAD_PART
+    # each block read into memory: a retried block needs its data again, and aiohttp closes
+    # the SDK's file-backed block streams after the first send ("Stream is closed")
+    config.use_byte_buffer = True
     given = getattr(fs, "_timeout_kwargs", {})
     conn.timeout = given.get("connection_timeout", conn.timeout)
     conn.read_timeout = given.get("read_timeout", conn.read_timeout)
@@ -180,7 +207,7 @@ class FsspecStore:
             # unifs retries itself (tenacity); nested retry loops would multiply the wait
             self.fs.retries = 1
         elif self.scheme in _GCS_SCHEMES:
-            _gcs_single_attempt(self.fs)
+            _gcs_single_attempt(self.fs, retries)
         elif self.scheme in _AZ_SCHEMES:
             _az_bound(self.fs)
         self.timeout = timeout
@@ -194,11 +221,12 @@ class FsspecStore:
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
-    def _call(self, what: str, fn, *args, _timeout: Optional[float] = None, **kwargs):
+    def _call(self, what: str, fn, *args, _timeout: Optional[float] = None, _retries: Optional[int] = None,
+              **kwargs):
         if self._async:
             # fsspec's sync() takes the timeout itself: a dead store cannot hang a reader.
             kwargs["timeout"] = _timeout or self.timeout
-        return call_store(self.retries, what, fn, *args, **kwargs)
+        return call_store(self.retries if _retries is None else _retries, what, fn, *args, **kwargs)
 
     # -- Store protocol ----------------------------------------------------
     def check(self) -> None:
@@ -366,7 +394,13 @@ class FsspecStore:
         else:
             # a whole-upload bound: the request timeout plus 1 s per MiB
             limit = self.timeout + os.path.getsize(local_path) / (1 << 20)
-            self._call(f"upload {key}", self.fs.put_file, local_path, path, _timeout=limit)
+            extra = {}
+            if self.scheme in _AZ_SCHEMES:
+                extra = {f"retry_{k}": self.retries for k in ("total", "connect", "read", "status")}
+            # gcsfs and the Azure SDK retry each request of an upload (a chunk, a block) themselves;
+            # starting the whole upload again is the last resort, once
+            self._call(f"upload {key}", self.fs.put_file, local_path, path, _timeout=limit,
+                       _retries=min(self.retries, 1), **extra)
         info = self.head(key)
         if info is None:
             raise ObjectNotFound(f"upload {key}: the store does not show the object after the upload")

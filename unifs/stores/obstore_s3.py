@@ -107,6 +107,16 @@ class ObstoreS3Store:
         self.store = S3Store(bucket, prefix=prefix or None, client_options=client_options,
                              retry_config={"max_retries": 0, "retry_timeout": _dt.timedelta(seconds=timeout)},
                              virtual_hosted_style_request=False, **config)
+        # Uploads retry each request (a part, the create or complete call) in the client: one
+        # failed part of a multipart upload is sent again instead of the whole file, which
+        # unifs' own loop around put() would do. retry_timeout is per request.
+        self.upload_store = S3Store(bucket, prefix=prefix or None, client_options=client_options,
+                                    retry_config={"max_retries": retries,
+                                                  "retry_timeout": _dt.timedelta(seconds=timeout),
+                                                  "backoff": {"init_backoff": _dt.timedelta(milliseconds=200),
+                                                              "max_backoff": _dt.timedelta(seconds=5),
+                                                              "base": 2}},
+                                    virtual_hosted_style_request=False, **config)
         self.retries = retries
 
     def _call(self, what, fn, *args, **kwargs):
@@ -188,8 +198,10 @@ class ObstoreS3Store:
     @_s3fs_for_unparseable_keys
     def put_file(self, key: str, local_path: str) -> ObjectInfo:
         size = os.path.getsize(local_path)
-        # multipart above one part, parts in parallel; obstore aborts a failed upload's parts
-        res = self._call(f"upload {key}", obstore.put, self.store, key, Path(local_path),
+        # multipart above one part, parts in parallel; obstore aborts a failed upload's parts.
+        # The client retries each request (upload_store); starting the whole upload again is the
+        # last resort, once (a timed-out PUT is not retried by the client).
+        res = call_store(min(self.retries, 1), f"upload {key}", obstore.put, self.upload_store, key, Path(local_path),
                          chunk_size=PART_SIZE, max_concurrency=8)
         return ObjectInfo(key=key, size=size, mtime=time.time(), etag=res.get("e_tag"),
                           version=res.get("version"))

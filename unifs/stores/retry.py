@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -21,6 +22,16 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, StoreError):
         return isinstance(exc, StoreUnavailable)
     return isinstance(exc, Exception)
+
+
+def is_transient(exc: BaseException, what: str = "") -> bool:
+    """Whether a backend's exception is worth another attempt (a 5xx, a timeout, a reset)."""
+    return _transient(normalise(exc, what) if isinstance(exc, Exception) else exc)
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): the wait of call_store's loop."""
+    return min(5.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 def call_store(retries: int, what: str, fn, *args, **kwargs):
