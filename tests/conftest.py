@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unifs.daemon import select_libfuse
 from unifs.devstores.seaweed import SeaweedS3
+
+select_libfuse()  # in-process mounts bind the same libfuse as the daemons the tests start
 
 BUCKET = "data"
 SCRATCH = "scratch"  # tests that add objects use this bucket, so listings of BUCKET stay exact
@@ -199,10 +202,15 @@ def assert_every_change_is_erofs(root: Path, f: Path) -> None:
                      (os.mkdir, (root / "newdir",)), (os.unlink, (f,)), (os.rmdir, (root / "extra",)),
                      (os.rename, (f, root / "moved.jpg")), (os.chmod, (f, 0o600)), (os.truncate, (f, 0)),
                      (os.utime, (f, (1, 1))), (os.symlink, ("x", root / "link")),
-                     (os.setxattr, (f, "user.x", b"1"))]:
+                     (os.setxattr, (f, "user.x", b"1")), (os.mkfifo, (root / "fifo",))]:
         assert errno_of(fn, *args) == errno.EROFS, (fn.__name__, args)
     assert not os.access(f, os.W_OK)
     assert os.access(f, os.R_OK)
+    fd = os.open(f, os.O_RDONLY | os.O_APPEND)  # cannot write: a plain read
+    try:
+        assert os.read(fd, 1) or os.stat(f).st_size == 0
+    finally:
+        os.close(fd)
 
 
 def wait_for(cond, timeout=10.0, step=0.05):

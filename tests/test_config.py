@@ -140,3 +140,68 @@ def test_url_secrets_never_printed(tmp_path):
     res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
     assert res.returncode == 1 and "mount /w" in res.stderr
     assert "PW_SECRET_1" not in res.stderr and "SIG_SECRET_2" not in res.stderr
+
+
+def test_interpolated_secrets_stay_strings_and_numbers_stay_canonical():
+    from unifs.config import parse_table
+
+    env = {"S": "0777123", "K": "007", "N": "8", "A": "false", "T": "12:34:56"}
+    t = parse_table("mounts:\n  - path: /a\n    url: s3://b\n    options:\n      secret: ${S}\n"
+                    "      key: \"${S}\"\n      token: '${N}'\n      anon: ${A}\n      n: ${N}\n"
+                    "      k: ${K}\n      t: ${T}\n", env=env)
+    assert t.mounts[0].options == {"secret": "0777123", "key": "0777123", "token": "8", "anon": False,
+                                   "n": 8, "k": "007", "t": "12:34:56"}
+
+
+MORE_BAD = [
+    ("empty bucket", "mounts:\n  - path: /a\n    url: s3:///ds\n", ["mounts[0] (/a).url", "bucket"]),
+    ("endpoint without scheme", "mounts:\n  - path: /a\n    url: s3://b\n    options: {endpoint_url: '127.0.0.1:9000'}\n",
+     ["mounts[0] (/a)", "options.endpoint_url", "http://"]),
+    ("endpoint not a url", "mounts:\n  - path: /a\n    url: gs://b\n    options: {endpoint_url: not a url}\n",
+     ["options.endpoint_url"]),
+    ("infinite ttl", "mounts:\n  - path: /a\n    url: s3://b\n    metadata_ttl: .inf\n", ["metadata_ttl", "finite"]),
+    ("nan timeout", "mounts:\n  - path: /a\n    url: s3://b\nstore: {timeout: .nan}\n", ["store.timeout", "finite"]),
+    ("list as key", "{[1, 2]: 3, mounts: [{path: /a, url: 's3://b'}]}\n", ["bad.yaml:1:", "plain name"]),
+    ("newline in path", "mounts:\n  - path: \"/a\\nb\"\n    url: s3://b\n", ["path", "control characters"]),
+    ("bool retries", "mounts:\n  - path: /a\n    url: s3://b\nstore: {retries: true}\n", ["store.retries"]),
+]
+
+
+@pytest.mark.parametrize("name,text,fragments", MORE_BAD, ids=[b[0] for b in MORE_BAD])
+def test_more_bad_tables_give_one_clear_line(tmp_path, name, text, fragments):
+    test_bad_tables_give_one_clear_line(tmp_path, name, text, fragments)
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    text = "\n".join(levels) + "\nmounts:\n  - path: /a\n    url: s3://b\n    options: {x: *a8}\n"
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(text)
+    res = unifs("config", "check", "--config", str(cfg), timeout=30)
+    assert res.returncode == 1 and "aliases" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_backend_package_is_named_at_check_time(monkeypatch):
+    import importlib.util
+
+    from unifs.config import missing_package_hint
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    assert "unifs[hdfs]" in missing_package_hint("hdfs")
+
+
+def test_secrets_are_scrubbed_from_any_message():
+    from urllib.parse import quote
+
+    from unifs.config import parse_table, redact_url, scrub
+
+    parse_table("mounts:\n  - path: /a\n    url: gs://b\n    options:\n      token: ya29.SCRUB_ME_TOKEN\n"
+                "      session_cookie: SCRUB_ME_COOKIE\n", env={})
+    text = (f"HTTPSConnectionPool: /tokeninfo?access_token=ya29.SCRUB_ME_TOKEN failed; "
+            f"{quote('ya29.SCRUB_ME_TOKEN', safe='')}; cookie SCRUB_ME_COOKIE")
+    out = scrub(text)
+    assert "SCRUB_ME" not in out and "***" in out
+    assert "LEAK" not in redact_url("http://h/x?access_token=LEAK1&api_key=LEAK2&private_key=LEAK3")

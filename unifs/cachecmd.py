@@ -74,6 +74,8 @@ def format_stats(mp: str, s: dict) -> list[str]:
 
 def clear(path: str) -> str:
     mp, sock, inner = locate(path)
+    if not os.path.lexists(path):
+        raise UserError(f"{path}: no such file or directory")
     control.request(sock, "clear", path=inner or "/")
     return f"cleared cached blocks of {path} ({mp}{inner if inner != '/' else ''})"
 

@@ -12,6 +12,12 @@ import yaml
 from unifs.errors import ConfigError, UserError
 
 
+def scrub(text: str) -> str:
+    from unifs.config import scrub as _scrub  # pydantic is slow to import; only on errors
+
+    return _scrub(text)
+
+
 class _Group(click.Group):
     """Every failure is one line per problem and a non-zero exit, never a traceback."""
 
@@ -20,10 +26,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConfigError as e:
             for line in e.problems:
-                click.echo(f"unifs: error: {line}", err=True)
+                click.echo(f"unifs: error: {scrub(line)}", err=True)
             sys.exit(1)
         except UserError as e:
-            click.echo(f"unifs: error: {e}", err=True)
+            click.echo(f"unifs: error: {scrub(str(e))}", err=True)
             sys.exit(1)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
@@ -34,7 +40,7 @@ class _Group(click.Group):
             if os.environ.get("UNIFS_DEBUG"):
                 raise
             first = str(e).splitlines()[0] if str(e) else ""
-            click.echo(f"unifs: internal error: {type(e).__name__}: {first} "
+            click.echo(f"unifs: internal error: {type(e).__name__}: {scrub(first)} "
                        "(set UNIFS_DEBUG=1 for a traceback)", err=True)
             sys.exit(2)
 
@@ -63,10 +69,18 @@ def mount(mountpoint, config, foreground, options, log_level, log_file, status_f
     from unifs.config import load_config
 
     mp = mountinfo.normalise_mountpoint(mountpoint)
+    if log_file:
+        # the daemon runs in /: a relative name would land there
+        log_file = os.path.abspath(log_file)
     try:
+        if config is not None and not config.strip():
+            raise UserError("--config needs a file name (it was empty)")
         table, cfg_path = load_config(config)
+        opts = daemon.parse_fuse_options(options)
+        daemon.check_local_dirs(mp, table)
+        if log_file:
+            daemon.check_log_file(log_file)
         if status_fd is None:
-            opts = daemon.parse_fuse_options(options)
             mountinfo.check_mountpoint(mp, nonempty=bool(opts.get("nonempty")))
             mountinfo.check_dev_fuse()
     except UserError as e:
@@ -83,7 +97,7 @@ def _report_to_status_fd(fd, err):
     if fd is None:
         return
     try:
-        msg = "; ".join(err.problems) if isinstance(err, ConfigError) else str(err)
+        msg = scrub("; ".join(err.problems) if isinstance(err, ConfigError) else str(err))
         os.write(fd, b"error:" + msg.encode() + b"\n")
     except OSError:
         pass
@@ -166,7 +180,8 @@ def cache_clear(path):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--threads", default=16, show_default=True, help="files read in parallel")
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 256),
+              help="files read in parallel")
 def warmup(paths, threads):
     """Load files or directories under a unifs mount into the block cache (RAM and disk)."""
     from unifs import cachecmd
@@ -187,6 +202,8 @@ def config_check(config_file):
     """Validate the mount table and print it resolved, secrets redacted."""
     from unifs.config import describe_table, load_config
 
+    if config_file is not None and not config_file.strip():
+        raise UserError("--config needs a file name (it was empty)")
     table, path = load_config(config_file)
     click.echo(f"# {path}: OK, {len(table.mounts)} mount(s)")
     click.echo(yaml.safe_dump(describe_table(table), sort_keys=False).rstrip())

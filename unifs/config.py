@@ -6,6 +6,7 @@ field, e.g. ``mounts.yaml:7: mounts[1] (/ckpt): unknown key 'read_onyl'``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import posixpath
 import re
@@ -22,7 +23,7 @@ SEARCH_ORDER_HELP = "$UNIFS_CONFIG, ./mounts.yaml, ~/.config/unifs/mounts.yaml, 
 
 # Option names whose values are credentials; matched as substrings, case-insensitively.
 _SECRET_WORDS = ("secret", "password", "passwd", "pass", "pw", "token", "key", "credential", "sas",
-                 "connection_string", "signature", "auth", "sig")
+                 "connection_string", "signature", "auth", "sig", "cookie", "session")
 REDACTED = "***"
 
 
@@ -53,6 +54,9 @@ def _construct_mapping(loader, node):
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (list, dict)):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain name, not a list or mapping", key_node.start_mark)
         if key in result:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -70,6 +74,20 @@ def _construct_sequence(loader, node):
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+MAX_VALUES = 100_000  # a mount table is small; more values means aliases multiplying (a YAML bomb)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """How many values the tree has once aliases are expanded (shared nodes counted each time)."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a cycle counts as nothing more
+        items = node.values() if isinstance(node, dict) else node
+        memo[key] = 1 + sum(_expanded_size(v, memo) for v in items)
+    return memo[key]
 
 
 def _line_of(raw: Any, loc: tuple) -> Optional[int]:
@@ -114,14 +132,9 @@ class _Interpolation:
         if isinstance(node, str) and "$" in node:
             whole = _VAR.fullmatch(node.strip())
             value = _VAR.sub(lambda m: self._value(m, loc), node)
-            if whole and whole.group(0) != "$$":
-                # a value that is just ${VAR} gets YAML's typing: anon: ${ANON:-false} is a bool
-                try:
-                    typed = yaml.safe_load(value) if value.strip() else value
-                except yaml.YAMLError:
-                    typed = value
-                if isinstance(typed, (bool, int, float)):
-                    return typed
+            # credentials stay strings whatever they look like (a secret 0777123 is no number)
+            if whole and whole.group(0) != "$$" and not (loc and is_secret_key(str(loc[-1]))):
+                return _typed(value)
             return value
         return node
 
@@ -135,6 +148,25 @@ class _Interpolation:
             return default
         self.problems.append((loc, f"environment variable {name} is not set"))
         return ""
+
+
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+_BOOL = {"true": True, "false": False}
+
+
+def _typed(value: str):
+    """A value that is just ${VAR}: true/false become booleans and plain decimal
+    numbers become numbers (anon: ${ANON:-false}, retries: ${N}); anything else stays the
+    string it is: a secret such as 007 or 0777123 must not turn into 7 or an octal number."""
+    v = value.strip()
+    if v.lower() in _BOOL:
+        return _BOOL[v.lower()]
+    if _INT.fullmatch(v):
+        return int(v)
+    if _FLOAT.fullmatch(v):
+        return float(v)
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -183,6 +215,8 @@ class MountEntry(BaseModel):
             raise ValueError("must be a non-empty absolute path like /imagenet")
         if not v.startswith("/"):
             raise ValueError(f"must be absolute (start with '/'), got {v!r}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in v.replace("\0", "")):
+            raise ValueError(f"must not contain control characters (newline, tab ...), got {v!r}")
         parts = [p for p in v.split("/") if p]
         if any(p in (".", "..") for p in parts):
             raise ValueError(f"must not contain '.' or '..' components, got {v!r}")
@@ -204,6 +238,7 @@ class MountEntry(BaseModel):
             raise ValueError(f"file:// URLs need an absolute path (file:///abs/dir), got {self.url!r}")
         if scheme in ("http", "https") and not self.read_only:
             raise ValueError("http(s):// mounts are read-only: set read_only: true")
+        check_endpoints(self.options)
         return self
 
     @field_validator("metadata_ttl", "write_back", mode="before")
@@ -234,6 +269,13 @@ class StoreSettings(BaseModel):
     timeout: float = 30.0
     connect_timeout: float = 5.0
     retries: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _count(cls, v):
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number of retries like 3, got {v!r}")
+        return v
 
     @field_validator("timeout", "connect_timeout", mode="before")
     @classmethod
@@ -377,9 +419,34 @@ def check_url(url: str) -> str:
     known = set(fsspec.available_protocols())
     if scheme not in known:
         raise ValueError(f"unknown scheme '{scheme}://' (fsspec knows e.g. s3, gs, az, abfs, hdfs, file, memory, http)")
-    if scheme in _BUCKET_SCHEMES and not rest.strip("/"):
+    if scheme in _BUCKET_SCHEMES and not rest.split("/", 1)[0]:
         raise ValueError(f"needs a bucket or container, e.g. {scheme}://my-bucket/prefix")
     return url
+
+
+_ENDPOINT_KEYS = ("endpoint_url", "endpoint", "account_url")
+
+
+def check_endpoints(options: dict) -> None:
+    """An endpoint option must be an http(s) URL: clients reject anything else deep inside
+    (obstore with a panic), after the mount has started."""
+    from urllib.parse import urlsplit
+
+    places = [(k, options.get(k)) for k in _ENDPOINT_KEYS]
+    ck = options.get("client_kwargs")
+    if isinstance(ck, dict):
+        places += [(f"client_kwargs.{k}", ck.get(k)) for k in _ENDPOINT_KEYS]
+    for name, v in places:
+        if v is None:
+            continue
+        parts = urlsplit(v) if isinstance(v, str) else None
+        try:
+            port_ok = parts is not None and (parts.port is None or parts.port > 0)
+        except ValueError:
+            port_ok = False
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ValueError(f"options.{name} must be an http:// or https:// URL like http://127.0.0.1:9000, "
+                             f"got {redact_url(str(v))!r}")
 
 
 def missing_package_hint(scheme: str) -> Optional[str]:
@@ -389,6 +456,9 @@ def missing_package_hint(scheme: str) -> Optional[str]:
 
     try:
         fsspec.get_filesystem_class(scheme)
+        # fsspec's hdfs class imports pyarrow only when a client is made
+        if scheme in ("hdfs", "viewfs") and importlib.util.find_spec("pyarrow") is None:
+            raise ImportError("hdfs:// needs pyarrow")
         return None
     except ImportError:
         impl = known_implementations.get(scheme, {})
@@ -436,7 +506,10 @@ def _describe(raw, loc: tuple) -> str:
             if isinstance(node, list) and part < len(node):
                 node = node[part]
                 if isinstance(node, dict) and isinstance(node.get("path"), str):
-                    out += f" ({node['path']})"
+                    shown = node["path"]
+                    if any(ord(c) < 32 for c in shown):
+                        shown = repr(shown)[1:-1]  # one line per problem
+                    out += f" ({shown or repr(shown)})"
             else:
                 node = None
         else:
@@ -505,6 +578,9 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: top level must be a mapping with a 'mounts:' list"])
 
+    if _expanded_size(raw, {}) > MAX_VALUES:
+        raise ConfigError([f"{source}: more than {MAX_VALUES} values once YAML aliases are expanded; "
+                           "a mount table needs far fewer (an alias bomb?)"])
     interp = _Interpolation(env)
     interp.apply(raw)
     problems = [(loc, msg) for loc, msg in interp.problems]
@@ -518,6 +594,8 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
 
     if table is not None:
         problems.extend(_cross_checks(table))
+        for m in table.mounts:
+            remember_secrets(m.options)
 
     if problems:
         lines = []
@@ -587,8 +665,40 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
-_QUERY_SECRET = re.compile(r"([?&](?:sig|signature|token|code|key|x-amz-signature|x-amz-credential|"
-                           r"x-amz-security-token|x-goog-signature|x-goog-credential)=)[^&\s'\"]+", re.I)
+_QUERY_SECRET = re.compile(r"([?&;](?:sig|signature|token|code|key|x-amz-signature|x-amz-credential|"
+                           r"x-amz-security-token|x-goog-signature|x-goog-credential|access_token|"
+                           r"refresh_token|id_token|api_key|apikey|private_key|client_secret|password|"
+                           r"accountkey|sharedaccesssignature)=)[^&;\s'\"]+", re.I)
+
+# secret values of the loaded mount tables: scrubbed from any text shown or logged, since
+# client libraries put credentials into their error messages (a token in a URL, a key file)
+_KNOWN_SECRETS: set[str] = set()
+
+
+def remember_secrets(options: Any, key: str = "") -> None:
+    if isinstance(options, dict):
+        for k, v in options.items():
+            remember_secrets(v, str(k))
+    elif isinstance(options, list):
+        for v in options:
+            remember_secrets(v, key)
+    elif isinstance(options, str) and key and is_secret_key(key) and len(options) >= 4:
+        from urllib.parse import quote, quote_plus
+
+        for form in (options, quote(options, safe=""), quote_plus(options)):
+            _KNOWN_SECRETS.add(form)
+        # a JSON key file given inline: its private key appears line by line in errors
+        for line in options.splitlines():
+            if len(line.strip()) >= 16:
+                _KNOWN_SECRETS.add(line.strip())
+
+
+def scrub(text: str) -> str:
+    """text with known secret values, URL passwords and signed-URL secrets replaced by ***."""
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return redact_url(text)
 
 
 def redact_url(url: str) -> str:

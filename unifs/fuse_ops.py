@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+import threading
 from typing import Callable, Optional
 
 import mfusepy as fuse
@@ -37,6 +39,9 @@ class FuseOps(fuse.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._on_ready = on_ready
+        self._dirs: dict[int, Optional[list]] = {}
+        self._next_dir = 0
+        self._dir_lock = threading.Lock()
 
     def init(self, path):
         if self._on_ready is not None:
@@ -47,6 +52,8 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def getattr(self, path, fh=None):
+        if path is None:  # fstat() of a file unlinked while open (hard_remove)
+            return self.fs.handle_attr(fh.fh).to_stat(self.uid, self.gid)
         return self.fs.getattr(path).to_stat(self.uid, self.gid)
 
     @_errno_guard
@@ -55,6 +62,33 @@ class FuseOps(fuse.Operations):
         for name, attr in self.fs.readdir(path):
             entries.append((name, {"st_mode": attr.mode}, 0))
         return entries
+
+    # -- readdirplus (libfuse 3): a listing snapshot per open directory -------------------
+    @_errno_guard
+    def opendir(self, path):
+        with self._dir_lock:
+            self._next_dir += 1
+            self._dirs[self._next_dir] = None
+            return self._next_dir
+
+    def releasedir(self, path, fh):
+        with self._dir_lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_errno_guard
+    def dir_entries(self, path, fh, offset):
+        """(name, stat dict) of the directory, the same snapshot for every call of one open
+        directory: the kernel reads a big directory in several calls, each from an offset."""
+        with self._dir_lock:
+            snap = self._dirs.get(fh)
+        if snap is None or offset == 0:
+            snap = [(".", {"st_mode": 0o40755}), ("..", {"st_mode": 0o40755})]
+            snap += [(name, attr.to_stat(self.uid, self.gid)) for name, attr in self.fs.readdir(path)]
+            with self._dir_lock:
+                if fh in self._dirs:
+                    self._dirs[fh] = snap
+        return snap
 
     @_errno_guard
     def open(self, path, fi):
@@ -97,6 +131,18 @@ class FuseOps(fuse.Operations):
         return 0
 
     @_errno_guard
+    def mknod(self, path, mode, dev):
+        if stat.S_ISREG(mode):  # mknod(2) of a plain file: an empty file, as create + close
+            fh = self.fs.create(path)
+            try:
+                self.fs.flush(fh)
+            finally:
+                self.fs.release(fh)
+            return 0
+        self.fs.writes.writable(path)  # EROFS on a read-only mount
+        raise fuse.FuseOSError(errno.EPERM)  # no FIFOs, sockets or devices in an object store
+
+    @_errno_guard
     def write(self, path, data, offset, fi):
         return self.fs.write(fi.fh, data, offset)
 
@@ -137,18 +183,21 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def chmod(self, path, mode):
-        self.fs.accept_metadata_change(path)
+        if path is not None:  # None: an unlinked file, nothing to keep
+            self.fs.accept_metadata_change(path)
         return 0
 
     @_errno_guard
     def chown(self, path, uid, gid):
-        self.fs.accept_metadata_change(path)
+        if path is not None:
+            self.fs.accept_metadata_change(path)
         return 0
 
     @_errno_guard
     def utimens(self, path, times=None):
         mtime = times[1] / 1e9 if times else None  # use_ns: nanoseconds
-        self.fs.set_times(path, mtime)
+        if path is not None:
+            self.fs.set_times(path, mtime)
         return 0
 
     @_errno_guard
@@ -166,3 +215,55 @@ class FuseOps(fuse.Operations):
     @_errno_guard
     def removexattr(self, path, name):
         self.fs.refuse_change(path, errno.ENOTSUP)
+
+
+FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags
+READDIR_PLUS = 1  # enum fuse_readdir_flags
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+class UnifsFUSE(fuse.FUSE):
+    """mfusepy with readdirplus on libfuse 3: each entry carries its attributes, so the kernel
+    skips one LOOKUP per entry after a listing (`ls -l`, os.scandir + stat). libfuse 3.14's
+    high-level API sends the attributes only for entries filled with a nonzero offset; a
+    listing filled at offset 0 goes out with inode 0, which the kernel ignores."""
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        if path is None:  # a directory removed while open
+            return -errno.ENOENT
+        entries = self.operations.dir_entries(path.decode(self.encoding, self.errors), fip.contents.fh, offset)
+        st = fuse.c_stat()
+        plus = FILL_DIR_PLUS if flags & READDIR_PLUS else 0
+        use_ns = getattr(self.operations, "use_ns", False)
+        for i in range(offset, len(entries)):
+            name, attrs = entries[i]
+            if plus:
+                fuse.set_st_attrs(st, attrs, use_ns=use_ns)
+            else:
+                st.st_mode = attrs["st_mode"]
+            if filler(buf, name.encode(self.encoding, self.errors), st, i + 1, plus) != 0:
+                break
+        return 0
+
+    def truncate_fuse_3(self, path, length, fip):
+        # ftruncate() arrives here with its file handle (mfusepy drops it): the handle's changes
+        # are then uploaded at its close
+        fh = fip.contents if fip else None
+        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                        length, fh)
+
+    def rename_fuse_3(self, old, new, flags):
+        # renameat2() flags (mfusepy ignores them): NOREPLACE must not replace; EXCHANGE
+        # (an atomic swap) no object store can do
+        if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            return -errno.EINVAL
+        if flags & RENAME_NOREPLACE:
+            try:
+                self.operations.getattr(new.decode(self.encoding, self.errors))
+                return -errno.EEXIST
+            except fuse.FuseOSError as e:
+                if e.errno != errno.ENOENT:
+                    return -e.errno
+        return self.rename_fuse_2(old, new)

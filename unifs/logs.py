@@ -19,9 +19,19 @@ def setup_logging(level: str = "info", log_file: Optional[str] = None) -> None:
         os.chmod(log_file, 0o600)
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
     for name in _NOISY:
         logging.getLogger(name).setLevel(max(lvl, logging.WARNING))
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Every line, tracebacks included, without the mount table's secret values: client
+    libraries put credentials into their error messages (a token in a URL, a key file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from unifs.config import scrub
+
+        return scrub(super().format(record))

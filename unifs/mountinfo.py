@@ -22,8 +22,14 @@ def state_dir() -> Path:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         base = Path(os.environ.get("UNIFS_RUN_DIR") or
                     (Path(runtime) / "unifs" if runtime else Path.home() / ".cache" / "unifs" / "run"))
-    base.mkdir(parents=True, exist_ok=True)
-    os.chmod(base, 0o700)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o700)
+    except OSError as e:
+        if not base.is_dir():
+            # readers (status, cache stats) then find no mounts; `mount` reports this
+            raise UserError(f"cannot create the run directory {base} ({e.strerror}); set UNIFS_RUN_DIR "
+                            "or XDG_RUNTIME_DIR to a writable directory") from None
     return base
 
 
@@ -166,7 +172,11 @@ def read_state(mountpoint: str) -> Optional[dict]:
 
 def all_states() -> list[dict]:
     out = []
-    for p in sorted(state_dir().glob("mount-*.json")):
+    try:
+        base = state_dir()
+    except UserError:
+        return []  # no run directory: nothing was mounted from here
+    for p in sorted(base.glob("mount-*.json")):
         try:
             out.append(json.loads(p.read_text()))
         except (OSError, ValueError):

@@ -32,6 +32,8 @@ def parse_duration(value) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '60s', got {value!r}")
     if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite duration like '60s', got {value!r}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)

@@ -7,9 +7,10 @@ status 403, obstore its own classes); the file system only sees these four.
 from __future__ import annotations
 
 import errno
+import os
 import re
 
-from unifs.config import redact_url
+from unifs.config import redact_url, scrub
 from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreUnavailable
 
 
@@ -58,7 +59,7 @@ def _concise(exc: BaseException, status) -> str:
     if status:
         return f"HTTP {status}"
     first = text.splitlines()[0] if text else type(exc).__name__
-    return redact_url(first[:200])
+    return scrub(first)[:200]
 
 
 def _auth_hiccup(exc: BaseException) -> bool:
@@ -66,6 +67,10 @@ def _auth_hiccup(exc: BaseException) -> bool:
     endpoint did not answer): gcsfs reports it as HTTP 401, but it is no refusal."""
     return any(getattr(e, "retryable", False) is True or type(e).__name__ == "TransportError"
                for e in _chain(exc, 6))
+
+
+_LOCAL_FINAL = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENOSPC,
+                errno.EROFS, errno.ELOOP, errno.EXDEV, errno.EINVAL}
 
 
 def normalise(exc: BaseException, what: str) -> StoreError:
@@ -79,6 +84,13 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return ObjectNotFound(f"{what}: not found")
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno in (errno.ENOENT,):
         return ObjectNotFound(f"{what}: not found")
+    if type(exc) in (OSError, IsADirectoryError, NotADirectoryError, FileExistsError) \
+            and exc.errno in _LOCAL_FINAL:
+        # a local file system (file://) answers these the same way every time: no retry, and
+        # the caller sees the real errno (ENAMETOOLONG, not EIO after the retries)
+        err = StoreRejected(f"{redact_url(what)}: {os.strerror(exc.errno)}")
+        err.errno = exc.errno
+        return err
     if status == 401 and _auth_hiccup(exc):
         return StoreUnavailable(f"{what}: refreshing the store credentials failed ({text}); retried")
     if isinstance(exc, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError") \

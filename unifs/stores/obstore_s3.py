@@ -125,7 +125,7 @@ class ObstoreS3Store:
     def _via_fallback(self, exc: Exception):
         text = f"{type(exc.__cause__).__name__} {exc.__cause__ or exc}".lower()
         if self._fallback_factory is None or ("invalidpath" not in text and "parsing path" not in text
-                                              and "parse path" not in text):
+                                              and "parse path" not in text and "expected string path" not in text):
             return None
         if self._fallback is None:
             log.warning("%s: a key obstore cannot parse; listing this store through s3fs", self.url)
@@ -203,7 +203,8 @@ class ObstoreS3Store:
         # last resort, once (a timed-out PUT is not retried by the client).
         res = call_store(min(self.retries, 1), f"upload {key}", obstore.put, self.upload_store, key, Path(local_path),
                          chunk_size=PART_SIZE, max_concurrency=8)
-        return ObjectInfo(key=key, size=size, mtime=time.time(), etag=res.get("e_tag"),
+        # S3 keeps whole seconds: a later listing must not move the mtime back by a fraction
+        return ObjectInfo(key=key, size=size, mtime=float(int(time.time())), etag=res.get("e_tag"),
                           version=res.get("version"))
 
     @_s3fs_for_unparseable_keys

@@ -151,7 +151,8 @@ class FileSystem:
     # -- handles -------------------------------------------------------------
     def open(self, path: str, flags: int) -> tuple[int, bool]:
         """(file handle, keep_cache): keep_cache when the object is unchanged since the last open."""
-        if flags & _WRITE_FLAGS:
+        # O_APPEND alone (with O_RDONLY) cannot write: a plain read, also on a read-only mount
+        if flags & (_WRITE_FLAGS & ~os.O_APPEND) or (flags & os.O_APPEND and flags & os.O_ACCMODE):
             st = self.writes.open(path, bool(flags & os.O_TRUNC))
             return self._new_handle(Handle(path, staged=st, writable=True)), False
         attr = self.getattr(path)
@@ -274,8 +275,24 @@ class FileSystem:
         if handle.writable:
             self.writes.flush(handle.staged)
 
-    def truncate(self, path: str, length: int, fh: Optional[int] = None) -> None:
+    def handle_attr(self, fh: int) -> Attr:
+        """Attributes through an open handle, also of a file unlinked since it was opened."""
+        handle = self._handle(fh)
+        if handle.staged is not None:
+            return Attr(is_dir=False, size=handle.staged.size, mtime=handle.staged.mtime)
+        try:
+            return self.getattr(handle.path)
+        except OSError:
+            return Attr(is_dir=False, size=handle.reader.size if handle.reader is not None else 0)
+
+    def truncate(self, path: Optional[str], length: int, fh: Optional[int] = None) -> None:
         handle = self._handles.get(fh) if fh is not None else None
+        if path is None:  # ftruncate() of a file unlinked while open
+            if handle is None:
+                raise _err(errno.EBADF, str(fh))
+            if handle.staged is not None:
+                handle.staged.truncate(length)
+            return
         if handle is not None and handle.writable:
             handle.changed = True
         self.writes.truncate(path, length, handle.staged if handle is not None else None)
@@ -378,6 +395,13 @@ class FileSystem:
         with self._lock:
             # the kernel's pages for this file hold what was just uploaded
             self._last_etag[path] = attr.etag
+
+    def forget_name(self, path: str) -> None:
+        """A name removed while open: its metadata goes, its cached blocks stay for the open
+        handles (keyed by ETag, they never serve a later object of the same name)."""
+        self.meta.invalidate(path)
+        with self._lock:
+            self._last_etag.pop(path, None)
 
     def changed(self, path: str, attr: Optional[Attr], subtree: bool = False) -> None:
         if subtree:

@@ -169,7 +169,10 @@ class StagingArea:
 
     def write_sidecar(self, st: StagedFile, state: str) -> None:
         doc = {"path": st.path, "mount": st.mount_path, "key": st.key, "url": st.url, "state": state,
-               "size": st.size, "data": st.data_path, "error": st.error, "updated": time.time()}
+               "size": st.size, "data": st.data_path, "error": st.error, "updated": time.time(),
+               # False while the object it was opened over is not fetched yet: the data file then
+               # holds only the changes, and must never be uploaded as the whole object
+               "complete": st.base is None}
         tmp = st.meta_path + ".tmp"
         try:
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -185,6 +188,8 @@ class StagingArea:
         open then become "orphaned" and stay put."""
         found = []
         for doc, sid in read_sidecars(self.directory):
+            if doc.get("state") == PENDING and doc.get("complete") is False:
+                doc["state"] = OPEN  # kept as orphaned below, never uploaded
             if doc.get("state") == OPEN:
                 doc["state"] = ORPHANED
                 with open(os.path.join(self.directory, sid + ".json"), "w") as f:

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import posixpath
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("unifs.writes")
 
 MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
+# libfuse renames a file that is unlinked (or renamed over) while open to this name and
+# unlinks that at the last close
+_HIDDEN = re.compile(r"\.fuse_hidden[0-9a-fA-F]+")
 WRITE_BACK_QUIET = 1.0  # seconds without writes before a file still open is written back
 
 
@@ -56,6 +60,9 @@ class Writes:
         self._area: Optional[StagingArea] = None
         self._staged: dict[str, StagedFile] = {}
         self._dirs: set[str] = set()
+        # libfuse's stand-ins for files unlinked while open: path -> their staged file (a file
+        # being written) or last attributes (a file being read); never in the store
+        self._hidden: dict[str, object] = {}
         self._lock = threading.RLock()
         self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
         self._stop = threading.Event()
@@ -104,6 +111,10 @@ class Writes:
             return st
 
     def attr(self, path: str) -> Optional[Attr]:
+        hidden = self._hidden.get(path)
+        if hidden is not None:
+            return hidden if isinstance(hidden, Attr) else Attr(is_dir=False, size=hidden.size,
+                                                                 mtime=hidden.mtime)
         st = self._staged.get(path)
         if st is not None:
             return Attr(is_dir=False, size=st.size, mtime=st.mtime)
@@ -274,8 +285,18 @@ class Writes:
             self._upload(st)
         except StoreError:
             return
-        except Exception:  # noqa: BLE001 - keep the uploader alive, keep the data
-            log.exception("%s: background upload failed", st.path)
+        except Exception as e:  # noqa: BLE001 - keep the uploader alive, keep the data
+            # not a store error (a local read of the staged data, a bug): back off like one,
+            # and say it once with the traceback, not every half second
+            st.failures += 1
+            st.error = f"{type(e).__name__}: {e}"
+            st.next_retry = time.monotonic() + min(self.settings.retry_max_interval, 2.0 ** min(st.failures, 10))
+            if st.failures == 1:
+                log.exception("%s: background upload failed; the data is kept at %s", st.path, st.data_path)
+            try:
+                st.save()
+            except OSError:
+                pass
             return
         self.release_if_idle(st)
 
@@ -323,6 +344,12 @@ class Writes:
                 self._discard(st)
 
     def unlink(self, path: str) -> None:
+        with self._lock:
+            hidden = self._hidden.pop(path, None)
+        if hidden is not None:  # libfuse's last close of a file unlinked while open
+            if not isinstance(hidden, Attr) and hidden.opens == 0:
+                hidden.remove()
+            return
         mount, key = self.writable(path)
         attr = self.fs.getattr(path)
         if attr.is_dir:
@@ -368,6 +395,9 @@ class Writes:
 
     # -- rename ------------------------------------------------------------------------
     def rename(self, old: str, new: str) -> None:
+        if _HIDDEN.fullmatch(posixpath.basename(new)) and posixpath.dirname(new) == posixpath.dirname(old):
+            self._hide(old, new)
+            return
         m1, k1 = self.writable(old)
         m2, k2 = self.writable(new)
         if m1 is not m2:
@@ -396,6 +426,36 @@ class Writes:
         self.fs.changed(old, None, subtree=src.is_dir)
         self.fs.changed(new, None, subtree=src.is_dir)
 
+    def _hide(self, old: str, new: str) -> None:
+        """unlink() of a file that is still open, as libfuse does it: a rename to a hidden name.
+        The name goes away in the store and in listings, as with unlink; the open handles keep
+        working (a staged file is no longer uploaded) and the hidden name answers stat until
+        libfuse unlinks it at the last close. A copy to .fuse_hidden* in the store would cost a
+        server-side copy, show a stray object to everyone and make `rm -r` fail."""
+        mount, key = self.writable(old)
+        attr = self.fs.getattr(old)
+        if attr.is_dir:
+            raise _err(errno.EISDIR, old)
+        with self._lock:
+            st = self._staged.pop(old, None)
+        in_store = True
+        if st is not None:
+            with st.upload_lock:
+                st.deleted = True
+                in_store = st.uploaded_gen != 0 or st.replaces_object
+                st.path = new
+        with self._lock:
+            self._hidden[new] = st if st is not None else attr
+        if in_store:
+            try:
+                mount.store.delete(key)
+            except StoreError as e:
+                if e.errno != errno.ENOENT:
+                    with self._lock:
+                        self._hidden.pop(new, None)
+                    raise self.fs.store_error(e, old) from None
+        self.fs.forget_name(old)
+
     def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
         self._drop_staged(new)  # a file renamed over one still open: the open one is unlinked
         st = self._staged.get(old)
@@ -403,6 +463,9 @@ class Writes:
             self._store(old, mount.store.move, k1, k2)
             return
         with st.upload_lock:
+            # an object opened for writing is fetched on first use, from its old key: fetch it
+            # now, before the key moves away (else reads and writes of the open file fail)
+            self._load_base(st, old)
             if st.dirty:
                 # not in the store yet (or only an older version): upload under the new name
                 self._store(old, mount.store.delete, k1)
@@ -423,6 +486,7 @@ class Writes:
                 self._dirs.add(new + d[len(old):])
         for st in moving:
             with st.upload_lock:
+                self._load_base(st, st.path)  # before its key moves away (see _rename_file)
                 with self._lock:
                     self._staged.pop(st.path, None)
                     st.path = new + st.path[len(old):]
@@ -445,6 +509,12 @@ class Writes:
                 d = posixpath.dirname(d)
         for d in sorted(dirs, key=len, reverse=True):
             self._store(old, mount.store.remove_dir, d)
+
+    def _load_base(self, st: StagedFile, path: str) -> None:
+        try:
+            st.load()
+        except StoreError as e:
+            raise self.fs.store_error(e, path) from None
 
     def _store(self, path: str, fn, *args):
         try:

@@ -1,0 +1,73 @@
+"""Bad command-line input: one line naming what is wrong, a non-zero exit, no traceback, and
+no secret in anything printed or logged."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import unifs
+
+TABLE = "mounts:\n  - path: /m\n    url: memory://cli-errors\n"
+
+
+def _one_line_error(res, *fragments):
+    assert res.returncode != 0, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(TABLE + f"cache: {{dir: {tmp_path / 'cache'}}}\nwrite: {{staging_dir: {tmp_path / 'st'}}}\n")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    return cfg, mp
+
+
+@pytest.mark.parametrize("opt", ["foreground", "nothreads", "subtype=other", "fsname=x", "raw_fi"])
+def test_options_unifs_sets_itself_are_refused(setup, opt):
+    cfg, mp = setup
+    _one_line_error(unifs("mount", str(mp), "-c", str(cfg), "-o", f"ro,{opt}"), f"-o {opt.split('=')[0]}")
+
+
+def test_cache_or_staging_inside_the_mount_point_is_refused(tmp_path):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    for key, value in (("cache", f"{{dir: {mp / 'cache'}}}"), ("write", f"{{staging_dir: {mp / 'st'}}}")):
+        cfg = tmp_path / f"{key}.yaml"
+        cfg.write_text(TABLE + f"{key}: {value}\n")
+        _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "inside the mount point")
+        assert os.listdir(mp) == []  # nothing created there either
+
+
+def test_bad_log_file_and_empty_config_name(setup, tmp_path):
+    cfg, mp = setup
+    _one_line_error(unifs("mount", str(mp), "-c", str(cfg), "--log-file", str(tmp_path)), "--log-file", "directory")
+    _one_line_error(unifs("mount", str(mp), "-c", str(cfg), "--log-file", "/proc/nope/x.log"), "--log-file")
+    _one_line_error(unifs("mount", str(mp), "-c", ""), "--config")
+    _one_line_error(unifs("config", "check", "-c", ""), "--config")
+
+
+def test_warmup_needs_at_least_one_thread(tmp_path):
+    res = unifs("warmup", str(tmp_path), "--threads", "0")
+    assert res.returncode == 2 and "--threads" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_client_error_carrying_a_token_does_not_print_it(setup, tmp_path):
+    """gcsfs checks an access token given as `token:` against Google's tokeninfo endpoint and
+    puts the token, in the URL, into its error. Neither the message nor the log may show it."""
+    _, mp = setup
+    cfg = tmp_path / "gcs.yaml"
+    secret = "ya29.UNIFS_TEST_TOKEN_VALUE_4711"
+    cfg.write_text(f"mounts:\n  - path: /g\n    url: gs://some-bucket\n    options: {{token: '{secret}'}}\n"
+                   f"store: {{timeout: 3s, connect_timeout: 2s, retries: 0}}\n")
+    log = tmp_path / "daemon.log"
+    res = unifs("mount", str(mp), "-c", str(cfg), "--log-file", str(log), timeout=180)
+    assert res.returncode != 0
+    assert secret not in res.stderr and secret not in res.stdout
+    text = log.read_text() if log.exists() else ""
+    assert secret not in text and "UNIFS_TEST_TOKEN" not in text
