@@ -223,8 +223,9 @@ class S3fsFuse(PeerMount):
 
 
 class Passthrough(PeerMount):
-    """passthrough_bench.py's mfusepy passthrough (libfuse 2, kernel_cache, 60 s attr/entry
-    timeouts, 128 KiB reads) over a local directory holding the same keys as the bucket."""
+    """passthrough_bench.py's mfusepy passthrough (kernel_cache, 60 s attr/entry timeouts) over a
+    local directory holding the same keys as the bucket, on the libfuse unifs mounts with
+    (libfuse 3 where installed: the ceiling is the same binding and library)."""
 
     name = "passthrough"
 
@@ -248,7 +249,13 @@ class Passthrough(PeerMount):
         tmp = self._fresh_tmp()
         self.mountpoint = os.path.realpath(mountpoint)
         os.makedirs(self.mountpoint, exist_ok=True)
-        variant = pt.Variant(self.name, "mfusepy", options=f"{pt.COMMON_OPTIONS},max_read=131072")
+        import ctypes.util
+
+        libfuse3 = None if os.environ.get("FUSE_LIBRARY_NAME") == "fuse" else ctypes.util.find_library("fuse3")
+        if libfuse3:  # as unifs.daemon.select_libfuse chooses; libfuse 3 takes no max_read
+            variant = pt.Variant(self.name, "mfusepy", options=pt.COMMON_OPTIONS, libfuse=libfuse3)
+        else:
+            variant = pt.Variant(self.name, "mfusepy", options=f"{pt.COMMON_OPTIONS},max_read=131072")
         mount = pt.Mount(variant, str(self.source), self.mountpoint, str(tmp / "server.log"))
         try:
             mount.__enter__()  # cleans up after itself if the mount does not come up

@@ -71,3 +71,11 @@ def test_a_client_error_carrying_a_token_does_not_print_it(setup, tmp_path):
     assert secret not in res.stderr and secret not in res.stdout
     text = log.read_text() if log.exists() else ""
     assert secret not in text and "UNIFS_TEST_TOKEN" not in text
+
+
+def test_an_option_obstore_cannot_take_is_named(setup, tmp_path):
+    _, mp = setup
+    cfg = tmp_path / "o.yaml"
+    cfg.write_text("mounts:\n  - path: /s\n    url: s3://bkt\n    client: obstore\n"
+                   "    options: {endpoint: 'http://127.0.0.1:9'}\n")
+    _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "'endpoint'", "endpoint_url")

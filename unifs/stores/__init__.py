@@ -28,8 +28,12 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
             return ObstoreS3Store(entry.url, cfg, **common,
                                   fallback=lambda: FsspecStore(entry.url, entry.options, **common))
         if entry.client == "obstore":
-            raise UserError(f"mount {entry.path}: options include some that obstore cannot take; "
-                            "use client: fsspec (or auto)")
+            from unifs.stores.obstore_s3 import unmappable_s3_option
+
+            bad = unmappable_s3_option(entry.options)
+            hint = " (did you mean endpoint_url?)" if bad == "endpoint" else ""
+            raise UserError(f"mount {entry.path}: option '{bad}' has no obstore equivalent{hint}; "
+                            "remove it or use client: fsspec (or auto)")
     if scheme in ("http", "https"):
         from unifs.stores.http_store import HttpStore
 

@@ -32,6 +32,15 @@ _PASSTHROUGH = {"skip_instance_cache", "use_listings_cache", "listings_expiry_ti
 
 def map_s3_options(options: dict[str, Any]) -> Optional[dict[str, Any]]:
     """obstore S3 config for s3fs-style options, or None if some option has no equivalent."""
+    return _map_s3_options(options)[0]
+
+
+def unmappable_s3_option(options: dict[str, Any]) -> Optional[str]:
+    """The first s3fs-style option obstore has no equivalent for."""
+    return _map_s3_options(options)[1]
+
+
+def _map_s3_options(options: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     cfg: dict[str, Any] = {}
     ck = dict(options.get("client_kwargs") or {})
     for k, v in options.items():
@@ -51,7 +60,7 @@ def map_s3_options(options: dict[str, Any]) -> Optional[dict[str, Any]]:
         elif k in ("region", "region_name"):
             cfg["region"] = v
         else:
-            return None
+            return None, k
     for k, v in ck.items():
         if k == "endpoint_url":
             cfg["endpoint"] = v
@@ -62,10 +71,10 @@ def map_s3_options(options: dict[str, Any]) -> Optional[dict[str, Any]]:
         elif k in ("aws_secret_access_key",):
             cfg["secret_access_key"] = v
         else:
-            return None
+            return None, f"client_kwargs.{k}"
     if "endpoint" in cfg:
         cfg.setdefault("region", "us-east-1")
-    return cfg
+    return cfg, None
 
 
 def _s3fs_for_unparseable_keys(method):
@@ -100,6 +109,7 @@ class ObstoreS3Store:
         self.bucket = bucket
         prefix = prefix.strip("/")
         endpoint = str(config.get("endpoint", ""))
+        self.endpoint = endpoint
         client_options = {"timeout": f"{int(timeout * 1000)}ms",
                           "connect_timeout": f"{int(connect_timeout * 1000)}ms",
                           "allow_http": endpoint.startswith("http://"),
@@ -137,7 +147,8 @@ class ObstoreS3Store:
         try:
             self._call(f"list {self.url}", obstore.list_with_delimiter, self.store, None)
         except ObjectNotFound:
-            raise ObjectNotFound(f"bucket '{self.bucket}' does not exist") from None
+            where = f" at {self.endpoint} (or that is not the S3 API's port)" if self.endpoint else ""
+            raise ObjectNotFound(f"bucket '{self.bucket}' does not exist{where}") from None
 
     @_s3fs_for_unparseable_keys
     def head(self, key: str) -> Optional[ObjectInfo]:
