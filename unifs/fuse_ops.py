@@ -95,6 +95,10 @@ class FuseOps(fuse.Operations):
         fh, keep = self.fs.open(path, fi.flags)
         fi.fh = fh
         fi.keep_cache = 1 if keep else 0
+        if hasattr(type(fi), "noflush") and not self.fs.is_writable(fh):
+            # no FLUSH call at close() for a file opened for reading: it has nothing to upload,
+            # and a warm read of a small file costs 4 calls instead of 5 (libfuse >= 3.11)
+            fi.noflush = 1
         return 0
 
     @_errno_guard

@@ -7,6 +7,7 @@ whatever the stores hold.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,8 +32,8 @@ class Mount:
     def ttl(self) -> float:
         return self.entry.metadata_ttl
 
-    @property
-    def entry_url_redacted(self) -> str:
+    @functools.cached_property
+    def entry_url_redacted(self) -> str:  # part of every block-cache key: computed once
         return redact_url(self.entry.url)
 
 

@@ -275,6 +275,9 @@ class FileSystem:
         if handle.writable:
             self.writes.flush(handle.staged)
 
+    def is_writable(self, fh: int) -> bool:
+        return self._handle(fh).writable
+
     def handle_attr(self, fh: int) -> Attr:
         """Attributes through an open handle, also of a file unlinked since it was opened."""
         handle = self._handle(fh)

@@ -1,4 +1,6 @@
-"""readdirplus on libfuse 3: every entry goes out with its attributes and a nonzero offset
+"""The FUSE adapter's libfuse-3 parts, driven directly (no mount).
+
+readdirplus: every entry goes out with its attributes and a nonzero offset
 (libfuse 3.14 ignores the attributes of entries filled at offset 0), a listing read in several
 calls comes from one snapshot per open directory, and a plain readdir still works.
 
@@ -81,3 +83,30 @@ def test_rewinding_lists_again_and_errors_become_errno():
     with pytest.raises(mfusepy.FuseOSError) as e:
         ops.dir_entries("/d", ops.opendir("/d"), 0)
     assert e.value.errno == errno.ENOENT
+
+
+class _Fi:
+    """fuse_file_info as mfusepy exposes it on libfuse >= 3.11 (the noflush bit exists)."""
+    noflush = 0
+
+    def __init__(self, flags):
+        self.flags, self.fh, self.keep_cache = flags, 0, 0
+        self.noflush = 0
+
+
+def test_files_opened_for_reading_ask_for_no_flush_at_close():
+    import os
+
+    class Fs:
+        def open(self, path, flags):
+            return (7 if flags & os.O_ACCMODE else 3), True
+
+        def is_writable(self, fh):
+            return fh == 7
+
+    ops = FuseOps(Fs())
+    read, write = _Fi(os.O_RDONLY), _Fi(os.O_WRONLY)
+    ops.open("/f", read)
+    ops.open("/f", write)
+    assert (read.fh, read.noflush, read.keep_cache) == (3, 1, 1)
+    assert (write.fh, write.noflush) == (7, 0)  # its close() uploads: FLUSH must come
