@@ -28,9 +28,15 @@ class _Fs:
         self.calls += 1
         return list(self.entries)
 
+    def known_attr(self, path):
+        """Now: what the daemon knows (a later readdir call must send this, not the snapshot)."""
+        name = path.rsplit("/", 1)[1]
+        return dict(self.entries).get(name)
 
-def _read_all(ops, fh, plus, room):
-    """Like the kernel: readdir calls from the last offset until one returns nothing."""
+
+def _read_all(ops, fh, plus, room, between=None):
+    """Like the kernel: readdir calls from the last offset until one returns nothing;
+    between() runs after each call (a program changing files while it lists)."""
     seen, offset = [], 0
     fip = types.SimpleNamespace(contents=types.SimpleNamespace(fh=fh))
     fuse = types.SimpleNamespace(operations=ops, encoding="utf-8", errors="surrogateescape")
@@ -47,6 +53,8 @@ def _read_all(ops, fh, plus, room):
             return seen
         seen += batch
         offset = batch[-1][3]
+        if between:
+            between()
 
 
 @pytest.mark.parametrize("plus", [True, False])
@@ -57,6 +65,7 @@ def test_entries_carry_attributes_and_offsets_from_one_snapshot(plus):
     seen = _read_all(ops, fh, plus, room=64)
     assert [s[0] for s in seen] == [".", ".."] + [n for n, _ in fs.entries]
     assert [s[3] for s in seen] == list(range(1, 253))  # nonzero offsets, one per entry
+    assert seen[0][4] == seen[1][4] == 0  # . and .. without attributes (inode 0 would hide them)
     assert fs.calls == 1  # five calls of the kernel, one listing
     files = seen[2:]
     assert all(flags == (FILL_DIR_PLUS if plus else 0) for *_, flags in files)
@@ -110,3 +119,22 @@ def test_files_opened_for_reading_ask_for_no_flush_at_close():
     ops.open("/f", write)
     assert (read.fh, read.noflush, read.keep_cache) == (3, 1, 1)
     assert (write.fh, write.noflush) == (7, 0)  # its close() uploads: FLUSH must come
+
+
+def test_later_calls_send_current_attributes_not_the_snapshots():
+    """A file growing while its directory is listed: a later readdirplus call must not send the
+    size from when the listing began (the kernel would roll the file's size back)."""
+    fs = _Fs(200)
+    ops = FuseOps(fs)
+    fh = ops.opendir("/d")
+    changes = []
+
+    def between():
+        if not changes:
+            changes.append(1)
+            fs.entries[150] = ("f0150", Attr(is_dir=False, size=999_999))
+            del fs.entries[160]  # gone meanwhile: the daemon no longer knows it
+    seen = {s[0]: s for s in _read_all(ops, fh, True, room=64, between=between)}
+    assert fs.calls == 1
+    assert seen["f0150"][1] == 999_999 and seen["f0150"][4] == FILL_DIR_PLUS
+    assert seen["f0160"][4] == 0  # the name, without attributes

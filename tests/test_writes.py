@@ -8,6 +8,7 @@ import fcntl
 import os
 import shutil
 import stat
+import subprocess
 import threading
 
 import obstore
@@ -280,33 +281,56 @@ def test_renames_under_a_file_open_for_writing_keep_its_content(rw, seaweed):
 
 def test_unlink_and_rename_over_open_files_leave_no_hidden_objects(rw, seaweed):
     """libfuse's default renames a removed open file to .fuse_hidden*: a copy in the store, a
-    stray entry in every listing and `rm -r` failing with ENOTEMPTY. unifs removes it for real,
-    and the open handles keep working."""
+    stray entry in every listing and `rm -r` failing with ENOTEMPTY. unifs hides the name at
+    once, keeps the object for the open descriptors and deletes it at the last close."""
     root, prefix = rw
     os.makedirs(root / "t")
-    (root / "t/r").write_bytes(b"read me")
+    big = os.urandom(9 * 1024 * 1024 + 3)
+    (root / "t/r").write_bytes(big)
     (root / "t/w").write_bytes(b"old")
     (root / "t/dst").write_bytes(b"dst")
     (root / "t/src").write_bytes(b"src")
     reader = os.open(root / "t/r", os.O_RDONLY)
-    assert os.pread(reader, 100, 0) == b"read me"
-    writer = os.open(root / "t/w", os.O_RDWR)
-    os.pwrite(writer, b"new", 0)
+    assert os.pread(reader, 1000, 0) == big[:1000]  # little of it fetched yet
+    writer = os.open(root / "t/w", os.O_RDWR)  # nothing fetched yet
     over = os.open(root / "t/dst", os.O_RDONLY)
     os.unlink(root / "t/r")
     os.unlink(root / "t/w")
     os.rename(root / "t/src", root / "t/dst")
     assert sorted(os.listdir(root / "t")) == ["dst"]
-    assert os.fstat(writer).st_size == 3 and os.fstat(reader).st_size == 7
+    assert _errno_of(os.stat, root / "t/r") == errno.ENOENT
+    assert _store_bytes(seaweed, f"{prefix}/t/dst") == b"src"  # replaced, never missing
+    assert os.fstat(writer).st_size == 3 and os.fstat(reader).st_size == len(big)
+    assert os.pread(reader, len(big), 0) == big  # the open reader reads on, all of it
+    assert os.pread(writer, 10, 0) == b"old"
     os.pwrite(writer, b"more", 3)
     os.ftruncate(writer, 5)
-    assert os.pread(writer, 100, 0) == b"newmo"
+    assert os.pread(writer, 100, 0) == b"oldmo"
     for fd in (reader, writer, over):
         os.close(fd)
     assert (root / "t/dst").read_bytes() == b"src"
-    assert _store_keys(seaweed, f"{prefix}/t") == {f"{prefix}/t/dst"}
+    assert wait_for(lambda: _store_keys(seaweed, f"{prefix}/t") == {f"{prefix}/t/dst"})
+    # rm -r of a directory holding an open file
+    (root / "t/sub").mkdir()
+    (root / "t/sub/f").write_bytes(b"f")
+    fd = os.open(root / "t/sub/f", os.O_RDONLY)
     shutil.rmtree(root / "t")
-    assert not (root / "t").exists()
+    assert not (root / "t").exists() and "t" not in os.listdir(root)
+    assert os.pread(fd, 10, 0) == b"f"
+    os.close(fd)
+    assert wait_for(lambda: not _store_keys(seaweed, f"{prefix}/t")), _store_keys(seaweed, f"{prefix}/t")
+    # a name that only looks like libfuse's, on a file nobody has open: a plain rename
+    (root / "keep").write_bytes(b"precious")
+    os.rename(root / "keep", root / ".fuse_hidden000000aa00000001")
+    assert (root / ".fuse_hidden000000aa00000001").read_bytes() == b"precious"
+    assert _store_bytes(seaweed, f"{prefix}/.fuse_hidden000000aa00000001") == b"precious"
+
+
+def test_dot_entries_are_listed(rw):
+    root, _ = rw
+    (root / "x").write_bytes(b"x")
+    out = subprocess.run(["ls", "-a", str(root)], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == [".", ".."] and "x" in out
 
 
 def test_mknod_and_names_with_control_characters(rw, seaweed):

@@ -77,18 +77,32 @@ class FuseOps(fuse.Operations):
         return 0
 
     @_errno_guard
+    def check_rename(self, old, new):
+        m1, _ = self.fs.writes.writable(old)
+        m2, _ = self.fs.writes.writable(new)
+        if m1 is not m2:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), new)
+
+    @_errno_guard
     def dir_entries(self, path, fh, offset):
-        """(name, stat dict) of the directory, the same snapshot for every call of one open
-        directory: the kernel reads a big directory in several calls, each from an offset."""
+        """([(name, Attr)], fresh): the directory's entries, the same names and order for every
+        call of one open directory (the kernel reads a big directory in several calls, each from
+        an offset); fresh when read by this call. A later call must not send the snapshot's
+        attributes: they may be older than what the kernel has seen since (a file growing
+        while a program lists its directory)."""
         with self._dir_lock:
             snap = self._dirs.get(fh)
-        if snap is None or offset == 0:
-            snap = [(".", {"st_mode": 0o40755}), ("..", {"st_mode": 0o40755})]
-            snap += [(name, attr.to_stat(self.uid, self.gid)) for name, attr in self.fs.readdir(path)]
-            with self._dir_lock:
-                if fh in self._dirs:
-                    self._dirs[fh] = snap
-        return snap
+        if snap is not None and offset != 0:
+            return snap, False
+        snap = [(".", None), ("..", None)] + self.fs.readdir(path)
+        with self._dir_lock:
+            if fh in self._dirs:
+                self._dirs[fh] = snap
+        return snap, True
+
+    def current_attr(self, path, name):
+        """An entry's attributes as the daemon knows them now, or None (never asks the store)."""
+        return self.fs.known_attr(path.rstrip("/") + "/" + name)
 
     @_errno_guard
     def open(self, path, fi):
@@ -237,16 +251,27 @@ class UnifsFUSE(fuse.FUSE):
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         if path is None:  # a directory removed while open
             return -errno.ENOENT
-        entries = self.operations.dir_entries(path.decode(self.encoding, self.errors), fip.contents.fh, offset)
+        dirpath = path.decode(self.encoding, self.errors)
+        entries, fresh = self.operations.dir_entries(dirpath, fip.contents.fh, offset)
         st = fuse.c_stat()
-        plus = FILL_DIR_PLUS if flags & READDIR_PLUS else 0
-        use_ns = getattr(self.operations, "use_ns", False)
+        want_plus = bool(flags & READDIR_PLUS)
+        ops = self.operations
+        use_ns = getattr(ops, "use_ns", False)
         for i in range(offset, len(entries)):
-            name, attrs = entries[i]
-            if plus:
-                fuse.set_st_attrs(st, attrs, use_ns=use_ns)
+            name, attr = entries[i]
+            if attr is None:  # . and ..: no attributes, or glibc drops them (inode 0)
+                st.st_mode, plus = 0o40755, 0
             else:
-                st.st_mode = attrs["st_mode"]
+                if want_plus and not fresh:
+                    current = ops.current_attr(dirpath, name)
+                    plus = FILL_DIR_PLUS if current is not None else 0  # unknown: name only
+                    attr = current or attr
+                else:
+                    plus = FILL_DIR_PLUS if want_plus else 0
+                if plus:
+                    fuse.set_st_attrs(st, attr.to_stat(ops.uid, ops.gid), use_ns=use_ns)
+                else:
+                    st.st_mode = attr.mode
             if filler(buf, name.encode(self.encoding, self.errors), st, i + 1, plus) != 0:
                 break
         return 0
@@ -261,6 +286,12 @@ class UnifsFUSE(fuse.FUSE):
     def rename_fuse_3(self, old, new, flags):
         # renameat2() flags (mfusepy ignores them): NOREPLACE must not replace; EXCHANGE
         # (an atomic swap) no object store can do
+        if flags:
+            try:  # EROFS and EXDEV come first, as from a local file system
+                self.operations.check_rename(old.decode(self.encoding, self.errors),
+                                             new.decode(self.encoding, self.errors))
+            except fuse.FuseOSError as e:
+                return -e.errno
         if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             return -errno.EINVAL
         if flags & RENAME_NOREPLACE:

@@ -86,6 +86,8 @@ class FileSystem:
         local = self.writes.attr(path)
         if local is not None:
             return local
+        if self.writes.is_tombstoned(path):  # unlinked while open: gone, though still in the store
+            raise _err(errno.ENOENT, path)
         hit = self.meta.get(path)
         if hit is NEGATIVE:
             raise _err(errno.ENOENT, path)
@@ -121,6 +123,9 @@ class FileSystem:
             children.update(self.writes.children(path))
         for name in self.ns.virtual_children(path):
             children[name] = Attr.directory(self._child_read_only(path, name))
+        if self.writes.has_tombstones():
+            prefix = path.rstrip("/") + "/"
+            children = {n: a for n, a in children.items() if not self.writes.is_tombstoned(prefix + n)}
         return sorted(children.items())
 
     def _child_read_only(self, path: str, name: str) -> bool:
@@ -275,6 +280,27 @@ class FileSystem:
         if handle.writable:
             self.writes.flush(handle.staged)
 
+    def known_attr(self, path: str) -> Optional[Attr]:
+        """What getattr would answer from local state and the metadata cache, or None where it
+        would have to ask the store (or the path is gone)."""
+        mount, key = self.ns.resolve(path)
+        if mount is None or not key or self.ns.is_virtual_dir(path):
+            try:
+                return self.getattr(path)
+            except OSError:
+                return None
+        if self.writes.is_tombstoned(path):
+            return None
+        local = self.writes.attr(path)
+        if local is not None:
+            return local
+        hit = self.meta.get(path)
+        return hit if isinstance(hit, Attr) else None
+
+    def is_open(self, path: str) -> bool:
+        with self._lock:
+            return any(h.path == path for h in self._handles.values())
+
     def is_writable(self, fh: int) -> bool:
         return self._handle(fh).writable
 
@@ -311,6 +337,10 @@ class FileSystem:
             self.prefetcher.closed(handle.path)
         if handle.staged is not None:
             self.writes.release(handle.staged)
+        if self.writes.is_hidden(handle.path) and not self.is_open(handle.path):
+            # the last close of a file unlinked while open; libfuse's own unlink of the hidden
+            # name does not come when its directory was removed meanwhile (rm -r)
+            self.writes.unlink(handle.path)
 
     def open_handles(self) -> int:
         return len(self._handles)
@@ -327,6 +357,13 @@ class FileSystem:
 
     def rename(self, old: str, new: str) -> None:
         self.writes.rename(old, new)
+        prefix = old.rstrip("/") + "/"
+        with self._lock:  # open handles follow their file (to be found by is_open later)
+            for h in self._handles.values():
+                if h.path == old:
+                    h.path = new
+                elif h.path.startswith(prefix):
+                    h.path = new.rstrip("/") + "/" + h.path[len(prefix):]
 
     def set_times(self, path: str, mtime: Optional[float]) -> None:
         """utimens: kept on a file being written; otherwise the store's mtime stands

@@ -138,10 +138,14 @@ class StagedFile:
         self.area.write_sidecar(self, state)
 
     def close_fd(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        # once only: a second close() could hit a descriptor number reused by another thread
+        with self.lock:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def remove(self) -> None:
         self.close_fd()

@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from unifs.config import WriteSettings
@@ -34,7 +35,18 @@ log = logging.getLogger("unifs.writes")
 MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
 # libfuse renames a file that is unlinked (or renamed over) while open to this name and
 # unlinks that at the last close
-_HIDDEN = re.compile(r"\.fuse_hidden[0-9a-fA-F]+")
+_HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse: node id and counter, 8 hex digits each
+
+
+@dataclass
+class _Hidden:
+    """A file unlinked (or renamed over) while open, under libfuse's hidden name."""
+    old: str
+    mount: Mount
+    key: str
+    staged: Optional[StagedFile]
+    attr: Attr
+    delete: bool  # the object is deleted from the store at the last close, unless the name was reused
 WRITE_BACK_QUIET = 1.0  # seconds without writes before a file still open is written back
 
 
@@ -60,9 +72,11 @@ class Writes:
         self._area: Optional[StagingArea] = None
         self._staged: dict[str, StagedFile] = {}
         self._dirs: set[str] = set()
-        # libfuse's stand-ins for files unlinked while open: path -> their staged file (a file
-        # being written) or last attributes (a file being read); never in the store
-        self._hidden: dict[str, object] = {}
+        # files unlinked while open: libfuse's hidden name -> the file; and the names they had,
+        # which are gone for the mount while the object stays in the store until the last close
+        # (open readers keep reading it; "" marks a directory removed around such a file)
+        self._hidden: dict[str, _Hidden] = {}
+        self._tombstones: dict[str, str] = {}
         self._lock = threading.RLock()
         self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
         self._stop = threading.Event()
@@ -113,8 +127,8 @@ class Writes:
     def attr(self, path: str) -> Optional[Attr]:
         hidden = self._hidden.get(path)
         if hidden is not None:
-            return hidden if isinstance(hidden, Attr) else Attr(is_dir=False, size=hidden.size,
-                                                                 mtime=hidden.mtime)
+            st = hidden.staged
+            return hidden.attr if st is None else Attr(is_dir=False, size=st.size, mtime=st.mtime)
         st = self._staged.get(path)
         if st is not None:
             return Attr(is_dir=False, size=st.size, mtime=st.mtime)
@@ -160,11 +174,30 @@ class Writes:
             raise
 
     # -- files -----------------------------------------------------------------------
+    def is_hidden(self, path: str) -> bool:
+        return bool(self._hidden) and path in self._hidden
+
+    def has_tombstones(self) -> bool:
+        return bool(self._tombstones)
+
+    def is_tombstoned(self, path: str) -> bool:
+        return bool(self._tombstones) and path in self._tombstones
+
+    def _revive(self, path: str) -> None:
+        """A name unlinked while open is used again: the object under it will be replaced, so
+        the last close of the old file must not delete it."""
+        with self._lock:
+            hidden = self._tombstones.pop(path, None)
+            h = self._hidden.get(hidden) if hidden else None
+            if h is not None:
+                h.delete = False
+
     def create(self, path: str) -> StagedFile:
         mount, key = self.writable(path)
         if not key:
             raise _err(errno.EISDIR, path)
         self._parent_is_dir(path)
+        self._revive(path)
         with self._lock:
             st = self._staged.get(path)
             if st is None:
@@ -345,10 +378,11 @@ class Writes:
 
     def unlink(self, path: str) -> None:
         with self._lock:
-            hidden = self._hidden.pop(path, None)
-        if hidden is not None:  # libfuse's last close of a file unlinked while open
-            if not isinstance(hidden, Attr) and hidden.opens == 0:
-                hidden.remove()
+            h = self._hidden.pop(path, None)
+            if h is not None and self._tombstones.get(h.old) == path:
+                del self._tombstones[h.old]
+        if h is not None:  # libfuse's unlink at the last close of a file unlinked while open
+            self._finish_hidden(h)
             return
         mount, key = self.writable(path)
         attr = self.fs.getattr(path)
@@ -372,6 +406,9 @@ class Writes:
         mount, key = self.writable(path)
         if not key or self._exists(path) is not None:
             raise _err(errno.EEXIST, path)
+        with self._lock:
+            if self._tombstones.get(path) == "":
+                del self._tombstones[path]
         self._parent_is_dir(path)
         if not self._store(path, mount.store.make_dir, key):
             with self._lock:
@@ -379,6 +416,8 @@ class Writes:
         self.fs.changed(path, Attr.directory())
 
     def rmdir(self, path: str) -> None:
+        if self.is_tombstoned(path):
+            raise _err(errno.ENOENT, path)
         mount, key = self.writable(path)
         if not key or self.fs.ns.is_virtual_dir(path):
             raise _err(errno.EBUSY, path)
@@ -390,12 +429,15 @@ class Writes:
             raise _err(errno.ENOTEMPTY, path)
         with self._lock:
             self._dirs.discard(path)
+            if any(_under(t, path) for t in self._tombstones):
+                self._tombstones[path] = ""  # its open file's object keeps the prefix alive
         self._store(path, mount.store.remove_dir, key)
         self.fs.changed(path, None)
 
     # -- rename ------------------------------------------------------------------------
     def rename(self, old: str, new: str) -> None:
-        if _HIDDEN.fullmatch(posixpath.basename(new)) and posixpath.dirname(new) == posixpath.dirname(old):
+        if _HIDDEN.fullmatch(posixpath.basename(new)) and posixpath.dirname(new) == posixpath.dirname(old) \
+                and (self.fs.is_open(old) or getattr(self._staged.get(old), "opens", 0) > 0):
             self._hide(old, new)
             return
         m1, k1 = self.writable(old)
@@ -409,6 +451,7 @@ class Writes:
             return
         self._parent_is_dir(new)
         dst = self._exists(new)
+        self._revive(new)  # a name unlinked while open, now replaced
         if src.is_dir:
             if _under(new, old):
                 raise _err(errno.EINVAL, new)
@@ -427,11 +470,12 @@ class Writes:
         self.fs.changed(new, None, subtree=src.is_dir)
 
     def _hide(self, old: str, new: str) -> None:
-        """unlink() of a file that is still open, as libfuse does it: a rename to a hidden name.
-        The name goes away in the store and in listings, as with unlink; the open handles keep
-        working (a staged file is no longer uploaded) and the hidden name answers stat until
-        libfuse unlinks it at the last close. A copy to .fuse_hidden* in the store would cost a
-        server-side copy, show a stray object to everyone and make `rm -r` fail."""
+        """unlink() of a file that is still open (or a rename over it), as libfuse does it: a
+        rename to a hidden name, unlinked at the last close. The name is gone for the mount at
+        once (lookups, listings); the object stays in the store until that last close, so open
+        readers keep reading it, as NFS does with its .nfs files. A writer's changes are never
+        uploaded. A copy to .fuse_hidden* in the store would cost a server-side copy, show a stray
+        object to everyone and make `rm -r` fail."""
         mount, key = self.writable(old)
         attr = self.fs.getattr(old)
         if attr.is_dir:
@@ -441,20 +485,35 @@ class Writes:
         in_store = True
         if st is not None:
             with st.upload_lock:
+                try:
+                    self._load_base(st, old)  # the name may be reused and its object replaced
+                except OSError:
+                    pass  # reads of it fail later, as for any object replaced while open
                 st.deleted = True
                 in_store = st.uploaded_gen != 0 or st.replaces_object
                 st.path = new
         with self._lock:
-            self._hidden[new] = st if st is not None else attr
-        if in_store:
+            self._hidden[new] = _Hidden(old, mount, key, st, attr, delete=in_store)
+            self._tombstones[old] = new
+        self.fs.forget_name(old)
+
+    def _finish_hidden(self, h: _Hidden) -> None:
+        st = h.staged
+        if st is not None and st.opens == 0:
+            st.remove()
+        if h.delete:
             try:
-                mount.store.delete(key)
+                h.mount.store.delete(h.key)
             except StoreError as e:
                 if e.errno != errno.ENOENT:
-                    with self._lock:
-                        self._hidden.pop(new, None)
-                    raise self.fs.store_error(e, old) from None
-        self.fs.forget_name(old)
+                    log.warning("%s: unlinked while open; deleting %s at its last close failed: %s",
+                                h.old, h.key, e.strerror)
+        with self._lock:
+            # directories removed around it are gone for real now
+            for d in [d for d, v in self._tombstones.items() if v == "" and _under(h.old, d)]:
+                if not any(_under(t, d) and t != d for t, v2 in self._tombstones.items() if v2):
+                    del self._tombstones[d]
+        self.fs.changed(h.old, None)
 
     def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
         self._drop_staged(new)  # a file renamed over one still open: the open one is unlinked
