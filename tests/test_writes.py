@@ -363,3 +363,30 @@ def test_local_store_errors_are_immediate_and_exact(mounter, tmp_path):
     assert _errno_of(os.stat, mp / "f" / long_name) == errno.ENAMETOOLONG
     assert _errno_of(open, mp / "f" / long_name, "wb") == errno.ENAMETOOLONG
     assert _errno_of(os.mkdir, mp / "f" / long_name) == errno.ENAMETOOLONG
+
+
+def test_files_appended_to_while_their_directory_is_listed_keep_every_byte(mounter, tmp_path):
+    """A listing longer than one readdirplus reply, stat()ed while files in it grow: a later
+    reply must not carry the size from when the listing began (the kernel took it, and the
+    appends that followed overwrote the data in between)."""
+    d = tmp_path / "local" / "huge"
+    d.mkdir(parents=True)
+    for i in range(12_000):
+        (d / f"f{i:05d}").write_bytes(b"abc")
+    mp = mounter.mount([{"path": "/l", "url": f"file://{tmp_path / 'local'}"}])
+    base = mp / "l/huge"
+    names = [f"f{i:05d}" for i in range(8000, 12_000, 50)]  # in the later replies
+    fds = {n: os.open(base / n, os.O_WRONLY | os.O_APPEND) for n in names}
+    for fd in fds.values():
+        os.write(fd, b"-")
+    with os.scandir(base) as it:
+        for i, e in enumerate(it):
+            e.stat()
+            if i == 100:
+                for fd in fds.values():
+                    os.write(fd, b"1234567890")
+    for fd in fds.values():
+        os.write(fd, b"END")
+        os.close(fd)
+    assert {(base / n).read_bytes() for n in names} == {b"abc-1234567890END"}
+    assert {(d / n).read_bytes() for n in names} == {b"abc-1234567890END"}
