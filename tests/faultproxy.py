@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
@@ -21,9 +22,12 @@ Rule = Callable[[str, str, dict], Optional[int]]
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, rule: Optional[Rule] = None):
+    def __init__(self, upstream_port: int, rule: Optional[Rule] = None, get_delay: float = 0.0):
         self.upstream_port = upstream_port
         self.rule = rule
+        self.get_delay = get_delay  # seconds added to every GET: a store far away
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests served at the same time
         self.sent_bytes = 0  # request body bytes received, failed requests included
         self.failed: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -46,8 +50,13 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
+                with proxy.lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
                 up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 try:
+                    if self.command == "GET" and proxy.get_delay:
+                        time.sleep(proxy.get_delay)
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                     headers["Content-Length"] = str(len(body))
                     up.request(self.command, self.path, body=body, headers=headers)
@@ -55,6 +64,8 @@ class FaultProxy:
                     data = resp.read()
                 finally:
                     up.close()
+                    with proxy.lock:
+                        proxy.in_flight -= 1
                 self.send_response_only(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() in _HOP or k.lower() == "content-length":

@@ -162,3 +162,33 @@ def test_folder_markers_and_keys_obstore_cannot_parse(mounter, dataset):
     assert os.listdir(mp / "o/marker") == ["in.txt"]  # the "marker/" object is no file
     assert (mp / "o/deep/fine.txt").read_bytes() == b"fine"
     assert (mp / "o/nl/new\nline").read_bytes() == b"newline"
+
+
+def test_many_readers_wait_on_the_store_at_once(mounter, seaweed):
+    """A store far away: every GET takes a while, and 32 programs read different files. The
+    mount must let more than 10 of them wait on the store at the same time (libfuse 3 serves at
+    most 10 requests at once unless told otherwise)."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faultproxy import FaultProxy
+
+    from conftest import SCRATCH
+
+    seaweed.put_many(SCRATCH, {f"slow/f{i:03d}": str(i).encode() * 100 for i in range(64)})
+    opts = seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    with FaultProxy(upstream, get_delay=0.3) as proxy:
+        entry = {"path": "/s", "url": f"s3://{SCRATCH}/slow", "read_only": True, "prefetch": False,
+                 "options": dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))}
+        mp = mounter.mount([entry])
+        names = sorted(os.listdir(mp / "s"))
+        proxy.max_in_flight = 0
+
+        def read(name):
+            with open(mp / "s" / name, "rb") as f:
+                return f.read()
+        with ThreadPoolExecutor(32) as ex:
+            got = list(ex.map(read, names))
+        assert got == [str(i).encode() * 100 for i in range(64)]
+        assert proxy.max_in_flight > 10, proxy.max_in_flight

@@ -86,7 +86,12 @@ def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
         "negative_timeout": ttl,
     }
     libfuse3 = _libfuse_major() == 3
-    if not libfuse3:
+    if libfuse3:
+        # libfuse 3 serves at most 10 requests at once by default (libfuse 2: no limit); reads
+        # waiting on the store must not queue behind 10 others. 32 readers of files that take
+        # 50 ms each: 196 files/s with the default, 617 with 64 (a stub file system, same run)
+        kw["max_threads"] = 64
+    else:
         kw.update({"max_read": 131072, "big_writes": True, "max_write": 1 << 20,
                    "atomic_o_trunc": True})  # open(O_TRUNC) arrives as one call, not open + truncate
     if all(m.read_only for m in table.mounts):
