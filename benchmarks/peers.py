@@ -264,6 +264,11 @@ class Passthrough(PeerMount):
             self.stop()
             raise
         self._mount, self.proc = mount, mount.proc
+        if libfuse3:  # the same kernel read-ahead (so the same READ request size) as unifs mounts with
+            from unifs import bdi
+            from unifs.config import ReadSettings
+
+            bdi.set_read_ahead(self.mountpoint, ReadSettings().kernel_read_ahead)
         return self
 
     def stop(self) -> None:

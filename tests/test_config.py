@@ -164,6 +164,8 @@ MORE_BAD = [
     ("list as key", "{[1, 2]: 3, mounts: [{path: /a, url: 's3://b'}]}\n", ["bad.yaml:1:", "plain name"]),
     ("newline in path", "mounts:\n  - path: \"/a\\nb\"\n    url: s3://b\n", ["path", "control characters"]),
     ("bool retries", "mounts:\n  - path: /a\n    url: s3://b\nstore: {retries: true}\n", ["store.retries"]),
+    ("odd kernel read-ahead", "mounts:\n  - path: /a\n    url: s3://b\nread: {kernel_read_ahead: 1000}\n",
+     ["read.kernel_read_ahead", "multiple of 4KiB"]),
 ]
 
 

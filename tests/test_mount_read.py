@@ -192,3 +192,36 @@ def test_many_readers_wait_on_the_store_at_once(mounter, seaweed):
             got = list(ex.map(read, names))
         assert got == [str(i).encode() * 100 for i in range(64)]
         assert proxy.max_in_flight > 10, proxy.max_in_flight
+
+
+def _read_ahead_kb(mp) -> int:
+    from unifs import mountinfo
+
+    live = mountinfo.find_mount(str(mp))
+    with open(f"/sys/class/bdi/{live.device}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+def test_kernel_read_ahead_raised_to_the_configured_size(mounter, dataset):
+    # 1 MiB read requests instead of the kernel's 128 KiB: 8x fewer callbacks per sequential GiB
+    default = mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)])
+    assert _read_ahead_kb(default) == 1024
+    wide = mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)],
+                         extra={"read": {"kernel_read_ahead": "4MiB"}})
+    assert _read_ahead_kb(wide) == 4096
+    h = hashlib.sha256()
+    with open(wide / "data/shards/big.bin", "rb", buffering=0) as f:
+        while chunk := f.read(3 << 20):
+            h.update(chunk)
+    assert h.hexdigest() == sha256(dataset["big"])
+    kept = mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)],
+                         extra={"read": {"kernel_read_ahead": 0}})
+    assert _read_ahead_kb(kept) == 128  # the kernel's own default, left alone
+
+
+def test_kernel_read_ahead_that_cannot_be_set_is_not_an_error(data_mount, tmp_path):
+    from unifs import bdi
+
+    assert bdi.set_read_ahead(str(data_mount), 1 << 20, sysfs=str(tmp_path / "no-sysfs")) is None
+    assert bdi.set_read_ahead(str(tmp_path), 1 << 20) is None  # not a mount point
+    assert os.listdir(data_mount) == ["data"]

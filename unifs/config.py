@@ -293,6 +293,7 @@ class ReadSettings(BaseModel):
     max_window: int = 64 * 1024 * 1024
     budget: int = 512 * 1024 * 1024
     threads: int = Field(default=16, ge=1, le=256)
+    kernel_read_ahead: int = 1024 * 1024
 
     @field_validator("first_request", "part_size", "max_window", "budget", mode="before")
     @classmethod
@@ -300,6 +301,14 @@ class ReadSettings(BaseModel):
         s = _size(v)
         if s <= 0:
             raise ValueError("must be greater than 0")
+        return s
+
+    @field_validator("kernel_read_ahead", mode="before")
+    @classmethod
+    def _ra(cls, v):
+        s = _size(v)
+        if s < 0 or s % 4096:
+            raise ValueError(f"must be a multiple of 4KiB (0: the kernel's default), got {v!r}")
         return s
 
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ from unifs.config import MountTable, describe_table, redact_url, scrub
 from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
 from unifs.logs import setup_logging
-from unifs import mountinfo
+from unifs import bdi, mountinfo
 from unifs.vfs.staging import pending_files
 
 log = logging.getLogger("unifs.daemon")
@@ -206,6 +207,17 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             "mounts": describe_table(table)["mounts"],
         })
         log.info("mounted %s with %d store mount(s)", mountpoint, len(mounts))
+        # runs inside FUSE's INIT, whose reply lowers the kernel's read-ahead to what libfuse
+        # offers (128 KiB): raise it once the reply is in, which a statfs waits for
+        threading.Thread(target=after_init, name="unifs-after-init", daemon=True).start()
+
+    def after_init():
+        if table.read.kernel_read_ahead:
+            try:
+                os.statvfs(mountpoint)
+            except OSError:
+                pass
+            bdi.set_read_ahead(mountpoint, table.read.kernel_read_ahead)
         if status_fd is not None:
             try:
                 os.write(status_fd, b"ready\n")

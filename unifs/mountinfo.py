@@ -51,6 +51,7 @@ class LiveMount:
     mountpoint: str
     fstype: str
     source: str
+    device: str = ""  # "major:minor", which also names a FUSE mount's /sys/class/bdi entry
 
 
 def mounted() -> list[LiveMount]:
@@ -64,7 +65,7 @@ def mounted() -> list[LiveMount]:
         lf, rf = left.split(), right.split()
         if len(lf) < 5 or len(rf) < 2:
             continue
-        out.append(LiveMount(_unescape(lf[4]), rf[0], _unescape(rf[1])))
+        out.append(LiveMount(_unescape(lf[4]), rf[0], _unescape(rf[1]), lf[2]))
     return out
 
 
