@@ -198,3 +198,47 @@ def test_write_back_never_replaces_an_object_with_a_partial_one(mounter, flaky):
         assert _in_store(flaky, "run/model.pt") == b"good old checkpoint"
         f.write(b"oint")
     assert _in_store(flaky, "run/model.pt") == b"half of a new checkpoint"
+
+
+def test_rm_that_fails_keeps_a_pending_upload(mounter, flaky):
+    # unlink used to drop the staged copy before the store delete: with the store down, rm
+    # failed with EIO and the only copy of the new bytes was gone
+    mp = _mount(mounter, flaky)
+    (mp / "c/k5").write_bytes(b"v0")
+    data = os.urandom(300_000)
+    _write_across_outage(mp / "c/k5", data, flaky)
+    with pytest.raises(OSError) as e:
+        os.unlink(mp / "c/k5")
+    assert e.value.errno == errno.EIO
+    assert [p for p in _status(mp)["pending"] if p["path"] == "/c/k5"], _status(mp)
+    flaky.restart()
+    assert wait_for(lambda: _in_store(flaky, "run/k5") == data, timeout=60)
+    assert sha256((mp / "c/k5").read_bytes()) == sha256(data)
+    os.unlink(mp / "c/k5")  # with the store back, rm works and removes the object
+    assert _in_store(flaky, "run/k5") is None
+    assert wait_for(lambda: not _status(mp)["pending"], timeout=20)
+
+
+def test_a_child_closing_an_inherited_descriptor_uploads_nothing(mounter, flaky):
+    # fork/subprocess/DataLoader workers close inherited descriptors mid-write; each such close
+    # is a FLUSH, which must not put a half-written file over the object
+    import time
+
+    obstore.put(flaky.obstore(BUCKET), "run/wb3", b"GOOD" * 1000)
+    mp = _mount(mounter, flaky)
+    fd = os.open(mp / "c/wb3", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"half-of-new-checkpoint", 0)
+        os.set_inheritable(fd, True)
+        subprocess.run([sys.executable, "-c", "import os, sys; os.close(int(sys.argv[1]))", str(fd)],
+                       close_fds=False, check=True)
+        pid = os.fork()
+        if pid == 0:  # a forked child that exits holding the descriptor
+            os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(2.5)  # past write_back (1s)
+        assert _in_store(flaky, "run/wb3") == b"GOOD" * 1000
+        os.pwrite(fd, b"!", 4000)
+    finally:
+        os.close(fd)  # the opener's close uploads
+    assert _in_store(flaky, "run/wb3") == b"half-of-new-checkpoint" + (b"GOOD" * 1000)[22:] + b"!"

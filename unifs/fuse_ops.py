@@ -31,6 +31,22 @@ def _errno_guard(fn):
     return wrapper
 
 
+
+def _caller() -> Optional[int]:
+    """The process (thread group) of the current request, or None if it cannot be told: FUSE
+    gives the calling thread's id."""
+    pid = fuse.fuse_get_context()[2]
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
 class FuseOps(fuse.Operations):
     use_ns = True
 
@@ -106,7 +122,8 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def open(self, path, fi):
-        fh, keep = self.fs.open(path, fi.flags)
+        writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)
+        fh, keep = self.fs.open(path, fi.flags, _caller() if writing else None)
         fi.fh = fh
         fi.keep_cache = 1 if keep else 0
         if hasattr(type(fi), "noflush") and not self.fs.is_writable(fh):
@@ -144,7 +161,7 @@ class FuseOps(fuse.Operations):
     # -- writes and namespace changes ---------------------------------------------
     @_errno_guard
     def create(self, path, mode, fi):
-        fi.fh = self.fs.create(path)
+        fi.fh = self.fs.create(path, _caller())
         fi.keep_cache = 0
         return 0
 
@@ -166,7 +183,7 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def flush(self, path, fi):
-        self.fs.flush(fi.fh)
+        self.fs.flush(fi.fh, _caller())
         return 0
 
     @_errno_guard

@@ -81,3 +81,56 @@ def test_second_read_comes_from_the_cache(mounter, wprovider, expected):
         f.write("3\n")
     assert read() == first == [expected[rel] for rel in sorted(expected)][:20]
     assert store_gets() == n
+
+
+def test_rm_r_of_a_tree_the_daemon_did_not_create(mounter, wprovider, request):
+    # after a remount the daemon knows directories only through their keys: deleting the last
+    # file of one must leave it a directory, or rmdir (and `rm -r`) fails with ENOENT
+    import shutil
+
+    prefix = f"confrm/{request.node.callspec.id}"
+    wprovider.make_root(prefix)
+    first = mounter.mount([wprovider.entry("/w", prefix)], inprocess=wprovider.inprocess)
+    os.makedirs(first / "w/tree/sub/deeper")
+    for rel in ("tree/a", "tree/sub/b", "tree/sub/deeper/c", "keep/k"):
+        os.makedirs(os.path.dirname(first / "w" / rel), exist_ok=True)
+        (first / "w" / rel).write_bytes(rel.encode())
+    root = mounter.mount([wprovider.entry("/w", prefix)], inprocess=wprovider.inprocess) / "w"
+    os.unlink(root / "keep/k")
+    assert os.path.isdir(root / "keep") and os.listdir(root / "keep") == []
+    os.rmdir(root / "keep")
+    assert errno_of(os.stat, root / "keep") == errno.ENOENT
+    shutil.rmtree(root / "tree")
+    assert errno_of(os.stat, root / "tree") == errno.ENOENT
+    assert sorted(os.listdir(root)) == []
+
+
+def test_over_long_names_are_refused_alike(mounter, wprovider, request):
+    prefix = f"confname/{request.node.callspec.id}"
+    wprovider.make_root(prefix)
+    root = mounter.mount([wprovider.entry("/w", prefix)], inprocess=wprovider.inprocess) / "w"
+    long = "n" * 256
+    assert errno_of(lambda: open(root / long, "wb")) == errno.ENAMETOOLONG
+    assert errno_of(os.mkdir, root / long) == errno.ENAMETOOLONG
+    (root / "ok").write_bytes(b"x")
+    assert errno_of(os.rename, root / "ok", root / long) == errno.ENAMETOOLONG
+    (root / ("m" * 255)).write_bytes(b"y")  # the longest allowed name works
+    assert sorted(os.listdir(root)) == ["m" * 255, "ok"]
+
+
+def test_a_nested_mount_point_does_not_move(mounter, tmp_path):
+    # EXDEV here would make `mv` copy the nested store's files into the parent's store and
+    # delete them from their own
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    outer.mkdir()
+    inner.mkdir()
+    (inner / "precious.txt").write_bytes(b"only copy")
+    mp = mounter.mount([{"path": "/a", "url": f"file://{outer}"},
+                        {"path": "/a/n", "url": f"file://{inner}"}])
+    assert errno_of(os.rename, mp / "a/n", mp / "a/n2") == errno.EBUSY
+    assert errno_of(os.rename, mp / "a/n", mp / "elsewhere") in (errno.EBUSY, errno.EROFS)
+    (mp / "a/x").mkdir()
+    assert errno_of(os.rename, mp / "a/x", mp / "a/n") == errno.EBUSY
+    assert errno_of(os.rename, mp / "a/n/precious.txt", mp / "a/p.txt") == errno.EXDEV
+    assert (inner / "precious.txt").read_bytes() == b"only copy"
+    assert sorted(os.listdir(outer)) == ["x"]

@@ -48,6 +48,7 @@ class Handle:
     staged: Optional[StagedFile] = None
     writable: bool = False
     changed: bool = False  # this handle wrote (or created the file): its close uploads
+    owner: Optional[int] = None  # process (tgid) that opened it for writing, if known
     prefetch_counted: bool = False  # the prefetcher counts it among its directory's readers
 
 
@@ -154,12 +155,13 @@ class FileSystem:
         return self._flights.do(("list", path), _fetch)
 
     # -- handles -------------------------------------------------------------
-    def open(self, path: str, flags: int) -> tuple[int, bool]:
-        """(file handle, keep_cache): keep_cache when the object is unchanged since the last open."""
+    def open(self, path: str, flags: int, owner: Optional[int] = None) -> tuple[int, bool]:
+        """(file handle, keep_cache): keep_cache when the object is unchanged since the last open.
+        owner: the opening process, whose close() uploads (see flush)."""
         # O_APPEND alone (with O_RDONLY) cannot write: a plain read, also on a read-only mount
         if flags & (_WRITE_FLAGS & ~os.O_APPEND) or (flags & os.O_APPEND and flags & os.O_ACCMODE):
             st = self.writes.open(path, bool(flags & os.O_TRUNC))
-            return self._new_handle(Handle(path, staged=st, writable=True)), False
+            return self._new_handle(Handle(path, staged=st, writable=True, owner=owner)), False
         attr = self.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
@@ -227,8 +229,9 @@ class FileSystem:
             return self.cache.get_range(obj, start, end, attr.size, fetch, mode, mount.path)
         return cached
 
-    def create(self, path: str) -> int:
-        return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True, changed=True))
+    def create(self, path: str, owner: Optional[int] = None) -> int:
+        return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True, changed=True,
+                                       owner=owner))
 
     def _new_handle(self, handle: Handle) -> int:
         fh = next(self._fh)
@@ -267,11 +270,17 @@ class FileSystem:
         handle.changed = True
         return handle.staged.pwrite(data, offset)
 
-    def flush(self, fh: int) -> None:
+    def flush(self, fh: int, caller: Optional[int] = None) -> None:
         """Every close() of a descriptor that wrote: upload; EIO (data kept) on failure.
         `cmd > file` opens with O_TRUNC and closes a dup of the descriptor before writing:
-        that close must not replace the stored object with an empty one."""
+        that close must not replace the stored object with an empty one.
+        caller: the closing process. A child that inherited the descriptor (fork, subprocess,
+        DataLoader workers) closes it too, mid-write: that close does not upload a half-written
+        file over the object. The opener's close() does, and if a child closes last, the
+        upload follows its release in the background."""
         handle = self._handle(fh)
+        if handle.owner is not None and caller is not None and caller != handle.owner:
+            return
         if handle.writable and handle.changed:
             self.writes.flush(handle.staged)
 

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("unifs.writes")
 
 MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
+# a file name (one path component) longer than this is refused with ENAMETOOLONG on every store,
+# as local file systems do: GCS and Azure would take it, SeaweedFS refuses it only at upload
+NAME_MAX = 255
 # libfuse renames a file that is unlinked (or renamed over) while open to this name and
 # unlinks that at the last close
 _HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse: node id and counter, 8 hex digits each
@@ -156,6 +159,8 @@ class Writes:
             raise _err(errno.EROFS, path)
         if not mount.store.has_dirs and len(_full_key(mount, key).encode()) > MAX_KEY_BYTES:
             raise _err(errno.ENAMETOOLONG, path, f"the store's keys are at most {MAX_KEY_BYTES} bytes")
+        if len(posixpath.basename(path).encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG, path, f"file names are at most {NAME_MAX} bytes")
         if self.fs.ns.is_virtual_dir(path) and key == "" and not self.fs.ns.is_mount_point(path):
             raise _err(errno.EROFS, path)
         return mount, key
@@ -388,9 +393,35 @@ class Writes:
         attr = self.fs.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
-        self._drop_staged(path)
-        self._store(path, mount.store.delete, key)
+        with self._lock:
+            st = self._staged.get(path)
+        if st is None:
+            self._store(path, mount.store.delete, key)
+        else:
+            # the store delete first: if it fails, unlink fails and the staged data (perhaps an
+            # upload still pending) stays; the lock keeps a background upload from landing after it
+            with st.upload_lock:
+                self._store(path, mount.store.delete, key)
+                with self._lock:
+                    if self._staged.get(path) is st:
+                        del self._staged[path]
+                st.deleted = True
+            if st.opens == 0:
+                st.remove()
+        self._keep_parent(mount, path)
         self.fs.changed(path, None)
+
+    def _keep_parent(self, mount: Mount, path: str) -> None:
+        """The directory of an entry just removed or renamed away stays a directory, as on
+        any file system: on an object store it existed only through its keys, so after its last
+        one it would vanish, and `rm -r` (unlink, then rmdir) would fail with ENOENT."""
+        if mount.store.has_dirs:
+            return
+        parent = posixpath.dirname(path)
+        pm, pk = self.fs.ns.resolve(parent)
+        if pm is mount and pk:  # a mount's root always exists
+            with self._lock:
+                self._dirs.add(parent)
 
     def _drop_staged(self, path: str) -> None:
         with self._lock:
@@ -432,6 +463,7 @@ class Writes:
             if any(_under(t, path) for t in self._tombstones):
                 self._tombstones[path] = ""  # its open file's object keeps the prefix alive
         self._store(path, mount.store.remove_dir, key)
+        self._keep_parent(mount, path)
         self.fs.changed(path, None)
 
     # -- rename ------------------------------------------------------------------------
@@ -442,10 +474,12 @@ class Writes:
             return
         m1, k1 = self.writable(old)
         m2, k2 = self.writable(new)
-        if m1 is not m2:
-            raise _err(errno.EXDEV, new)
+        # a mount point (or a directory holding one) cannot move, as on Linux; checked before
+        # EXDEV, which would make `mv` copy a nested mount's files into its parent's store
         if not k1 or not k2 or self.fs.ns.is_virtual_dir(old) or self.fs.ns.is_virtual_dir(new):
             raise _err(errno.EBUSY, old)
+        if m1 is not m2:
+            raise _err(errno.EXDEV, new)
         src = self.fs.getattr(old)
         if old == new:
             return
@@ -466,6 +500,7 @@ class Writes:
             if dst is not None and dst.is_dir:
                 raise _err(errno.EISDIR, new)
             self._rename_file(m1, old, k1, new, k2)
+        self._keep_parent(m1, old)
         self.fs.changed(old, None, subtree=src.is_dir)
         self.fs.changed(new, None, subtree=src.is_dir)
 
@@ -495,6 +530,7 @@ class Writes:
         with self._lock:
             self._hidden[new] = _Hidden(old, mount, key, st, attr, delete=in_store)
             self._tombstones[old] = new
+        self._keep_parent(mount, old)  # its object goes at the last close; the directory stays
         self.fs.forget_name(old)
 
     def _finish_hidden(self, h: _Hidden) -> None:
