@@ -45,6 +45,9 @@ def test_killed_daemon_leaves_stale_mount_that_umount_cleans(mounter, dataset, t
     unifs("mount", str(mp), "--config", str(cfg), check=True)
     rows = json.loads(unifs("status", "--json", check=True).stdout)
     pid = next(r["pid"] for r in rows if r["mountpoint"] == str(mp))
+    from unifs.mountinfo import state_file
+    sock = state_file(str(mp)).with_suffix(".sock")
+    assert sock.exists()
     os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: not pid_alive(pid))
     try:
@@ -60,6 +63,7 @@ def test_killed_daemon_leaves_stale_mount_that_umount_cleans(mounter, dataset, t
     res = unifs("umount", str(mp))
     assert res.returncode == 0, res.stderr
     assert not is_mounted(mp)
+    assert not sock.exists()  # the dead daemon's control socket goes with its mount
     assert os.listdir(mp) == []
     # and it can be mounted again
     unifs("mount", str(mp), "--config", str(cfg), check=True)

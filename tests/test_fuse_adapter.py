@@ -107,11 +107,14 @@ def test_files_opened_for_reading_ask_for_no_flush_at_close():
     import os
 
     class Fs:
-        def open(self, path, flags):
+        def open(self, path, flags, owner=None):
             return (7 if flags & os.O_ACCMODE else 3), True
 
         def is_writable(self, fh):
             return fh == 7
+
+        def is_direct(self, fh):
+            return False
 
     ops = FuseOps(Fs())
     read, write = _Fi(os.O_RDONLY), _Fi(os.O_WRONLY)

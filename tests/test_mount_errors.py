@@ -78,3 +78,4 @@ def test_missing_bucket_and_unreachable_store_fail_mount(mounter, dataset, tmp_p
     res = unifs("mount", str(tmp_path / "m2"), "--config", str(cfg))
     assert res.returncode != 0
     assert len(res.stderr.strip().splitlines()) == 1 and "mount /d" in res.stderr, res.stderr
+    assert "cannot connect to 127.0.0.1:9" in res.stderr, res.stderr  # not the client's own wording

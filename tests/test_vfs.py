@@ -139,6 +139,20 @@ def test_random_small_reads_fetch_only_what_is_asked():
         assert sum(e - s for s, e in blob.calls) < 8 << 20
 
 
+def test_read_ahead_of_one_reader_stays_within_its_window():
+    blob = _Blob(200 << 20, delay=0.003)
+    budget = ReadBudget(1 << 30)
+    with ThreadPoolExecutor(16) as pool:
+        r = _reader(blob, budget, pool, max_window=16 << 20)
+        out = bytearray()
+        for off in range(0, len(blob.data), 1 << 20):
+            out += r.read(off, 1 << 20)
+        r.close()
+    assert bytes(out) == blob.data
+    # was up to 1.5 windows: a new window was requested with half of the last one in flight
+    assert budget.peak <= (16 << 20) + (4 << 20)  # the window ahead plus the part being read
+
+
 def test_read_ahead_budget_holds_with_32_sequential_readers():
     budget = ReadBudget(48 << 20)
     blobs = [_Blob(24 << 20, delay=0.002) for _ in range(32)]

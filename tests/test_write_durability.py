@@ -100,13 +100,21 @@ def test_killed_daemon_resumes_pending_uploads(mounter, flaky, tmp_path):
     unifs("mount", str(mp), "--config", str(cfg), check=True)
     try:
         data = os.urandom(300_000)
+        held = os.open(mp / "c/held.log", os.O_WRONLY | os.O_CREAT)  # still open when the daemon dies
+        os.write(held, b"partial")
         _write_across_outage(mp / "c/model.keras", data, flaky)
         pid = _status(mp)["pid"]
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        left = {p["path"]: p["state"] for p in _status(mp)["pending"]}
+        assert left == {"/c/model.keras": "pending", "/c/held.log": "orphaned"}, left
         res = unifs("umount", str(mp))  # the stale mount of the dead daemon
         assert res.returncode == 0, res.stderr
-        assert "kept in" in res.stdout
+        assert "2 file(s) not in the store are kept in" in res.stdout, res.stdout
+        try:
+            os.close(held)
+        except OSError:
+            pass
         flaky.restart()
         unifs("mount", str(mp), "--config", str(cfg), check=True)
         assert wait_for(lambda: _in_store(flaky, "run/model.keras") is not None, timeout=60)

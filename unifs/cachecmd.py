@@ -77,7 +77,7 @@ def clear(path: str) -> str:
     if not os.path.lexists(path):
         raise UserError(f"{path}: no such file or directory")
     control.request(sock, "clear", path=inner or "/")
-    return f"cleared cached blocks of {path} ({mp}{inner if inner != '/' else ''})"
+    return f"cleared cached blocks and metadata of {path} ({mp}{inner if inner != '/' else ''})"
 
 
 def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[int, int]:

@@ -414,7 +414,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             os.kill(pid, signal.SIGTERM)
     mountinfo.remove_state(mountpoint)
     report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "")
-    left = pending_files(staging) if staging else []
+    left = pending_files(staging, daemon_dead=stale) if staging else []
     if left:
         report += (f"; {len(left)} file(s) not in the store are kept in {staging} "
                    "(pending ones upload on the next mount of this mount point)")
@@ -435,7 +435,7 @@ def status() -> list[dict]:
         rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": "stale" if stale else "live",
                      "config": st.get("config"), "log_file": st.get("log_file"),
                      "mounts": st.get("mounts", []), "staging_dir": staging,
-                     "pending": pending_files(staging) if staging else []})
+                     "pending": pending_files(staging, daemon_dead=stale) if staging else []})
     for mp, st in states.items():
         if not mountinfo.pid_alive(st.get("pid")):
             mountinfo.remove_state(mp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -35,7 +36,10 @@ def _errno_guard(fn):
 def _caller() -> Optional[int]:
     """The process (thread group) of the current request, or None if it cannot be told: FUSE
     gives the calling thread's id."""
-    pid = fuse.fuse_get_context()[2]
+    try:
+        pid = fuse.fuse_get_context()[2]
+    except ValueError:  # NULL context: not inside a FUSE request
+        return None
     if pid <= 0:
         return None
     try:
@@ -46,6 +50,23 @@ def _caller() -> Optional[int]:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _kernel_invalidator() -> Optional[Callable[[str], None]]:
+    """fuse_invalidate_path (libfuse >= 3.1) for this mount, bound while in a FUSE callback,
+    where the context names the mount; callable from any thread afterwards. None on libfuse 2."""
+    lib = fuse._libfuse
+    func = getattr(lib, "fuse_invalidate_path", None)
+    if func is None:
+        return None
+    func.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    func.restype = ctypes.c_int
+    handle = ctypes.c_void_p(lib.fuse_get_context().contents.fuse)
+
+    def invalidate(path: str) -> None:
+        # -ENOENT: the kernel holds nothing for this path
+        func(handle, path.encode("utf-8", "surrogateescape"))
+    return invalidate
 
 class FuseOps(fuse.Operations):
     use_ns = True
@@ -60,6 +81,7 @@ class FuseOps(fuse.Operations):
         self._dir_lock = threading.Lock()
 
     def init(self, path):
+        self.fs.kernel_invalidate = _kernel_invalidator()
         if self._on_ready is not None:
             self._on_ready()
 
@@ -68,7 +90,7 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def getattr(self, path, fh=None):
-        if path is None:  # fstat() of a file unlinked while open (hard_remove)
+        if path is None or fh is not None:  # fstat(); path None: a file unlinked while open
             return self.fs.handle_attr(fh.fh).to_stat(self.uid, self.gid)
         return self.fs.getattr(path).to_stat(self.uid, self.gid)
 
@@ -126,6 +148,8 @@ class FuseOps(fuse.Operations):
         fh, keep = self.fs.open(path, fi.flags, _caller() if writing else None)
         fi.fh = fh
         fi.keep_cache = 1 if keep else 0
+        if self.fs.is_direct(fh):
+            fi.direct_io = 1
         if hasattr(type(fi), "noflush") and not self.fs.is_writable(fh):
             # no FLUSH call at close() for a file opened for reading: it has nothing to upload,
             # and a warm read of a small file costs 4 calls instead of 5 (libfuse >= 3.11)

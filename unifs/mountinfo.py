@@ -186,10 +186,13 @@ def all_states() -> list[dict]:
 
 
 def remove_state(mountpoint: str) -> None:
-    try:
-        state_file(mountpoint).unlink()
-    except FileNotFoundError:
-        pass
+    """The state file and the control socket (a dead daemon leaves its socket behind; its log
+    stays, to tell why it died)."""
+    for path in (state_file(mountpoint), state_file(mountpoint).with_suffix(".sock")):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def pid_alive(pid: Optional[int]) -> bool:

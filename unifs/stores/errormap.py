@@ -69,6 +69,22 @@ def _auth_hiccup(exc: BaseException) -> bool:
                for e in _chain(exc, 6))
 
 
+_NO_CONNECTION = ("error sending request", "connection refused", "cannot connect to host",
+                  "name or service not known", "failed to lookup address", "dns error")
+
+
+def _no_connection(exc: BaseException) -> bool:
+    """The request never reached a server (refused, unresolvable host): obstore (reqwest),
+    aiohttp and the standard library each say it their own way."""
+    for e in _chain(exc, 6):
+        if isinstance(e, ConnectionRefusedError) or type(e).__name__ == "ClientConnectorError":
+            return True
+        low = str(e).lower()
+        if any(m in low for m in _NO_CONNECTION):
+            return True
+    return False
+
+
 _LOCAL_FINAL = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENOSPC,
                 errno.EROFS, errno.ELOOP, errno.EXDEV, errno.EINVAL}
 
@@ -108,4 +124,7 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return StoreRejected(f"{redact_url(what)}: {name}: {text}")
     if isinstance(exc, TimeoutError) or "Timeout" in name:
         return StoreUnavailable(f"{what}: timed out ({text})")
+    if _no_connection(exc):
+        return StoreUnavailable(f"{redact_url(what)}: cannot connect to the store (is the endpoint "
+                                "right and the server up?)")
     return StoreUnavailable(f"{redact_url(what)}: {name}: {text}")

@@ -12,8 +12,9 @@ from typing import Any, Optional
 import fsspec
 from fsspec.core import url_to_fs
 
-from unifs.errors import ObjectNotFound, StoreUnavailable
+from unifs.errors import ObjectNotFound
 from unifs.stores.base import Listing, ObjectInfo
+from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import backoff_s, call_store, is_transient
 
 log = logging.getLogger("unifs.store")
@@ -247,31 +248,19 @@ class FsspecStore:
                     raise ObjectNotFound(f"bucket or container '{bucket}' does not exist") from None
 
     def _probe_endpoint(self) -> None:
-        """One TCP connect before the first request: a wrong GCS or Azure endpoint fails the
-        mount at once with one clear line, not after unifs' retries of a listing (left to
-        themselves, gcsfs and the Azure SDK would also retry each call for half a minute;
-        see _gcs_single_attempt and _az_bound). S3 clients fail fast on their own."""
-        import socket
-        from urllib.parse import urlsplit
-
+        """Left to themselves, gcsfs and the Azure SDK would retry each call for half a minute
+        against a wrong endpoint (see _gcs_single_attempt and _az_bound)."""
         if self.scheme in _GCS_SCHEMES:
             url = getattr(self.fs, "_location", None)
         elif self.scheme in _AZ_SCHEMES:
             client = getattr(self.fs, "service_client", None)
             url = getattr(client, "url", None) or getattr(self.fs, "account_url", None)
+        elif self.scheme in ("s3", "s3a"):
+            url = getattr(self.fs, "endpoint_url", None)
         else:
             return
-        if not url:
-            return
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-        if not host:
-            return
-        try:
-            socket.create_connection((host, port), timeout=self.connect_timeout).close()
-        except OSError as e:
-            reason = e.strerror or type(e).__name__
-            raise StoreUnavailable(f"cannot connect to {host}:{port} ({reason})") from None
+        if url:
+            probe_endpoint(url, self.connect_timeout)
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         try:

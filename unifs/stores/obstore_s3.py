@@ -20,6 +20,7 @@ from obstore.store import S3Store
 
 from unifs.errors import ObjectNotFound, StoreRejected
 from unifs.stores.base import Listing, ObjectInfo
+from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import call_store
 
 log = logging.getLogger("unifs.store")
@@ -128,6 +129,7 @@ class ObstoreS3Store:
                                                               "base": 2}},
                                     virtual_hosted_style_request=False, **config)
         self.retries = retries
+        self.connect_timeout = connect_timeout
 
     def _call(self, what, fn, *args, **kwargs):
         return call_store(self.retries, what, fn, *args, **kwargs)
@@ -144,6 +146,8 @@ class ObstoreS3Store:
 
     @_s3fs_for_unparseable_keys
     def check(self) -> None:
+        if self.endpoint:
+            probe_endpoint(self.endpoint, self.connect_timeout)
         try:
             self._call(f"list {self.url}", obstore.list_with_delimiter, self.store, None)
         except ObjectNotFound:

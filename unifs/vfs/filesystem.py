@@ -18,7 +18,7 @@ import posixpath
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from unifs.cache import BlockCache, ObjectId
 from unifs.config import ReadSettings, WriteSettings
@@ -49,6 +49,9 @@ class Handle:
     writable: bool = False
     changed: bool = False  # this handle wrote (or created the file): its close uploads
     owner: Optional[int] = None  # process (tgid) that opened it for writing, if known
+    version: Optional[str] = None  # a reader's pinned ETag
+    stale: bool = False  # the object changed (or went) since this reader opened it
+    direct: bool = False  # opened while stale readers remain: bypasses the kernel's page cache
     prefetch_counted: bool = False  # the prefetcher counts it among its directory's readers
 
 
@@ -57,6 +60,8 @@ class FileSystem:
                  write: Optional[WriteSettings] = None, staging_dir: Optional[str] = None,
                  cache: Optional[BlockCache] = None, cache_mode: str = "none"):
         self.ns = namespace
+        # set by the FUSE adapter: make the kernel forget a path's attributes and pages
+        self.kernel_invalidate: Optional[Callable[[str], None]] = None
         self.cache = cache
         self.cache_mode = cache_mode if cache is not None else "none"
         self._io: dict[str, dict[str, int]] = {}  # per mount: store GETs and their bytes
@@ -111,7 +116,23 @@ class FileSystem:
         except StoreError as e:
             raise self.store_error(e, path) from None
         self.meta.put(path, attr, mount.ttl)
+        self._note_versions({path: attr})
         return attr
+
+    def _note_versions(self, seen: dict) -> None:
+        """Fresh attributes from the store (path -> Attr or None for gone): readers pinned to
+        another version go stale. Reads through them fail with ESTALE from now on, also where
+        the old version's blocks are still cached, rather than return a version cut to the new
+        size or mixed with it (the kernel sizes reads by the inode's current size)."""
+        with self._lock:
+            for h in self._handles.values():
+                if h.reader is None or h.stale or h.version is None or h.path not in seen:
+                    continue  # version None: a store without ETags, whose reads are not pinned
+                if self.writes.is_hidden(h.path):
+                    continue  # unlinked while open: kept under its old key, which the store lists no more
+                attr = seen[h.path]
+                if attr is None or attr.is_dir or attr.etag != h.version or attr.size != h.reader.size:
+                    h.stale = True
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         attr = self.getattr(path)
@@ -151,6 +172,13 @@ class FileSystem:
                 # a prefix shadows an object of the same name ("a" and "a/b")
                 children[d] = Attr.directory(mount.read_only)
             self.meta.put_listing(path, children, mount.ttl)
+            if self._handles:
+                prefix = path.rstrip("/") + "/"
+                with self._lock:
+                    mine = {h.path for h in self._handles.values()
+                            if h.reader is not None and posixpath.dirname(h.path) == path.rstrip("/")}
+                if mine:
+                    self._note_versions({p: children.get(p[len(prefix):]) for p in mine})
             return children
         return self._flights.do(("list", path), _fetch)
 
@@ -175,6 +203,14 @@ class FileSystem:
             last = self._last_etag.get(path)
             keep = attr.etag is not None and last == attr.etag
             self._last_etag[path] = attr.etag
+            # readers of an older version share the kernel's page cache of this inode: filling it
+            # with the new version would feed them new bytes, so this reader bypasses it, and the
+            # next open (None != ETag) drops what is cached
+            direct = attr.etag is not None and any(
+                h.path == path and h.reader is not None and h.version is not None and h.version != attr.etag
+                for h in self._handles.values())
+            if direct:
+                self._last_etag[path] = None
         fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep)
         first, part = rs.first_request, rs.part_size
         cached = self.mount_cache_mode(mount) != "none"
@@ -183,14 +219,14 @@ class FileSystem:
             # and the parts (one block each) spread over the fetch threads
             first = part = self.cache.block_size
         reader = HandleReader(fetch, attr.size, self.pool, self.budget, first, part, rs.max_window)
-        handle = Handle(path, reader=reader)
+        handle = Handle(path, reader=reader, version=attr.etag, direct=direct)
         # an unchanged file (keep) is likely in the page cache: prefetching it is wasted work
         if mount.entry.prefetch and cached and not keep:
             listing = self.meta.get_listing(posixpath.dirname(path))
             if listing:
                 self.prefetcher.opened(path, listing, self.cache.block_size)
                 handle.prefetch_counted = True
-        return self._new_handle(handle), keep
+        return self._new_handle(handle), keep and not direct
 
     def _prefetch(self, path: str, attr: Attr, done) -> None:
         mount, key = self.ns.resolve(path)
@@ -261,6 +297,9 @@ class FileSystem:
         handle = self._handle(fh)
         if handle.staged is not None:
             return handle.staged.pread(size, offset)
+        if handle.stale:
+            raise _err(errno.ESTALE, handle.path, "the object changed in the store since it was "
+                       "opened; reopen it to read the new version")
         return handle.reader.read(offset, size)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
@@ -313,15 +352,22 @@ class FileSystem:
     def is_writable(self, fh: int) -> bool:
         return self._handle(fh).writable
 
+    def is_direct(self, fh: int) -> bool:
+        """Reads of this handle must bypass the kernel's page cache (see open)."""
+        return self._handle(fh).direct
+
     def handle_attr(self, fh: int) -> Attr:
         """Attributes through an open handle, also of a file unlinked since it was opened."""
         handle = self._handle(fh)
         if handle.staged is not None:
             return Attr(is_dir=False, size=handle.staged.size, mtime=handle.staged.mtime)
         try:
-            return self.getattr(handle.path)
+            attr = self.getattr(handle.path)
         except OSError:
-            return Attr(is_dir=False, size=handle.reader.size if handle.reader is not None else 0)
+            attr = None
+        if handle.stale:  # perhaps found out just now
+            raise _err(errno.ESTALE, handle.path, "the object changed in the store since it was opened")
+        return attr or Attr(is_dir=False, size=handle.reader.size if handle.reader is not None else 0)
 
     def truncate(self, path: Optional[str], length: int, fh: Optional[int] = None) -> None:
         handle = self._handles.get(fh) if fh is not None else None
@@ -408,22 +454,28 @@ class FileSystem:
         return out
 
     def clear_cache(self, path: str = "/") -> int:
-        """Drop cached blocks (RAM and disk) of everything at or below path; returns how many
-        mounts it touched."""
-        if self.cache is None:
-            return 0
+        """Drop cached blocks (RAM and disk), metadata and the kernel's attributes and pages of
+        everything at or below path; returns how many mounts' blocks it dropped."""
         path = "/" + "/".join(p for p in path.split("/") if p)
         touched = 0
-        for m in self.ns.mounts:
-            if path == "/" or m.path == path or m.path.startswith(path.rstrip("/") + "/"):
-                self.cache.clear(m.entry_url_redacted)
+        if self.cache is not None:
+            for m in self.ns.mounts:
+                if path == "/" or m.path == path or m.path.startswith(path.rstrip("/") + "/"):
+                    self.cache.clear(m.entry_url_redacted)
+                    touched += 1
+            mount, key = self.ns.resolve(path)
+            if mount is not None and key:
+                self.cache.forget_object(mount.entry_url_redacted, key)
+                self.cache.clear(mount.entry_url_redacted, key.rstrip("/") + "/")
                 touched += 1
-        mount, key = self.ns.resolve(path)
-        if mount is not None and key:
-            self.cache.forget_object(mount.entry_url_redacted, key)
-            self.cache.clear(mount.entry_url_redacted, key.rstrip("/") + "/")
-            touched += 1
-        # users clear when the data changed: the next lookup asks the store again too
+        # users clear when the data changed: the next lookup asks the store again, and so
+        # does the kernel, which would otherwise keep the old size until its attr timeout
+        # (a longer new version read back cut to the old length)
+        known = self.meta.known_paths(path) | {path}
+        with self._lock:
+            prefix = path.rstrip("/") + "/"
+            known.update(h.path for h in self._handles.values()
+                         if h.path == path or h.path.startswith(prefix) or path == "/")
         if path == "/":
             self.meta.clear()
         else:
@@ -431,6 +483,9 @@ class FileSystem:
             self.meta.invalidate_tree(path)
         with self._lock:
             self._last_etag.clear()  # the next open also drops the kernel's pages
+        if self.kernel_invalidate is not None:
+            for p in sorted(known, key=len, reverse=True):
+                self.kernel_invalidate(p)
         return touched
 
     # -- bookkeeping after changes -------------------------------------------------

@@ -94,6 +94,19 @@ class MetaCache:
                 # copy on write: readers may be iterating the old dict
                 self._listings[parent] = (listing[0], {**listing[1], name: attr})
 
+    def known_paths(self, path: str) -> set[str]:
+        """Paths at or below `path` this cache holds anything about (entries, listings and
+        their children), e.g. to tell the kernel to forget them too."""
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            found = {p for p in self._entries if p == path or p.startswith(prefix)}
+            for d, (_, children) in self._listings.items():
+                if d == path or d.startswith(prefix) or path == "/":
+                    found.add(d)
+                    base = d.rstrip("/") + "/"
+                    found.update(base + name for name in children)
+        return found
+
     def invalidate_tree(self, path: str) -> None:
         prefix = path.rstrip("/") + "/"
         with self._lock:

@@ -163,9 +163,10 @@ class HandleReader:
                 frontier = seg.end
         if frontier >= self.size or frontier - end >= self.window // 2:
             return  # enough in flight; ask again once half of it is consumed
-        # request a whole window (in parallel parts) and double it: requests grow
-        # with what the reader has consumed, so a header read stays cheap
-        target = min(self.size, frontier + self.window)
+        # fill the window ahead of the reader (in parallel parts) and double it: requests grow
+        # with what the reader has consumed, so a header read stays cheap; at most one window
+        # is ever in flight ahead of the reader
+        target = min(self.size, end + self.window)
         while frontier < target:
             n = min(self.part_size, target - frontier)
             if not self.budget.try_acquire(n):

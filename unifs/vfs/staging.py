@@ -214,11 +214,18 @@ class StagingArea:
         return st
 
 
-def pending_files(directory: str) -> list[dict]:
+def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:
     """What `unifs status` and `unifs umount` report: files not (yet) in the store
-    (still-open files only once an upload of theirs failed)."""
-    return [doc for doc, _ in read_sidecars(directory)
-            if doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error")]
+    (still-open files only once an upload of theirs failed). daemon_dead: the daemon of this
+    staging directory died, so files it had open count too, as orphaned, which is what the
+    next daemon makes of them (nobody uploads them on their own)."""
+    out = []
+    for doc, _ in read_sidecars(directory):
+        if doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error"):
+            out.append(doc)
+        elif daemon_dead and doc.get("state") == OPEN:
+            out.append({**doc, "state": ORPHANED})
+    return out
 
 
 def read_sidecars(directory: str) -> list[tuple[dict, str]]:
