@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -225,3 +226,23 @@ def test_kernel_read_ahead_that_cannot_be_set_is_not_an_error(data_mount, tmp_pa
     assert bdi.set_read_ahead(str(data_mount), 1 << 20, sysfs=str(tmp_path / "no-sysfs")) is None
     assert bdi.set_read_ahead(str(tmp_path), 1 << 20) is None  # not a mount point
     assert os.listdir(data_mount) == ["data"]
+
+
+def test_a_file_is_not_a_terminal(data_mount, dataset):
+    # Python's open() asks isatty() of every file; the kernel answers ENOTTY for libfuse's
+    # ENOSYS, so no daemon callback is needed for it
+    import fcntl
+    import termios
+
+    fd = os.open(data_mount / "data/shards/big.bin", os.O_RDONLY)
+    try:
+        assert not os.isatty(fd)
+        try:
+            fcntl.ioctl(fd, termios.TCGETS, bytes(64))
+            raise AssertionError("TCGETS on a unifs file did not fail")
+        except OSError as e:
+            assert e.errno == errno.ENOTTY
+    finally:
+        os.close(fd)
+    with open(data_mount / "data/shards/big.bin", "rb") as f:  # buffered: the isatty check
+        assert f.read(10) == dataset["big"][:10]

@@ -174,10 +174,10 @@ class FuseOps(fuse.Operations):
         self.fs.access(path, amode)
         return 0
 
-    def ioctl(self, path, cmd, arg, fh, flags, data):
-        # Python's open() asks isatty(); answer "not a terminal" instead of ENOSYS
-        raise fuse.FuseOSError(errno.ENOTTY)
-
+    # ioctl is left out on purpose: Python's open() asks isatty() of every file, and the
+    # kernel turns libfuse's ENOSYS into ENOTTY ("not a terminal") itself, so a Python
+    # callback per open bought nothing (warm 100 KiB files, 8 readers, alternating runs:
+    # 0.085-0.140 ms of daemon CPU per file without it, 0.140-0.260 with it).
     # getxattr and listxattr are left out on purpose: libfuse answers ENOSYS, the kernel
     # then stops asking and reports EOPNOTSUPP itself. `ls -l` asked twice per file
     # (SELinux label, ACL) on every run, and writes asked for security.capability.
