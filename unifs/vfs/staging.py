@@ -221,10 +221,10 @@ def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:
     next daemon makes of them (nobody uploads them on their own)."""
     out = []
     for doc, _ in read_sidecars(directory):
-        if doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error"):
-            out.append(doc)
-        elif daemon_dead and doc.get("state") == OPEN:
+        if daemon_dead and doc.get("state") == OPEN:  # also one whose write-back had failed
             out.append({**doc, "state": ORPHANED})
+        elif doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error"):
+            out.append(doc)
     return out
 
 
