@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import mfusepy as fuse
 
 from unifs.vfs import FileSystem
+from unifs.vfs.filesystem import opens_for_writing
 
 log = logging.getLogger("unifs.fuse")
 
@@ -144,8 +145,8 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def open(self, path, fi):
-        writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)
-        fh, keep = self.fs.open(path, fi.flags, _caller() if writing else None)
+        # the caller (a /proc read) matters only to a writable handle's flush
+        fh, keep = self.fs.open(path, fi.flags, _caller() if opens_for_writing(fi.flags) else None)
         fi.fh = fh
         fi.keep_cache = 1 if keep else 0
         if self.fs.is_direct(fh):

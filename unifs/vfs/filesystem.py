@@ -37,6 +37,12 @@ log = logging.getLogger("unifs.vfs")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
+def opens_for_writing(flags: int) -> bool:
+    """Whether open() with these flags makes a staged (writable) handle."""
+    # O_APPEND alone (with O_RDONLY) cannot write: a plain read, also on a read-only mount
+    return bool(flags & (_WRITE_FLAGS & ~os.O_APPEND) or (flags & os.O_APPEND and flags & os.O_ACCMODE))
+
+
 def _err(code: int, path: str, why: str = "") -> OSError:
     return OSError(code, why or os.strerror(code), path)
 
@@ -124,6 +130,8 @@ class FileSystem:
         another version go stale. Reads through them fail with ESTALE from now on, also where
         the old version's blocks are still cached, rather than return a version cut to the new
         size or mixed with it (the kernel sizes reads by the inode's current size)."""
+        if not self._handles:  # the common cold lookup: nothing open to compare
+            return
         with self._lock:
             for h in self._handles.values():
                 if h.reader is None or h.stale or h.version is None or h.path not in seen:
@@ -186,8 +194,7 @@ class FileSystem:
     def open(self, path: str, flags: int, owner: Optional[int] = None) -> tuple[int, bool]:
         """(file handle, keep_cache): keep_cache when the object is unchanged since the last open.
         owner: the opening process, whose close() uploads (see flush)."""
-        # O_APPEND alone (with O_RDONLY) cannot write: a plain read, also on a read-only mount
-        if flags & (_WRITE_FLAGS & ~os.O_APPEND) or (flags & os.O_APPEND and flags & os.O_ACCMODE):
+        if opens_for_writing(flags):
             st = self.writes.open(path, bool(flags & os.O_TRUNC))
             return self._new_handle(Handle(path, staged=st, writable=True, owner=owner)), False
         attr = self.getattr(path)

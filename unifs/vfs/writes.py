@@ -393,21 +393,7 @@ class Writes:
         attr = self.fs.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
-        with self._lock:
-            st = self._staged.get(path)
-        if st is None:
-            self._store(path, mount.store.delete, key)
-        else:
-            # the store delete first: if it fails, unlink fails and the staged data (perhaps an
-            # upload still pending) stays; the lock keeps a background upload from landing after it
-            with st.upload_lock:
-                self._store(path, mount.store.delete, key)
-                with self._lock:
-                    if self._staged.get(path) is st:
-                        del self._staged[path]
-                st.deleted = True
-            if st.opens == 0:
-                st.remove()
+        self._drop_staged(path, lambda: self._store(path, mount.store.delete, key))
         self._keep_parent(mount, path)
         self.fs.changed(path, None)
 
@@ -423,14 +409,25 @@ class Writes:
             with self._lock:
                 self._dirs.add(parent)
 
-    def _drop_staged(self, path: str) -> None:
+    def _drop_staged(self, path: str, delete_object=None) -> None:
+        """Forget the staged file of path (its upload will not happen). delete_object, if given,
+        runs first, under the file's upload lock: if it fails, nothing is dropped (an upload still
+        pending stays), and no background upload can land after it."""
         with self._lock:
-            st = self._staged.pop(path, None)
-        if st is not None:
-            with st.upload_lock:
-                st.deleted = True
-            if st.opens == 0:
-                st.remove()
+            st = self._staged.get(path)
+        if st is None:
+            if delete_object is not None:
+                delete_object()
+            return
+        with st.upload_lock:
+            if delete_object is not None:
+                delete_object()
+            with self._lock:
+                if self._staged.get(path) is st:
+                    del self._staged[path]
+            st.deleted = True
+        if st.opens == 0:
+            st.remove()
 
     # -- directories -------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
