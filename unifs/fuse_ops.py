@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import mfusepy as fuse
 
+from unifs.cache.buffers import copy_to
 from unifs.vfs import FileSystem
 from unifs.vfs.filesystem import opens_for_writing
 
@@ -159,7 +160,7 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def read(self, path, size, offset, fi):
-        return self.fs.read(fi.fh, size, offset)
+        return self.fs.read_buffer(fi.fh, size, offset)
 
     @_errno_guard
     def release(self, path, fi):
@@ -289,6 +290,18 @@ class UnifsFUSE(fuse.FUSE):
     skips one LOOKUP per entry after a listing (`ls -l`, os.scandir + stat). libfuse 3.14's
     high-level API sends the attributes only for entries filled with a nonzero offset; a
     listing filled at offset 0 goes out with inode 0, which the kernel ignores."""
+
+    def read(self, path, buf, size, offset, fip):
+        # mfusepy's own read() memmoves only bytes: blocks arrive as other buffers (obstore's
+        # response bodies, views of cached blocks) and are copied into the reply directly
+        ret = self.operations.read(None if path is None else path.decode(self.encoding, self.errors),
+                                   size, offset, fip.contents if self.raw_fi else fip.contents.fh)
+        if not ret:
+            return 0
+        if len(ret) > size:
+            log.error("read returned %d bytes for a request of %d", len(ret), size)
+            return -errno.EIO
+        return copy_to(buf, ret)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         if path is None:  # a directory removed while open

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import List, Optional, Tuple
 
+from unifs.cache.buffers import frozen
 from unifs.cache.ids import BlockId
 from unifs.cache.lru import LruIndex
 
@@ -12,8 +13,8 @@ from unifs.cache.lru import LruIndex
 class RamTier:
     """Holds at most `limit_bytes` of block data at every moment.
 
-    Values are `bytes`, which are immutable, so a block handed to one reader can be handed to
-    the next without copying and nobody can change it under the cache.
+    Values are immutable buffers (bytes, obstore.Bytes), so a block handed to one reader can be
+    handed to the next without copying and nobody can change it under the cache.
     """
 
     def __init__(self, limit_bytes: int):
@@ -43,7 +44,7 @@ class RamTier:
 
         A block larger than the whole limit is not kept (and evicts nothing).
         """
-        data = bytes(data)  # no copy for bytes; a bytearray or memoryview could change later
+        data = frozen(data)  # a bytearray or writable memoryview could change later
         size = len(data)
         evicted: List[Tuple[BlockId, bytes]] = []
         with self._lock:

@@ -36,6 +36,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
+from unifs.cache.buffers import frozen
 from unifs.cache.disk import DiskTier
 from unifs.cache.ids import BlockId, ObjectId
 from unifs.cache.ram import RamTier
@@ -209,7 +210,7 @@ class BlockCache:
             del self._flights[bid]
 
     def _fetch(self, obj: ObjectId, fetch: Fetch, start: int, end: int) -> bytes:
-        data = bytes(fetch(start, end))
+        data = frozen(fetch(start, end))
         if len(data) != end - start:
             raise BlockLengthError(f"store returned {len(data)} bytes for [{start}, {end}) of "
                                    f"{obj.key!r} version {obj.version!r}")

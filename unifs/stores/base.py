@@ -45,7 +45,8 @@ class Store(Protocol):
         """Direct children of key ('' for the root), paging through the whole listing."""
 
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
-        """Bytes [start, end) of key; raises ObjectChanged if etag no longer matches."""
+        """Bytes [start, end) of key, as bytes or another read-only buffer (obstore.Bytes);
+        raises ObjectChanged if etag no longer matches."""
 
     # -- changes (never called on read-only mounts) ----------------------------
     def put_file(self, key: str, local_path: str) -> ObjectInfo:

@@ -198,7 +198,7 @@ class ObstoreS3Store:
         return out
 
     @_s3fs_for_unparseable_keys
-    def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
+    def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None):
         if end <= start:
             return b""
         opts: dict[str, Any] = {"range": (start, end)}
@@ -206,7 +206,8 @@ class ObstoreS3Store:
             opts["if_match"] = etag
 
         def _get():
-            return bytes(obstore.get(self.store, key, options=opts).bytes())
+            # obstore.Bytes: immutable, buffer protocol, no copy into a Python bytes
+            return obstore.get(self.store, key, options=opts).bytes()
         return self._call(f"read {key}", _get)
 
     # -- changes -------------------------------------------------------------

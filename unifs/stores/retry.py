@@ -36,13 +36,31 @@ def backoff_s(attempt: int) -> float:
 
 def call_store(retries: int, what: str, fn, *args, **kwargs):
     """fn(*args, **kwargs) with the backend's exceptions normalised and transient ones retried."""
+    # The first attempt runs without tenacity: its per-call setup cost about as much Python time
+    # as a cached small read (cold small files make one call each); failures go through it.
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - every backend error is normalised
+        first = _normalised(e, what)
+    if retries <= 0 or not _transient(first):
+        raise first
+    failed = [first]
     for attempt in retrying(retries, what):
         with attempt:
+            if failed:  # the attempt made above, counted and waited for by tenacity
+                raise failed.pop()
             try:
                 return fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - every backend error is normalised
-                raise normalise(e, what) from e
+            except Exception as e:  # noqa: BLE001
+                raise _normalised(e, what)
     raise AssertionError("unreachable")
+
+
+def _normalised(exc: Exception, what: str) -> BaseException:
+    out = normalise(exc, what)
+    if out is not exc:
+        out.__cause__ = exc
+    return out
 
 
 def retrying(retries: int, what: str) -> Retrying:

@@ -301,6 +301,11 @@ class FileSystem:
         return fetch
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
+        return bytes(self.read_buffer(fh, size, offset))
+
+    def read_buffer(self, fh: int, size: int, offset: int):
+        """Like read(), as a read-only buffer that may be a view of a cached block: for a caller
+        that copies it out right away (the FUSE reply), one copy fewer."""
         handle = self._handle(fh)
         if handle.staged is not None:
             return handle.staged.pread(size, offset)

@@ -73,7 +73,8 @@ class HandleReader:
         self._failure = None  # (start, end, error, monotonic time) of the last failed read
 
     # -- public ------------------------------------------------------------
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int):
+        """Bytes [offset, offset + length) as a read-only buffer (bytes or a view of a block)."""
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
@@ -99,7 +100,9 @@ class HandleReader:
                     # a random read by another thread on this handle dropped the queued part
                     # this read waited on: fetch the bytes itself rather than fail
                     data = self._fetch_exact(seg.start, seg.end)
-                parts.append(data[max(offset, seg.start) - seg.start: min(end, seg.end) - seg.start])
+                lo, hi = max(offset, seg.start) - seg.start, min(end, seg.end) - seg.start
+                # a view, not a slice: FUSE copies it into its reply, a slice would be a copy more
+                parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
         except BaseException as e:
             with self._lock:
                 self._forget(needed)

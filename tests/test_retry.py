@@ -1,0 +1,47 @@
+"""call_store: one attempt without tenacity, then bounded retries of transient failures only."""
+
+import pytest
+
+from unifs.errors import ObjectNotFound, StoreUnavailable
+from unifs.stores.retry import call_store
+
+
+class Flaky:
+    def __init__(self, failures):
+        self.failures = list(failures)
+        self.calls = 0
+
+    def __call__(self, value):
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return value
+
+
+def test_a_first_success_is_one_call():
+    fn = Flaky([])
+    assert call_store(3, "read k", fn, b"data") == b"data"
+    assert fn.calls == 1
+
+
+def test_transient_failures_are_retried_until_success():
+    fn = Flaky([ConnectionResetError("reset"), TimeoutError("slow")])
+    assert call_store(3, "read k", fn, 7) == 7
+    assert fn.calls == 3
+
+
+def test_a_final_error_is_not_retried_and_keeps_its_cause():
+    cause = FileNotFoundError("k")
+    fn = Flaky([cause])
+    with pytest.raises(ObjectNotFound) as info:
+        call_store(3, "read k", fn, 1)
+    assert fn.calls == 1
+    assert info.value.__cause__ is cause
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_retries_are_bounded(retries):
+    fn = Flaky([ConnectionResetError("reset")] * 5)
+    with pytest.raises(StoreUnavailable):
+        call_store(retries, "read k", fn, 1)
+    assert fn.calls == retries + 1
