@@ -52,7 +52,12 @@ class Namespace:
             for i in range(len(parts)):
                 self._children.setdefault(tuple(parts[:i]), set()).add(parts[i])
 
-    def resolve(self, path: str) -> tuple[Optional[Mount], str]:
+        # the table never changes while mounted: every open and stat resolves its path (twice
+        # for an open), so the answers are memoised
+        self.resolve = functools.lru_cache(maxsize=1 << 16)(self._resolve)
+        self.is_virtual_dir = functools.lru_cache(maxsize=1 << 16)(self._is_virtual_dir)
+
+    def _resolve(self, path: str) -> tuple[Optional[Mount], str]:
         """(mount, key) for a path; (None, '') when no mount covers it."""
         parts = split(path)
         for i in range(len(parts), -1, -1):
@@ -65,7 +70,7 @@ class Namespace:
         """Names that exist under path because a mount point lies below it."""
         return self._children.get(tuple(split(path)), set())
 
-    def is_virtual_dir(self, path: str) -> bool:
+    def _is_virtual_dir(self, path: str) -> bool:
         parts = tuple(split(path))
         return not parts or parts in self._children or parts in self._by_parts
 
