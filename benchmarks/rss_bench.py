@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--small", type=int, default=2000)
     ap.add_argument("--budget", default=None, help="read-ahead budget (read.budget)")
     ap.add_argument("--threads", type=int, default=None, help="read-ahead fetch threads (read.threads)")
+    ap.add_argument("--window", default=None, help="read-ahead window per reader (read.max_window)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="unifs-rss-"))
     server = SeaweedS3(str(work / "s3")).start()
@@ -57,7 +58,8 @@ def main():
         cfg.write_text(yaml.safe_dump({
             "mounts": [{"path": "/d", "url": "s3://rss", "read_only": True, "options": server.mount_options()}],
             "cache": {"dir": str(work / "cache"), "ram": a.ram, "disk": "4GiB"},
-            "read": {k: v for k, v in (("budget", a.budget), ("threads", a.threads)) if v}}))
+            "read": {k: v for k, v in (("budget", a.budget), ("threads", a.threads), ("max_window", a.window))
+                     if v}}))
         unifs("mount", str(mp), "--config", str(cfg))
         pid = next(s["pid"] for s in json.loads(unifs("status", "--json")) if s["mountpoint"] == str(mp))
         base = vm(pid, "VmRSS")
