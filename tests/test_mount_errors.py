@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
+import pytest
+
 from conftest import BUCKET, LIST_ONLY, assert_every_change_is_erofs, errno_of
 
 
@@ -79,3 +81,57 @@ def test_missing_bucket_and_unreachable_store_fail_mount(mounter, dataset, tmp_p
     assert res.returncode != 0
     assert len(res.stderr.strip().splitlines()) == 1 and "mount /d" in res.stderr, res.stderr
     assert "cannot connect to 127.0.0.1:9" in res.stderr, res.stderr  # not the client's own wording
+
+
+class _Silent:
+    """A server that accepts connections and never answers (a wrong port behind a proxy, a hung
+    service): the case a connect timeout does not catch."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+        except OSError:
+            pass  # closed
+
+    def close(self):
+        self.sock.close()
+        for c in self.accepted:
+            c.close()
+
+
+@pytest.mark.parametrize("url,options", [
+    ("s3://bucket", {"key": "k", "secret": "s"}),
+    ("s3://bucket", {"key": "k", "secret": "s", "client": "fsspec"}),
+    ("gs://bucket", {"token": "anon"}),
+], ids=["s3-obstore", "s3-s3fs", "gcs"])
+def test_a_store_that_never_answers_fails_mount_after_one_timeout(mounter, tmp_path, url, options):
+    from conftest import unifs
+
+    silent = _Silent()
+    try:
+        opts = dict(options, endpoint_url=f"http://127.0.0.1:{silent.port}")
+        client = opts.pop("client", None)
+        entry = {"path": "/d", "url": url, "options": opts, **({"client": client} if client else {})}
+        cfg = mounter.write_table({"mounts": [entry], "store": {"timeout": "2s", "retries": 3}})
+        (tmp_path / "m").mkdir()
+        res = unifs("mount", str(tmp_path / "m"), "--config", str(cfg))
+        assert res.returncode != 0
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert "mount /d" in res.stderr and "no answer within 2 s" in res.stderr, res.stderr
+        # the endpoint probe's connection and one attempt: a timeout at mount is not retried
+        # (3 retries of 2 s each made it 8 s; with the defaults, two minutes)
+        assert len(silent.accepted) <= 2, len(silent.accepted)
+    finally:
+        silent.close()

@@ -52,6 +52,10 @@ class StoreUnavailable(StoreError):
         super().__init__(errno.EIO, message)
 
 
+class StoreTimedOut(StoreUnavailable):
+    """No answer within the call's timeout."""
+
+
 class StoreRejected(StoreError):
     """A failure no retry can fix (bad option, unparseable key): EIO at once."""
 

@@ -11,7 +11,8 @@ import os
 import re
 
 from unifs.config import redact_url, scrub
-from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreUnavailable
+from unifs.errors import (AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreTimedOut,
+                          StoreUnavailable)
 
 
 _STATUS_IN_TEXT = re.compile(r"status code: (\d{3})|\b(\d{3}) (?:Forbidden|Not Found|Unauthorized|Precondition Failed)")
@@ -122,8 +123,8 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return StoreRejected(f"{redact_url(what)}: rejected by the store ({text})")
     if isinstance(exc, (TypeError, ValueError)) or name in ("InvalidPathError", "ProfileNotFound"):
         return StoreRejected(f"{redact_url(what)}: {name}: {text}")
-    if isinstance(exc, TimeoutError) or "Timeout" in name:
-        return StoreUnavailable(f"{what}: timed out ({text})")
+    if isinstance(exc, TimeoutError) or "Timeout" in name or "kind: Timeout" in str(exc):  # obstore: HttpError
+        return StoreTimedOut(f"{what}: timed out ({text})")
     if _no_connection(exc):
         return StoreUnavailable(f"{redact_url(what)}: cannot connect to the store (is the endpoint "
                                 "right and the server up?)")

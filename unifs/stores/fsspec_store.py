@@ -15,7 +15,7 @@ from fsspec.core import url_to_fs
 from unifs.errors import ObjectNotFound
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.probe import probe_endpoint
-from unifs.stores.retry import backoff_s, call_store, is_transient
+from unifs.stores.retry import backoff_s, call_store, call_store_first, is_transient
 
 log = logging.getLogger("unifs.store")
 
@@ -223,11 +223,14 @@ class FsspecStore:
         return f"{self.root}/{key}" if key else self.root
 
     def _call(self, what: str, fn, *args, _timeout: Optional[float] = None, _retries: Optional[int] = None,
-              **kwargs):
+              _first: bool = False, **kwargs):
         if self._async:
             # fsspec's sync() takes the timeout itself: a dead store cannot hang a reader.
             kwargs["timeout"] = _timeout or self.timeout
-        return call_store(self.retries if _retries is None else _retries, what, fn, *args, **kwargs)
+        retries = self.retries if _retries is None else _retries
+        if _first:
+            return call_store_first(retries, what, _timeout or self.timeout, fn, *args, **kwargs)
+        return call_store(retries, what, fn, *args, **kwargs)
 
     # -- Store protocol ----------------------------------------------------
     def check(self) -> None:
@@ -238,7 +241,7 @@ class FsspecStore:
             return
         self._probe_endpoint()
         try:
-            self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False)
+            self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False, _first=True)
         except ObjectNotFound:
             if self.scheme in _BUCKET_SCHEMES:
                 bucket = self.root.split("/", 1)[0]

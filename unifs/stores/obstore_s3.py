@@ -21,7 +21,7 @@ from obstore.store import S3Store
 from unifs.errors import ObjectNotFound, StoreRejected
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.probe import probe_endpoint
-from unifs.stores.retry import call_store
+from unifs.stores.retry import call_store, call_store_first
 
 log = logging.getLogger("unifs.store")
 
@@ -129,6 +129,7 @@ class ObstoreS3Store:
                                                               "base": 2}},
                                     virtual_hosted_style_request=False, **config)
         self.retries = retries
+        self.timeout = timeout
         self.connect_timeout = connect_timeout
 
     def _call(self, what, fn, *args, **kwargs):
@@ -149,7 +150,8 @@ class ObstoreS3Store:
         if self.endpoint:
             probe_endpoint(self.endpoint, self.connect_timeout)
         try:
-            self._call(f"list {self.url}", obstore.list_with_delimiter, self.store, None)
+            call_store_first(self.retries, f"list {self.url}", self.timeout, obstore.list_with_delimiter,
+                             self.store, None)
         except ObjectNotFound:
             where = f" at {self.endpoint} (or that is not the S3 API's port)" if self.endpoint else ""
             raise ObjectNotFound(f"bucket '{self.bucket}' does not exist{where}") from None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from unifs.stores.errormap import normalise
-from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreUnavailable
+from unifs.errors import (AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreTimedOut,
+                          StoreUnavailable)
 
 log = logging.getLogger("unifs.store")
 
@@ -54,6 +56,23 @@ def call_store(retries: int, what: str, fn, *args, **kwargs):
             except Exception as e:  # noqa: BLE001
                 raise _normalised(e, what)
     raise AssertionError("unreachable")
+
+
+def call_store_first(retries: int, what: str, timeout_s: float, fn, *args, **kwargs):
+    """call_store for the first call of a mount: a timeout is final. A wrong endpoint that accepts
+    connections and never answers (a proxy, a firewall, the wrong service) otherwise failed
+    `unifs mount` only after (retries + 1) x timeout, two minutes with the defaults."""
+    try:
+        return call_store(0, what, fn, *args, **kwargs)
+    except StoreTimedOut as e:
+        raise StoreTimedOut(f"{e.strerror}: no answer within {timeout_s:g} s (store: timeout); is the endpoint "
+                            "right?") from e
+    except StoreUnavailable as e:
+        if retries <= 0:
+            raise
+        log.warning("%s failed (attempt 1 of %d): %s; retrying", what, retries + 1, e)
+    time.sleep(backoff_s(1))
+    return call_store(retries - 1, what, fn, *args, **kwargs)
 
 
 def _normalised(exc: Exception, what: str) -> BaseException:
