@@ -49,3 +49,14 @@ def test_copy_to_takes_every_kind_of_block_buffer():
         n = copy_to(dest, data)
         assert n == len(data)
         assert dest.raw[:n] == bytes(data)
+
+
+def test_a_read_only_view_of_a_changing_buffer_is_copied():
+    ba = bytearray(b"abc")
+    view = memoryview(ba).toreadonly()
+    out = frozen(view)
+    ba[0] = ord("z")
+    assert bytes(out) == b"abc"
+    ob = _obstore_bytes(b"xyz")
+    tail = memoryview(ob)[1:]
+    assert frozen(tail) is tail  # over an immutable buffer: kept

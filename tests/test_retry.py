@@ -45,3 +45,26 @@ def test_retries_are_bounded(retries):
     with pytest.raises(StoreUnavailable):
         call_store(retries, "read k", fn, 1)
     assert fn.calls == retries + 1
+
+
+def test_the_mount_check_does_not_retry_a_timeout_even_after_other_failures():
+    from unifs.errors import StoreTimedOut
+    from unifs.stores.retry import call_store_first
+
+    fn = Flaky([ConnectionResetError("reset"), TimeoutError("slow"), TimeoutError("slow")])
+    with pytest.raises(StoreTimedOut) as info:
+        call_store_first(3, "list b", 2.0, fn, 1)
+    assert fn.calls == 2
+    assert "no answer within 2 s" in info.value.strerror
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_the_mount_check_retries_other_transient_failures_within_bounds(retries):
+    from unifs.stores.retry import call_store_first
+
+    fn = Flaky([ConnectionResetError("reset")] * 5)
+    with pytest.raises(StoreUnavailable):
+        call_store_first(retries, "list b", 2.0, fn, 1)
+    assert fn.calls == retries + 1
+    ok = Flaky([ConnectionResetError("reset")])
+    assert call_store_first(1, "list b", 2.0, ok, 5) == 5 and ok.calls == 2

@@ -20,6 +20,12 @@ def frozen(data) -> Buffer:
     """`data` itself if it cannot change, else an immutable copy."""
     if type(data) is bytes:
         return data
+    if isinstance(data, memoryview):
+        # a read-only view can still be of a bytearray that changes: keep it only over
+        # something immutable itself
+        if data.contiguous and data.itemsize == 1 and frozen(data.obj) is data.obj:
+            return data
+        return bytes(data)
     with memoryview(data) as view:
         if view.readonly and view.contiguous and view.itemsize == 1:
             return data

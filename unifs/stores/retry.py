@@ -62,17 +62,18 @@ def call_store_first(retries: int, what: str, timeout_s: float, fn, *args, **kwa
     """call_store for the first call of a mount: a timeout is final. A wrong endpoint that accepts
     connections and never answers (a proxy, a firewall, the wrong service) otherwise failed
     `unifs mount` only after (retries + 1) x timeout, two minutes with the defaults."""
-    try:
-        return call_store(0, what, fn, *args, **kwargs)
-    except StoreTimedOut as e:
-        raise StoreTimedOut(f"{e.strerror}: no answer within {timeout_s:g} s (store: timeout); is the endpoint "
-                            "right?") from e
-    except StoreUnavailable as e:
-        if retries <= 0:
-            raise
-        log.warning("%s failed (attempt 1 of %d): %s; retrying", what, retries + 1, e)
-    time.sleep(backoff_s(1))
-    return call_store(retries - 1, what, fn, *args, **kwargs)
+    for attempt in range(1, retries + 2):
+        try:
+            return call_store(0, what, fn, *args, **kwargs)
+        except StoreTimedOut as e:
+            raise StoreTimedOut(f"{e.strerror}: no answer within {timeout_s:g} s (store: timeout); is "
+                                "the endpoint right?") from e
+        except StoreUnavailable as e:
+            if attempt > retries:
+                raise
+            log.warning("%s failed (attempt %d of %d): %s; retrying", what, attempt, retries + 1, e)
+        time.sleep(backoff_s(attempt))
+    raise AssertionError("unreachable")
 
 
 def _normalised(exc: Exception, what: str) -> BaseException:

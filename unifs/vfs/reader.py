@@ -169,9 +169,18 @@ class HandleReader:
         # fill the window ahead of the reader (in parallel parts) and double it: requests grow
         # with what the reader has consumed, so a header read stays cheap; at most one window
         # is ever in flight ahead of the reader
-        target = self._on_part_boundary(frontier, end + self.window, up=True)
+        # rounded up only where parts are no bigger than the window (cached mode: block-sized
+        # parts); with `cache: none` a 1 MiB window must not become an 8 MiB part
+        target = self._on_part_boundary(frontier, end + self.window, up=self.window >= self.part_size)
         while frontier < target:
-            n = min(self.part_size, target - frontier)
+            # never over bytes already asked for: a seek's demand segment may lie ahead, and an
+            # overlapping part would hand those bytes out twice
+            covering = next((seg for seg in self.segments if seg.start <= frontier < seg.end), None)
+            if covering is not None:
+                frontier = covering.end
+                continue
+            ahead = next((seg.start for seg in self.segments if seg.start > frontier), self.size)
+            n = min(self.part_size, target - frontier, ahead - frontier)
             if not self.budget.try_acquire(n):
                 return
             seg = _Segment(frontier, frontier + n, Future(), budgeted=True)
