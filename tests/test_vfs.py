@@ -137,6 +137,21 @@ def test_sequential_parts_are_whole_blocks():
         assert start % (4 << 20) == 0 and (end - start == 4 << 20 or end == len(blob.data)), (start, end)
 
 
+def test_a_stream_starting_at_an_unaligned_seek_gets_back_to_whole_blocks():
+    blob = _Blob(64 << 20)
+    start = (7 << 20) + 12345  # its demand cannot end on a boundary: 8 MiB is inside the first read
+    with ThreadPoolExecutor(8) as pool:
+        r = _reader(blob, ReadBudget(256 << 20), pool, first_request=4 << 20, part_size=4 << 20)
+        r.read(0, 4096)
+        out = bytearray()
+        for off in range(start, len(blob.data), 1 << 20):
+            out += r.read(off, 1 << 20)
+        r.close()
+    assert bytes(out) == blob.data[start:]
+    unaligned = [(s, e) for s, e in blob.calls if s % (4 << 20) or e % (4 << 20)]
+    assert len(unaligned) <= 2, unaligned  # the seek's own demand, and the part up to the boundary
+
+
 def test_small_object_is_one_get():
     blob = _Blob(100_000)
     with ThreadPoolExecutor(2) as pool:

@@ -180,7 +180,8 @@ class HandleReader:
                 frontier = covering.end
                 continue
             ahead = next((seg.start for seg in self.segments if seg.start > frontier), self.size)
-            n = min(self.part_size, target - frontier, ahead - frontier)
+            # a stream that began at an unaligned seek gets back onto part boundaries here
+            n = min(self.part_size - frontier % self.part_size, target - frontier, ahead - frontier)
             if not self.budget.try_acquire(n):
                 return
             seg = _Segment(frontier, frontier + n, Future(), budgeted=True)
