@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,12 @@ class SeaweedS3(LocalServer):
     # -- lifecycle (LocalServer) -------------------------------------------
     def _pick_port(self) -> int:
         return free_port_block()
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        port = self.port
+        super().stop(grace)
+        if port:  # weed leaves its admin gRPC socket in the temp dir; one per server started
+            Path(tempfile.gettempdir(), f"seaweedfs-admin-grpc-{port + 4 + 10000}.sock").unlink(missing_ok=True)
 
     def _log_path(self) -> Path:
         return self.workdir / "logs" / "weed.out"
