@@ -49,9 +49,11 @@ def _status(mp) -> dict:
 
 
 def _in_store(server, key):
+    """The object's bytes, or None while it is absent or the store cannot serve it yet (a
+    SeaweedFS just restarted, or a background upload of the key in progress, can answer 500)."""
     try:
         return bytes(obstore.get(server.obstore(BUCKET), key).bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, obstore.exceptions.BaseError):
         return None
 
 
