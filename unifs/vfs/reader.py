@@ -129,7 +129,10 @@ class HandleReader:
             raise OSError(err.errno, err.strerror, getattr(err, "filename", None))
 
     def _covered(self, offset: int) -> bool:
-        return any(s.start <= offset < s.end for s in self.segments)
+        return self._segment_at(offset) is not None
+
+    def _segment_at(self, offset: int):
+        return next((s for s in self.segments if s.start <= offset < s.end), None)
 
     def _plan(self, offset: int, end: int, sequential: bool, demands: list) -> list[_Segment]:
         needed = []
@@ -175,7 +178,7 @@ class HandleReader:
         while frontier < target:
             # never over bytes already asked for: a seek's demand segment may lie ahead, and an
             # overlapping part would hand those bytes out twice
-            covering = next((seg for seg in self.segments if seg.start <= frontier < seg.end), None)
+            covering = self._segment_at(frontier)
             if covering is not None:
                 frontier = covering.end
                 continue
