@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -193,6 +195,28 @@ def test_missing_backend_package_is_named_at_check_time(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
     assert "unifs[hdfs]" in missing_package_hint("hdfs")
+
+
+def test_missing_third_party_backend_is_named(monkeypatch):
+    import importlib.util
+
+    from unifs.config import missing_package_hint
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
+    hint = missing_package_hint("gs")
+    assert "gcsfs" in hint and "unifs[gcs]" in hint
+    assert missing_package_hint("s3") is None
+
+
+def test_checking_an_s3_table_does_not_import_s3fs():
+    # the daemon parses the table too: importing s3fs there costs ~20 MiB of RSS for nothing
+    # when the mount reads through obstore
+    code = ("import sys; from unifs.config import parse_table; "
+            "parse_table('mounts:\\n  - path: /a\\n    url: s3://b\\n', env={}); "
+            "print(sorted(m for m in ('s3fs', 'botocore', 'aiobotocore') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_secrets_are_scrubbed_from_any_message():

@@ -464,6 +464,13 @@ def missing_package_hint(scheme: str) -> Optional[str]:
     from fsspec.registry import known_implementations
 
     try:
+        top = known_implementations.get(scheme, {}).get("class", "").split(".")[0]
+        if top and top != "fsspec":
+            # a third-party backend: check that it is installed without importing it (s3fs
+            # alone costs the daemon ~20 MiB and 0.15 s, and an S3 mount reads through obstore)
+            if importlib.util.find_spec(top) is None:
+                raise ImportError(top)
+            return None
         fsspec.get_filesystem_class(scheme)
         # fsspec's hdfs class imports pyarrow only when a client is made
         if scheme in ("hdfs", "viewfs") and importlib.util.find_spec("pyarrow") is None:
