@@ -81,6 +81,43 @@ def test_ram_keeps_nothing_larger_than_its_limit():
     assert ram.stats()["bytes"] == BS
 
 
+def test_ram_bound_counts_blocks_being_fetched():
+    """Blocks in flight fill their buffers while the GETs run (16 fetch threads x 4 MiB by
+    default): the tier makes room for them first, so cached plus fetching stays in the bound."""
+    limit = 10 * BS
+    cache = BlockCache(BS, limit, 0, None, "ram")
+    for i in range(10):
+        cache.get_block(oid(), i, 100 * BS, Fetcher(blob(100 * BS)))
+    assert cache.ram.stats()["bytes"] == limit
+    started, go = threading.Barrier(5), threading.Event()
+    seen = []
+
+    def slow(start, end):
+        started.wait(10)
+        go.wait(10)
+        return blob(100 * BS)[start:end]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(cache.get_block, oid(), 50 + i, 100 * BS, slow) for i in range(4)]
+        started.wait(10)  # four fetches are running
+        st = cache.ram.stats()
+        seen.append((st["bytes"], st["fetching"]))
+        go.set()
+        assert all(len(f.result()) == BS for f in futures)
+    assert seen == [(6 * BS, 4 * BS)]
+    st = cache.ram.stats()
+    assert st["bytes"] == limit and st["fetching"] == 0
+    cache.close()
+
+
+def test_ram_tier_smaller_than_the_fetches_in_flight_keeps_what_fits():
+    ram = RamTier(2 * BS)
+    held = ram.reserve(2 * BS)
+    assert ram.put((oid(), 0), blob(BS)) == [] and ram.get((oid(), 0)) is None
+    ram.release(held)
+    ram.put((oid(), 0), blob(BS))
+    assert ram.get((oid(), 0)) is not None and ram.stats()["bytes"] == BS
+
+
 def test_ram_drop_object_and_clear():
     ram = RamTier(100 * BS)
     for version in ("v1", "v2"):

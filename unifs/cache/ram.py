@@ -11,7 +11,9 @@ from unifs.cache.lru import LruIndex
 
 
 class RamTier:
-    """Holds at most `limit_bytes` of block data at every moment.
+    """Holds at most `limit_bytes` of block data at every moment, counting the blocks being
+    fetched into it (`reserve`): their buffers fill while the GETs run, up to one block per
+    fetch thread (16 x 4 MiB by default), and that memory is as real as the cached blocks'.
 
     Values are immutable buffers (bytes, obstore.Bytes), so a block handed to one reader can be
     handed to the next without copying and nobody can change it under the cache.
@@ -23,6 +25,7 @@ class RamTier:
         self.limit = limit_bytes
         self._lock = threading.Lock()
         self._index: LruIndex[bytes] = LruIndex()
+        self._reserved = 0
         self._hits = self._misses = self._evictions = 0
 
     def get(self, bid: BlockId) -> Optional[bytes]:
@@ -52,11 +55,32 @@ class RamTier:
                 return evicted
             if self._index.get(bid) is not None:
                 return evicted  # same id, same immutable content: just refreshed
-            while self._index.bytes + size > self.limit:
-                old_bid, old_data, _ = self._index.pop_lru()
-                evicted.append((old_bid, old_data))
-            self._evictions += len(evicted)
+            evicted = self._evict_to(self.limit - self._reserved - size)
+            if self._index.bytes + size + self._reserved > self.limit:
+                return evicted  # fetches in flight hold the whole tier: not kept
             self._index.add(bid, data, size)
+        return evicted
+
+    def reserve(self, n: int) -> int:
+        """Make room for a block of `n` bytes about to be fetched; returns what to `release`
+        once the fetch is over (then `put` the block)."""
+        if n > self.limit:
+            return 0
+        with self._lock:
+            self._reserved += n
+            self._evict_to(self.limit - self._reserved)
+        return n
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._reserved -= n
+
+    def _evict_to(self, target: int) -> List[Tuple[BlockId, bytes]]:
+        evicted = []
+        while self._index.bytes > max(target, 0):
+            old_bid, old_data, _ = self._index.pop_lru()
+            evicted.append((old_bid, old_data))
+        self._evictions += len(evicted)
         return evicted
 
     def drop_object(self, store: str, key: str, keep_version: Optional[str] = None) -> int:
@@ -78,5 +102,6 @@ class RamTier:
     def stats(self) -> dict:
         with self._lock:
             return {"bytes": self._index.bytes, "blocks": len(self._index), "limit": self.limit,
+                    "fetching": self._reserved,
                     "hits": self._hits, "misses": self._misses, "evictions": self._evictions,
                     "corrupt": 0}

@@ -140,7 +140,11 @@ class BlockCache:
             data = self._cached(bid, mode)
             fetched = data is None
             if fetched:
-                data = self._fetch(bid[0], fetch, start, end)
+                held = self.ram.reserve(end - start) if mode != "disk" else 0
+                try:
+                    data = self._fetch(bid[0], fetch, start, end)
+                finally:
+                    self.ram.release(held)
                 if mode != "disk":
                     self.ram.put(bid, data)
         except BaseException as e:
