@@ -151,6 +151,30 @@ def test_rename_of_a_file_still_open_for_writing(rw, seaweed):
     assert f"{prefix}/partial" not in _store_keys(seaweed, prefix)
 
 
+def test_a_file_open_for_reading_reads_on_after_a_rename(rw, seaweed):
+    """mv of a file (or of its directory) while a job reads it: the reader keeps reading, as
+    on a local disk, instead of failing with ESTALE as if someone deleted its object. The
+    objects are multipart uploads, whose copies may get another ETag."""
+    root, prefix = rw
+    store = seaweed.obstore(SCRATCH)
+    blobs = {"shard-0": os.urandom(40_000_000), "dir/shard-1": os.urandom(30_000_000)}
+    for name, data in blobs.items():
+        obstore.put(store, f"{prefix}/{name}", data, chunk_size=5 << 20)
+    f0 = open(root / "shard-0", "rb", buffering=0)
+    f1 = open(root / "dir/shard-1", "rb", buffering=0)
+    head0, head1 = f0.read(4096), f1.read(4096)
+    os.rename(root / "shard-0", root / "moved-0")
+    os.rename(root / "dir", root / "moved-dir")
+    got0 = head0 + f0.read()  # far past what read-ahead fetched before the rename
+    got1 = head1 + f1.read()
+    f0.close()
+    f1.close()
+    assert sha256(got0) == sha256(blobs["shard-0"]) and sha256(got1) == sha256(blobs["dir/shard-1"])
+    assert sha256((root / "moved-dir/shard-1").read_bytes()) == sha256(blobs["dir/shard-1"])
+    keys = _store_keys(seaweed, prefix)
+    assert f"{prefix}/moved-0" in keys and f"{prefix}/shard-0" not in keys
+
+
 def test_concurrent_writers(rw, seaweed):
     root, prefix = rw
     blobs = {f"w{i}.bin": os.urandom(700_000 + i) for i in range(8)}

@@ -105,6 +105,22 @@ def test_rm_r_of_a_tree_the_daemon_did_not_create(mounter, wprovider, request):
     assert sorted(os.listdir(root)) == []
 
 
+def test_a_reader_follows_its_file_through_a_rename(mounter, wprovider, request):
+    # a rename is a copy and a delete on most stores, which may give the copy a new version
+    # (GCS generation, Azure ETag): the open reader must go on reading, not see a deletion
+    prefix = f"confmv/{request.node.callspec.id}"
+    wprovider.make_root(prefix)
+    data = os.urandom(20_000_000)
+    first = mounter.mount([wprovider.entry("/w", prefix)], inprocess=wprovider.inprocess)
+    (first / "w/shard").write_bytes(data)
+    root = mounter.mount([wprovider.entry("/w", prefix)], inprocess=wprovider.inprocess) / "w"
+    with open(root / "shard", "rb", buffering=0) as f:
+        head = f.read(4096)
+        os.rename(root / "shard", root / "moved")
+        assert sha256(head + f.read()) == sha256(data)
+    assert sorted(os.listdir(root)) == ["moved"]
+
+
 def test_over_long_names_are_refused_alike(mounter, wprovider, request):
     prefix = f"confname/{request.node.callspec.id}"
     wprovider.make_root(prefix)

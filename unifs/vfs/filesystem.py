@@ -59,6 +59,15 @@ class Handle:
     stale: bool = False  # the object changed (or went) since this reader opened it
     direct: bool = False  # opened while stale readers remain: bypasses the kernel's page cache
     prefetch_counted: bool = False  # the prefetcher counts it among its directory's readers
+    source: Optional["Source"] = None  # where a reader fetches from; moves with a rename
+
+
+@dataclass
+class Source:
+    """The object a reader fetches from. A rename through the mount moves it (copy, delete):
+    the reader follows to the new key instead of failing as if someone deleted its file.
+    One tuple, replaced whole, so a fetch never pairs a new key with an old ETag."""
+    at: tuple  # (path, key, etag)
 
 
 class FileSystem:
@@ -218,7 +227,9 @@ class FileSystem:
                 for h in self._handles.values())
             if direct:
                 self._last_etag[path] = None
-        fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep)
+        source = Source((path, key, attr.etag))
+        fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep,
+                                     source=source)
         first, part = rs.first_request, rs.part_size
         cached = self.mount_cache_mode(mount) != "none"
         if cached:
@@ -226,7 +237,7 @@ class FileSystem:
             # and the parts (one block each) spread over the fetch threads
             first = part = self.cache.block_size
         reader = HandleReader(fetch, attr.size, self.pool, self.budget, first, part, rs.max_window)
-        handle = Handle(path, reader=reader, version=attr.etag, direct=direct)
+        handle = Handle(path, reader=reader, version=attr.etag, direct=direct, source=source)
         # an unchanged file (keep) is likely in the page cache: prefetching it is wasted work
         if mount.entry.prefetch and cached and not keep:
             listing = self.meta.get_listing(posixpath.dirname(path))
@@ -258,8 +269,9 @@ class FileSystem:
             return "ram"  # no disk tier configured (disk: 0)
         return mode
 
-    def _cached_fetcher(self, path: str, mount: Mount, key: str, attr: Attr, drop_old: bool):
-        fetch = self.fetcher(path, mount, key, attr.etag)
+    def _cached_fetcher(self, path: str, mount: Mount, key: str, attr: Attr, drop_old: bool,
+                        source: Optional[Source] = None):
+        fetch = self.fetcher(path, mount, key, attr.etag, source)
         mode = self.mount_cache_mode(mount)
         if mode == "none":
             return fetch
@@ -288,9 +300,12 @@ class FileSystem:
             raise _err(errno.EBADF, str(fh))
         return handle
 
-    def fetcher(self, path, mount, key, etag):
+    def fetcher(self, path, mount, key, etag, source: Optional[Source] = None):
+        src = source or Source((path, key, etag))
+
         def fetch(start: int, end: int) -> bytes:
             self._count(mount.path, end - start)
+            path, key, etag = src.at
             try:
                 return mount.store.get_range(key, start, end, etag)
             except ObjectNotFound:
@@ -425,12 +440,37 @@ class FileSystem:
     def rename(self, old: str, new: str) -> None:
         self.writes.rename(old, new)
         prefix = old.rstrip("/") + "/"
+        readers = []
         with self._lock:  # open handles follow their file (to be found by is_open later)
             for h in self._handles.values():
                 if h.path == old:
                     h.path = new
                 elif h.path.startswith(prefix):
                     h.path = new.rstrip("/") + "/" + h.path[len(prefix):]
+                else:
+                    continue
+                if h.source is not None and not h.stale:
+                    readers.append(h)
+        for h in readers:
+            self._follow(h)
+
+    def _follow(self, h: Handle) -> None:
+        """Point a reader of a renamed file at its new key. The store's copy may carry a new
+        ETag (S3 gives a copied multipart object a plain MD5, GCS a new generation): the reader
+        takes it when the size still matches, since the copy is the same bytes."""
+        mount, key = self.ns.resolve(h.path)
+        if mount is None or not key:
+            return
+        try:
+            info = mount.store.head(key)
+        except StoreError as e:
+            log.warning("%s: renamed while open, cannot find it under its new name: %s", h.path, e)
+            info = None
+        if info is None or info.size != h.reader.size:
+            return  # reads go on failing as for a deleted object
+        with self._lock:
+            h.source.at = (h.path, key, info.etag)
+            h.version = info.etag
 
     def set_times(self, path: str, mtime: Optional[float]) -> None:
         """utimens: kept on a file being written; otherwise the store's mtime stands
