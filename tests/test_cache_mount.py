@@ -241,3 +241,17 @@ def test_cache_clear_after_a_change_in_the_store_reads_the_new_version(mounter, 
     obstore.put(store, "cache-clear/obj.txt", b"version two")
     unifs("cache", "clear", str(mp / "c/obj.txt"), check=True)
     assert (mp / "c/obj.txt").read_bytes() == b"version two"
+
+
+def test_cache_clear_makes_an_object_that_was_missing_visible(mounter, seaweed, dataset, tmp_path):
+    # a negative lookup is kept for metadata_ttl by the daemon (which a clear drops), and the
+    # kernel keeps its own negative entry, which the daemon cannot drop: that one is short
+    store = seaweed.obstore(SCRATCH)
+    obstore.put(store, "cache-neg/keep", b"k")
+    mp = _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache-neg", metadata_ttl="10m")
+    assert not (mp / "c/late.txt").exists()
+    obstore.put(store, "cache-neg/late.txt", b"put by another writer")
+    assert not (mp / "c/late.txt").exists()  # within the TTL: the daemon's negative entry
+    unifs("cache", "clear", str(mp), check=True)
+    assert wait_for(lambda: (mp / "c/late.txt").exists(), timeout=10)  # not the 10 minutes' TTL
+    assert (mp / "c/late.txt").read_bytes() == b"put by another writer"

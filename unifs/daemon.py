@@ -77,6 +77,9 @@ def check_log_file(log_file: str) -> None:
         raise UserError(f"--log-file {log_file}: cannot write it ({e.strerror})") from None
 
 
+NEGATIVE_TIMEOUT_S = 1.0
+
+
 def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
     ttl = min(m.metadata_ttl for m in table.mounts)
     kw = {
@@ -84,7 +87,10 @@ def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
         "subtype": "unifs",
         "attr_timeout": ttl,
         "entry_timeout": ttl,
-        "negative_timeout": ttl,
+        # the daemon keeps negative lookups for the TTL itself (cheap to ask, and `unifs cache
+        # clear` drops them); a kernel negative entry cannot be dropped through libfuse's
+        # high-level API, so an object put in the store would stay ENOENT after a clear
+        "negative_timeout": min(ttl, NEGATIVE_TIMEOUT_S),
     }
     libfuse3 = _libfuse_major() == 3
     if libfuse3:

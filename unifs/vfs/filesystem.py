@@ -30,7 +30,7 @@ from unifs.vfs.reader import HandleReader, ReadBudget
 from unifs.vfs.prefetch import Prefetcher
 from unifs.vfs.singleflight import SingleFlight
 from unifs.vfs.staging import StagedFile
-from unifs.vfs.writes import Writes
+from unifs.vfs.writes import NAME_MAX, Writes
 
 log = logging.getLogger("unifs.vfs")
 
@@ -581,7 +581,7 @@ class FileSystem:
         big = 1 << 40
         return {"f_bsize": 1 << 20, "f_frsize": 4096, "f_blocks": big, "f_bfree": big,
                 "f_bavail": big, "f_files": 1 << 32, "f_ffree": 1 << 32, "f_favail": 1 << 32,
-                "f_namemax": 1024}
+                "f_namemax": NAME_MAX}  # what create, mkdir and rename enforce
 
     def refuse_change(self, path: str, code: int = errno.EPERM) -> None:
         """Changes no store can hold: EROFS on read-only mounts, else `code` (EPERM for

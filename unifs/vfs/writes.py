@@ -469,10 +469,14 @@ class Writes:
                 and (self.fs.is_open(old) or getattr(self._staged.get(old), "opens", 0) > 0):
             self._hide(old, new)
             return
+        # a mount point (or a directory holding one) cannot move, as on Linux; checked before
+        # EXDEV, which would make `mv` copy a nested mount's files into its parent's store, and
+        # before the target's EROFS (a top-level mount renamed into the read-only virtual root)
+        mo, ko = self.fs.ns.resolve(old)
+        if mo is not None and not mo.read_only and (not ko or self.fs.ns.is_virtual_dir(old)):
+            raise _err(errno.EBUSY, old)
         m1, k1 = self.writable(old)
         m2, k2 = self.writable(new)
-        # a mount point (or a directory holding one) cannot move, as on Linux; checked before
-        # EXDEV, which would make `mv` copy a nested mount's files into its parent's store
         if not k1 or not k2 or self.fs.ns.is_virtual_dir(old) or self.fs.ns.is_virtual_dir(new):
             raise _err(errno.EBUSY, old)
         if m1 is not m2:
