@@ -59,6 +59,7 @@ class Handle:
     stale: bool = False  # the object changed (or went) since this reader opened it
     direct: bool = False  # opened while stale readers remain: bypasses the kernel's page cache
     prefetch_counted: bool = False  # the prefetcher counts it among its directory's readers
+    flushed: bool = False  # a FLUSH came (every close() of a descriptor sends one)
     source: Optional["Source"] = None  # where a reader fetches from; moves with a rename
 
 
@@ -345,6 +346,7 @@ class FileSystem:
         file over the object. The opener's close() does, and if a child closes last, the
         upload follows its release in the background."""
         handle = self._handle(fh)
+        handle.flushed = True
         if handle.owner is not None and caller is not None and caller != handle.owner:
             return
         if handle.writable and handle.changed:
@@ -418,6 +420,13 @@ class FileSystem:
         if handle.prefetch_counted:
             self.prefetcher.closed(handle.path)
         if handle.staged is not None:
+            if handle.writable and handle.changed and not handle.flushed:
+                # released without a close(): libfuse's mknod(2) of a plain file is create +
+                # release, and the file must exist in the store when mknod returns
+                try:
+                    self.writes.flush(handle.staged)
+                except OSError as e:
+                    log.warning("%s: %s; the background uploader retries", handle.path, e.strerror)
             self.writes.release(handle.staged)
         if self.writes.is_hidden(handle.path) and not self.is_open(handle.path):
             # the last close of a file unlinked while open; libfuse's own unlink of the hidden
