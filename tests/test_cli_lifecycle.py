@@ -7,6 +7,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from conftest import BUCKET, is_mounted, unifs, wait_for
 from unifs.mountinfo import pid_alive
 
@@ -113,6 +115,45 @@ def test_foreground_mount_serves_until_unmounted(mounter, dataset, tmp_path):
         if proc.poll() is None:
             proc.kill()
             subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_unmounts_cleanly_with_exit_status_0(mounter, dataset, tmp_path, sig):
+    # what systemctl stop, docker stop and Ctrl-C send: a normal stop, not "mounting failed"
+    import subprocess
+    import sys
+
+    cfg = _table(mounter)
+    mp = tmp_path / "fg"
+    mp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(cfg),
+                             "--foreground"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: is_mounted(mp), timeout=60)
+        assert os.listdir(mp / "data")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read()
+        assert "error" not in err and not is_mounted(mp), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+
+
+def test_sigterm_to_a_background_daemon_unmounts_it(mounter, dataset, tmp_path):
+    cfg = _table(mounter)
+    mp = tmp_path / "bg"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    pid = next(s["pid"] for s in json.loads(unifs("status", "--json", check=True).stdout)
+               if s["mountpoint"] == str(mp))
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not pid_alive(pid), timeout=30)
+    assert not is_mounted(mp)
+    assert str(mp) not in unifs("status", check=True).stdout
+    from unifs.mountinfo import log_file
+    assert not log_file(str(mp)).exists()  # kept only when the daemon fails
 
 
 def test_unknown_fuse_option_and_missing_local_dir_are_explained(tmp_path):

@@ -25,6 +25,7 @@ from unifs.config import MountTable, describe_table, redact_url, scrub
 from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
 from unifs.logs import setup_logging
+from unifs.stopsignal import SignalStop
 from unifs import bdi, mountinfo
 from unifs.vfs.staging import pending_files
 
@@ -192,8 +193,9 @@ def _tune_malloc() -> None:
 def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict,
           status_fd: Optional[int] = None, log_path: Optional[str] = None) -> None:
     """Mount and serve until unmounted (blocks). Raises UserError before mounting."""
+    stopper = SignalStop(mountpoint)  # first: blocks the stop signals for every later thread
     select_libfuse()
-    from unifs.fuse_ops import FuseOps, UnifsFUSE
+    from unifs.fuse_ops import FuseOps, UnifsFUSE, session_exit
     from unifs.namespace import Namespace
     from unifs.vfs import FileSystem
 
@@ -237,9 +239,12 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
                 pass
 
     try:
-        UnifsFUSE(FuseOps(fs, ready), mountpoint, raw_fi=True, foreground=True, nothreads=False,
-                  **fuse_kwargs(table, user_opts))
+        UnifsFUSE(FuseOps(fs, ready, on_init=lambda: stopper.bind(session_exit())), mountpoint,
+                  raw_fi=True, foreground=True, nothreads=False, **fuse_kwargs(table, user_opts))
     except RuntimeError as e:
+        if stopper.signalled is not None:
+            log.info("stopped by %s", signal.Signals(stopper.signalled).name)
+            return
         raise UserError(f"mounting {mountpoint} failed (libfuse error {e}); see the log for libfuse's reason") \
             from None
     finally:

@@ -54,6 +54,20 @@ def _caller() -> Optional[int]:
     return None
 
 
+def session_exit() -> Optional[Callable[[], None]]:
+    """fuse_exit for this mount, bound while in a FUSE callback (see _kernel_invalidator): ends
+    the request loop from any thread; libfuse then unmounts and calls destroy, as after its own
+    signal handler, but with a clean return."""
+    lib = fuse._libfuse
+    func = getattr(lib, "fuse_exit", None)
+    if func is None:
+        return None
+    func.argtypes = [ctypes.c_void_p]
+    func.restype = None
+    handle = ctypes.c_void_p(lib.fuse_get_context().contents.fuse)
+    return lambda: func(handle)
+
+
 def _kernel_invalidator() -> Optional[Callable[[str], None]]:
     """fuse_invalidate_path (libfuse >= 3.1) for this mount, bound while in a FUSE callback,
     where the context names the mount; callable from any thread afterwards. None on libfuse 2."""
@@ -73,8 +87,10 @@ def _kernel_invalidator() -> Optional[Callable[[str], None]]:
 class FuseOps(fuse.Operations):
     use_ns = True
 
-    def __init__(self, fs: FileSystem, on_ready: Optional[Callable[[], None]] = None):
+    def __init__(self, fs: FileSystem, on_ready: Optional[Callable[[], None]] = None,
+                 on_init: Optional[Callable[[], None]] = None):
         self.fs = fs
+        self._on_init = on_init  # runs in INIT, inside the FUSE context (see session_exit)
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._on_ready = on_ready
@@ -84,6 +100,8 @@ class FuseOps(fuse.Operations):
 
     def init(self, path):
         self.fs.kernel_invalidate = _kernel_invalidator()
+        if self._on_init is not None:
+            self._on_init()
         if self._on_ready is not None:
             self._on_ready()
 
