@@ -203,3 +203,30 @@ def test_unusable_staging_dir_fails_the_mount_in_one_line(mounter, dataset, tmp_
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1 and "write.staging_dir" in res.stderr, res.stderr
     assert unifs("status").returncode == 0
+
+
+def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_path):
+    # a stopped (or deadlocked) daemon: every command that touched its mount waited forever,
+    # also for the other mounts' status; only fusermount -uz got out
+    cfg = _table(mounter)
+    mp = tmp_path / "hung"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    pid = next(s["pid"] for s in json.loads(unifs("status", "--json", check=True).stdout)
+               if s["mountpoint"] == str(mp))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rows = json.loads(unifs("status", "--json", check=True, timeout=30).stdout)
+        assert next(r["state"] for r in rows if r["mountpoint"] == str(mp)) == "hung"
+        assert "does not answer" in unifs("status", check=True, timeout=30).stdout
+        res = unifs("cache", "stats", str(mp / "data"), timeout=60)
+        assert res.returncode == 1 and "does not answer" in res.stderr, res.stderr
+        res = unifs("umount", str(mp), timeout=30)
+        assert res.returncode == 1 and "--force" in res.stderr and is_mounted(mp), res.stderr
+        res = unifs("umount", "--force", str(mp), timeout=60)
+        assert res.returncode == 0 and "hung" in res.stdout, res.stderr
+        assert not is_mounted(mp)
+        assert wait_for(lambda: not pid_alive(pid), timeout=30)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -21,10 +21,17 @@ def _daemons() -> dict[str, str]:
     return out
 
 
+STATS_TIMEOUT_S = 10.0  # a stopped daemon: say so rather than wait
+
+
 def locate(path: str) -> tuple[str, str, str]:
     """(mountpoint, socket, path inside the mount) for a path at or below a live unifs mount."""
-    real = os.path.realpath(path)
     daemons = _daemons()
+    real = os.path.abspath(path)
+    # realpath lstats every component, which inside a hung mount never returns: a path that
+    # names a mount lexically needs none (a mount holds no symlinks)
+    if not any(real == mp or real.startswith(mp.rstrip("/") + "/") for mp in daemons):
+        real = os.path.realpath(path)
     for mp in sorted(daemons, key=len, reverse=True):
         if real == mp or real.startswith(mp.rstrip("/") + "/"):
             return mp, daemons[mp], "/" if real == mp else "/" + os.path.relpath(real, mp)
@@ -38,7 +45,7 @@ def stats(mountpoint: Optional[str] = None) -> dict[str, dict]:
         daemons = {mp: sock}
     if not daemons:
         raise UserError("no live unifs mounts")
-    return {mp: control.request(sock, "stats") for mp, sock in daemons.items()}
+    return {mp: control.request(sock, "stats", timeout=STATS_TIMEOUT_S) for mp, sock in daemons.items()}
 
 
 def _ratio(hits: int, misses: int) -> str:

@@ -143,6 +143,9 @@ def status(as_json):
                        f"  local copy: {p['data']}{err}")
         if r["state"] == "stale":
             click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
+        elif r["state"] == "hung":
+            click.echo(f"  the daemon does not answer (stopped or stuck): 'unifs umount --force "
+                       f"{r['mountpoint']}' aborts and unmounts it")
 
 
 @main.group()

@@ -372,7 +372,11 @@ def wait_for_uploads(staging: str, progress: bool = True, poll: float = 0.5) -> 
         return
     if not progress:  # no terminal for a bar: still say why this waits
         print(f"unifs: waiting for {len(left)} pending upload(s) to {left[0].get('url', '?')}"
-              + (f" (last error: {left[0]['error']})" if left[0].get("error") else ""), flush=True)
+              + (f" (last error: {left[0]['error']})" if left[0].get("error") else "")
+              + "; Ctrl-C stops waiting, --force unmounts without them", flush=True)
+    else:
+        print("unifs: waiting for pending uploads (Ctrl-C stops waiting; 'unifs umount --force' unmounts "
+              f"without them, keeping them in {staging})", file=sys.stderr, flush=True)
     total_bytes = sum(int(d.get("size") or 0) for d in left)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=not progress,
                desc=f"waiting for {len(left)} pending upload(s)")
@@ -402,9 +406,17 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         raise UserError(f"{mountpoint} is not mounted")
     if live.fstype != mountinfo.FSTYPE:
         raise UserError(f"{mountpoint} is mounted by {live.fstype}, not by unifs")
-    stale = mountinfo.is_stale(mountpoint) or (pid is not None and not mountinfo.pid_alive(pid))
+    health = "stale" if pid is not None and not mountinfo.pid_alive(pid) else mountinfo.probe(mountpoint)
+    stale = health == "stale"
     staging = (state or {}).get("staging_dir")
-    if staging and not stale and not force:
+    if health == "hung" and not lazy or health == "hung" and force:
+        if not force:
+            raise UserError(f"the daemon of {mountpoint} (pid {pid}) does not answer; 'unifs umount --force "
+                            f"{mountpoint}' aborts its FUSE connection (open files get errors), unmounts and "
+                            "stops it" + (f"; files not yet uploaded stay in {staging}" if staging else ""))
+        mountinfo.abort_connection(live)  # requests stuck in the daemon fail, so the unmount can go
+        lazy = True
+    if staging and health == "live" and not force:
         try:
             wait_for_uploads(staging, progress)
         except KeyboardInterrupt:
@@ -428,8 +440,12 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             time.sleep(0.05)
         if mountinfo.pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
+    if health == "hung" and force and pid and mountinfo.pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)  # stopped or stuck: SIGTERM would not be seen
     mountinfo.remove_state(mountpoint)
-    report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "")
+    report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "") + \
+        (f" (aborted the connection of its hung daemon, pid {pid}, and killed it)" if health == "hung" and force
+         else f" (detached; its daemon, pid {pid}, does not answer)" if health == "hung" else "")
     left = pending_files(staging, daemon_dead=stale) if staging else []
     if left:
         report += (f"; {len(left)} file(s) not in the store are kept in {staging} "
@@ -446,9 +462,10 @@ def status() -> list[dict]:
         st = states.pop(live.mountpoint, {})
         pid = st.get("pid")
         alive = mountinfo.pid_alive(pid)
-        stale = mountinfo.is_stale(live.mountpoint) or (pid is not None and not alive)
+        health = "stale" if pid is not None and not alive else mountinfo.probe(live.mountpoint)
+        stale = health == "stale"
         staging = st.get("staging_dir")
-        rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": "stale" if stale else "live",
+        rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": health,
                      "config": st.get("config"), "log_file": st.get("log_file"),
                      "mounts": st.get("mounts", []), "staging_dir": staging,
                      "pending": pending_files(staging, daemon_dead=stale) if staging else []})

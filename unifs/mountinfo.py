@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -78,10 +79,14 @@ def find_mount(mountpoint: str) -> Optional[LiveMount]:
 
 
 def normalise_mountpoint(path: str) -> str:
-    """Absolute path without resolving through the mount itself (it may be stale)."""
+    """Absolute path without resolving through the mount itself (it may be stale or hung:
+    even an lstat of a mount point asks its daemon)."""
     p = os.path.abspath(os.path.expanduser(path))
     parent, name = os.path.split(p)
     try:
+        listed = os.path.join(os.path.realpath(parent), name)
+        if any(m.mountpoint == listed for m in mounted()):
+            return listed
         if os.path.islink(p):
             return os.path.realpath(p)  # mounts are listed under the real path
         return os.path.join(os.path.realpath(parent), name)
@@ -89,17 +94,51 @@ def normalise_mountpoint(path: str) -> str:
         return p
 
 
-def is_stale(mountpoint: str) -> bool:
-    """True when the FUSE daemon behind a mount point is gone."""
+HUNG_AFTER_S = 3.0
+
+
+def probe(mountpoint: str, timeout: float = HUNG_AFTER_S) -> str:
+    """"live", "stale" (the daemon is gone) or "hung" (alive, but no answer within timeout:
+    stopped, deadlocked, or stuck on something). Never blocks longer than timeout."""
     state = read_state(mountpoint)
     if state and not pid_alive(state.get("pid")):
-        return True
-    try:
-        # statvfs always reaches the daemon; a stat of the root may come from the kernel cache
-        os.statvfs(mountpoint)
+        return "stale"
+    box: list = []
+
+    def ask():
+        try:
+            # statvfs always reaches the daemon; a stat of the root may come from the kernel cache
+            os.statvfs(mountpoint)
+            box.append("live")
+        except OSError as e:
+            box.append("stale" if e.errno in (errno.ENOTCONN, errno.ECONNABORTED) else "live")
+    # a daemon thread: a call stuck on a hung daemon must not keep this process alive
+    t = threading.Thread(target=ask, name="unifs-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    return box[0] if box else "hung"
+
+
+def is_stale(mountpoint: str) -> bool:
+    """True when the FUSE daemon behind a mount point is gone."""
+    return probe(mountpoint) == "stale"
+
+
+def abort_connection(live: "LiveMount") -> bool:
+    """Abort a FUSE connection (fusectl): every request waiting on its daemon fails with
+    ENOTCONN, so a hung mount can be unmounted. Mounts fusectl if it is not (needs root)."""
+    minor = live.device.partition(":")[2]
+    conns = Path("/sys/fs/fuse/connections")
+    if not minor or not conns.is_dir():
         return False
-    except OSError as e:
-        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    if not (conns / minor).exists():
+        import subprocess
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conns)], capture_output=True, timeout=10)
+    try:
+        (conns / minor / "abort").write_text("1")
+        return True
+    except OSError:
+        return False
 
 
 def check_mountpoint(mountpoint: str, nonempty: bool = False) -> None:
