@@ -132,6 +132,23 @@ def test_typed_interpolation_and_relative_file_url(tmp_path):
     assert "s3:// URLs only" in str(e.value)
 
 
+def test_a_default_applies_to_an_empty_variable_and_an_unset_one_is_one_problem():
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    env = {"RO": "", "N": "", "EMPTY": ""}  # as the shell's ${VAR:-x}: empty takes the default
+    t = parse_table("mounts:\n  - path: /a\n    url: memory://x${EMPTY:-dflt}\n    read_only: ${RO:-true}\n"
+                    "store: {retries: '${N:-3}'}\n", env=env)
+    assert t.mounts[0].url == "memory://xdflt" and t.mounts[0].read_only is True and t.store.retries == 3
+    assert parse_table("mounts:\n  - path: /a\n    url: memory://x${EMPTY}\n", env=env).mounts[0].url == "memory://x"
+    for field, value in (("metadata_ttl", "${NOPE}"), ("url", "s3://${NOPE}/x")):
+        text = "mounts:\n  - path: /a\n    url: memory://x\n".replace("    url: memory://x\n", "") \
+            + ("    url: memory://x\n" if field != "url" else "") + f"    {field}: {value}\n"
+        with pytest.raises(ConfigError) as e:
+            parse_table(text, "v.yaml", env={})
+        assert len(e.value.problems) == 1 and "NOPE is not set" in e.value.problems[0], e.value.problems
+
+
 def test_url_secrets_never_printed(tmp_path):
     cfg = tmp_path / "m.yaml"
     cfg.write_text("mounts:\n  - path: /w\n    url: http://alice:PW_SECRET_1@127.0.0.1:1/x/?sig=SIG_SECRET_2\n"

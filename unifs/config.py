@@ -142,9 +142,10 @@ class _Interpolation:
         if m.group(0) == "$$":
             return "$"
         name, default = m.group(1), m.group(2)
-        if name in self.env:
-            return self.env[name]
-        if default is not None:
+        value = self.env.get(name)
+        if value is not None and (value != "" or default is None):
+            return value
+        if default is not None:  # as in the shell: unset or empty takes the default
             return default
         self.problems.append((loc, f"environment variable {name} is not set"))
         return ""
@@ -602,11 +603,15 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
     problems = [(loc, msg) for loc, msg in interp.problems]
 
     table = None
+    unset = [loc for loc, _ in problems]
     try:
         table = MountTable.model_validate(raw)
     except ValidationError as e:
         for err in e.errors():
-            problems.append(_pydantic_problem(err))
+            loc, msg = _pydantic_problem(err)
+            # a field whose variable is unset has one problem, not also "got ''"
+            if not any(tuple(loc[:len(u)]) == tuple(u) or tuple(u[:len(loc)]) == tuple(loc) for u in unset):
+                problems.append((loc, msg))
 
     if table is not None:
         problems.extend(_cross_checks(table))
