@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Optional
 from urllib.parse import quote, unquote
 
+from unifs.config import redact_url
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.fsspec_store import FsspecStore, info_to_object
 
@@ -26,8 +27,22 @@ class HttpStore(FsspecStore):
 
     _warned_no_ranges = False
 
+    def __init__(self, url: str, options: dict, **kw):
+        super().__init__(url, options, **kw)
+        # a query string (a signed URL's token) goes after each key's path, not before it
+        base, _, self._query = self.root.partition("?")
+        self.root = base.rstrip("/")
+
     def _path(self, key: str) -> str:
-        return super()._path(quote(key, safe="/"))
+        path = super()._path(quote(key, safe="/"))
+        return f"{path}/?{self._query}" if self._query and not key else \
+            f"{path}?{self._query}" if self._query else path
+
+    def check(self) -> None:
+        # fsspec lists a page that answers 404 as an empty directory: a mistyped URL would
+        # mount as an empty directory instead of failing
+        self._probe_endpoint()
+        self._call(f"stat {redact_url(self.url)}", self.fs.info, self._path(""), _first=True)
 
     def _names(self, key: str) -> Listing:
         """The index page of key: plain names, file sizes still unknown (0)."""
