@@ -248,3 +248,45 @@ def test_secrets_are_scrubbed_from_any_message():
     out = scrub(text)
     assert "SCRUB_ME" not in out and "***" in out
     assert "LEAK" not in redact_url("http://h/x?access_token=LEAK1&api_key=LEAK2&private_key=LEAK3")
+
+
+def test_option_types_are_checked_and_quoted_booleans_mean_what_they_say(tmp_path):
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    t = parse_table("mounts:\n  - path: /a\n    url: s3://bkt\n    options: {anon: 'false', key: 12345, "
+                    "secret: s, client_kwargs: {region_name: 5}}\n", env={})
+    assert t.mounts[0].options == {"anon": False, "key": "12345", "secret": "s",
+                                   "client_kwargs": {"region_name": "5"}}
+    for bad, words in (("anon: maybe", "options.anon must be true or false"),
+                       ("secret: [x]", "options.secret must be text, got a list"),
+                       ("client_kwargs: {region_name: [1]}", "options.client_kwargs.region_name must be text")):
+        with pytest.raises(ConfigError) as e:
+            parse_table(f"mounts:\n  - path: /a\n    url: s3://bkt\n    options: {{{bad}}}\n", "m.yaml", env={})
+        assert len(e.value.problems) == 1 and words in e.value.problems[0], e.value.problems
+
+
+def test_a_gcs_key_file_that_is_missing_or_not_json_is_named(tmp_path):
+    from unifs.config import parse_table, scrub
+    from unifs.errors import ConfigError
+
+    def table(token):
+        return f"mounts:\n  - path: /g\n    url: gs://bkt\n    options: {{token: '{token}'}}\n"
+    (tmp_path / "bin.json").write_bytes(b"\x89PNG\x00")
+    good = tmp_path / "sa.json"
+    good.write_text('{"type": "service_account"}')
+    for token, words in ((tmp_path / "nope.json", "does not exist"), (tmp_path / "bin.json", "not a JSON")):
+        with pytest.raises(ConfigError) as e:
+            parse_table(table(token), "m.yaml", env={})
+        assert len(e.value.problems) == 1 and f"options.token: " in e.value.problems[0] \
+            and words in e.value.problems[0], e.value.problems
+    parse_table(table(good), env={})
+    parse_table(table("cloud"), env={})
+    assert scrub("Invalid gcloud credentials") == "Invalid gcloud credentials"  # a mode, no secret
+
+
+def test_an_option_the_client_does_not_take_is_named_with_a_suggestion():
+    from unifs.config import unknown_option_hint
+
+    assert unknown_option_hint("s3", "endpoint_ur1") == \
+        "options.endpoint_ur1 is not an option of s3fs (did you mean endpoint_url?)"

@@ -64,6 +64,19 @@ def test_wrong_secret_fails_mount_with_one_line(mounter, dataset, tmp_path):
     assert not os.path.ismount(mp)
 
 
+def test_a_mistyped_option_fails_mount_naming_it(mounter, dataset, tmp_path):
+    from conftest import unifs
+
+    opts = dict(mounter.seaweed.mount_options(), endpoint_ur1="http://x")
+    cfg = mounter.write_table({"mounts": [{"path": "/d", "url": f"s3://{BUCKET}", "options": opts}]})
+    mp = tmp_path / "mp-typo"
+    mp.mkdir()
+    res = unifs("mount", str(mp), "--config", str(cfg))
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "mount /d" in res.stderr and "options.endpoint_ur1 is not an option of s3fs" in res.stderr \
+        and "did you mean endpoint_url?" in res.stderr and "TypeError" not in res.stderr
+
+
 def test_missing_bucket_and_unreachable_store_fail_mount(mounter, dataset, tmp_path):
     from conftest import unifs
 

@@ -7,6 +7,7 @@ field, e.g. ``mounts.yaml:7: mounts[1] (/ckpt): unknown key 'read_onyl'``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import posixpath
 import re
@@ -240,12 +241,19 @@ class MountEntry(BaseModel):
         if scheme in ("http", "https") and not self.read_only:
             raise ValueError("http(s):// mounts are read-only: set read_only: true")
         check_endpoints(self.options)
+        if scheme in ("gs", "gcs"):
+            check_gcs_token(self.options)
         return self
 
     @field_validator("metadata_ttl", "write_back", mode="before")
     @classmethod
     def _ttl(cls, v):
         return _duration(v)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v):
+        return normalise_options(v)
 
     @field_validator("cache")
     @classmethod
@@ -435,6 +443,85 @@ def check_url(url: str) -> str:
 
 
 _ENDPOINT_KEYS = ("endpoint_url", "endpoint", "account_url")
+
+
+_BOOL_OPTIONS = {"anon", "use_ssl", "requester_pays", "version_aware"}
+_TEXT_OPTIONS = {"key", "secret", "token", "endpoint_url", "region", "region_name", "profile", "project",
+                 "connection_string", "account_name", "account_key", "sas_token", "tenant_id", "client_id",
+                 "client_secret"}
+_TRUTH = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def normalise_options(options: dict, where: str = "options") -> dict:
+    """Store options with the types their clients need, or a ValueError naming the option.
+    A quoted 'false' is a non-empty string, which clients take as true: `anon: 'false'` turned
+    anonymous access on. A number where text is needed (a digits-only key) becomes text; a list
+    or mapping there failed deep inside the client with a TypeError naming no option."""
+    out = {}
+    for k, v in options.items():
+        name = f"{where}.{k}"
+        if k in _BOOL_OPTIONS and not isinstance(v, bool):
+            if isinstance(v, (str, int)) and str(v).strip().lower() in _TRUTH:
+                v = _TRUTH[str(v).strip().lower()]
+            else:
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+        elif k in _TEXT_OPTIONS and v is not None and not isinstance(v, str):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = str(v)
+            elif not (k == "token" and isinstance(v, dict)):  # gcsfs: a credentials mapping
+                raise ValueError(f"{name} must be text, got {type(v).__name__ if not isinstance(v, list) else 'a list'}")
+        elif isinstance(v, dict) and k.endswith("_kwargs"):
+            v = normalise_options(v, name)
+        out[k] = v
+    return out
+
+
+def unknown_option_hint(scheme: str, name: str) -> str:
+    """'options.X is not an option of <client>' with a did-you-mean from the client's own
+    parameters (its constructor raised TypeError: unexpected keyword argument)."""
+    import difflib
+    import inspect
+
+    from fsspec.registry import known_implementations
+
+    known = {"endpoint_url", "client_kwargs", "config_kwargs", "key", "secret", "token", "anon"}
+    cls_name = known_implementations.get(scheme, {}).get("class", "")
+    try:
+        import fsspec
+
+        cls = fsspec.get_filesystem_class(scheme)
+        known |= {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")}
+    except Exception:  # noqa: BLE001 - only for a suggestion
+        pass
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    client = cls_name.split(".")[0] or f"the {scheme}:// client"
+    return f"options.{name} is not an option of {client}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+GCS_TOKEN_MODES = {"anon", "browser", "cache", "cloud", "google_default"}
+
+
+def check_gcs_token(options: dict) -> None:
+    """gcsfs takes a token that is no mode and no existing file as a raw access token, so a
+    mistyped key file path failed later as a network error at Google's token endpoint."""
+    token = options.get("token")
+    if not isinstance(token, str) or token in GCS_TOKEN_MODES or token.startswith("ya29."):
+        return
+    if not ("/" in token or token.endswith(".json")):
+        return
+    path = os.path.expanduser(token)
+    if not os.path.isfile(path):
+        raise ValueError(f"options.token: service-account file {token} does not exist"
+                         + (" (it is a directory)" if os.path.isdir(path) else ""))
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except OSError as e:
+        raise ValueError(f"options.token: cannot read {token}: {e.strerror}") from None
+    except ValueError:
+        raise ValueError(f"options.token: {token} is not a JSON service-account key file") from None
+    if not isinstance(info, dict) or "type" not in info:
+        raise ValueError(f"options.token: {token} is not a service-account key file (no 'type' field)")
 
 
 def check_endpoints(options: dict) -> None:
@@ -703,7 +790,8 @@ def remember_secrets(options: Any, key: str = "") -> None:
     elif isinstance(options, list):
         for v in options:
             remember_secrets(v, key)
-    elif isinstance(options, str) and key and is_secret_key(key) and len(options) >= 4:
+    elif isinstance(options, str) and key and is_secret_key(key) and len(options) >= 4 \
+            and not (key == "token" and options in GCS_TOKEN_MODES):  # "cloud" is no secret
         from urllib.parse import quote, quote_plus
 
         for form in (options, quote(options, safe=""), quote_plus(options)):

@@ -149,15 +149,17 @@ def _open_mounts(table: MountTable):
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - backend constructors raise anything
-            raise UserError(f"mount {entry.path} ({redact_url(entry.url)}): cannot create the store "
-                            f"client: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"mount {entry.path} ({redact_url(entry.url)}): "
+                            + (_option_problem(entry.url, first) or
+                               f"cannot create the store client: {type(e).__name__}: {first}")) from None
         mounts.append(Mount(entry, store))
 
     def _check(m):
         try:
             m.store.check()
         except StoreError as e:
-            reason = e.strerror
+            reason = _option_problem(m.entry.url, e.strerror) or e.strerror
             if e.errno == 13:
                 reason = f"credentials refused by the store ({e.strerror})"
             raise UserError(f"mount {m.path} ({redact_url(m.entry.url)}): {reason}") from None
@@ -166,6 +168,16 @@ def _open_mounts(table: MountTable):
         for f in [pool.submit(_check, m) for m in mounts]:
             f.result()
     return mounts
+
+
+def _option_problem(url: str, message: str) -> Optional[str]:
+    """A client's TypeError for an option it does not take, said in terms of the mount table."""
+    import re
+
+    from unifs.config import unknown_option_hint
+
+    m = re.search(r"unexpected keyword argument '(\w+)'", message or "")
+    return unknown_option_hint(url.split("://", 1)[0].lower(), m.group(1)) if m else None
 
 
 def _tune_malloc() -> None:
