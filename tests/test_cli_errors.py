@@ -79,3 +79,24 @@ def test_an_option_obstore_cannot_take_is_named(setup, tmp_path):
     cfg.write_text("mounts:\n  - path: /s\n    url: s3://bkt\n    client: obstore\n"
                    "    options: {endpoint: 'http://127.0.0.1:9'}\n")
     _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "'endpoint'", "endpoint_url")
+
+
+def test_output_into_a_closed_pipe_or_a_full_disk_is_no_internal_error(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /a\n    url: memory://x\n")
+    r, w = os.pipe()
+    os.close(r)  # `unifs config check | head -0`: the reader is gone before anything is written
+    try:
+        res = subprocess.run([sys.executable, "-m", "unifs", "config", "check", "--config", str(cfg)],
+                             stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert res.returncode == 141 and res.stderr == "", res.stderr
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-m", "unifs", "config", "check", "--config", str(cfg)],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert res.returncode == 1 and res.stderr.strip() == \
+        "unifs: error: cannot write the output: No space left on device", res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import errno
 import os
 import sys
 
@@ -16,6 +17,15 @@ def scrub(text: str) -> str:
     from unifs.config import scrub as _scrub  # pydantic is slow to import; only on errors
 
     return _scrub(text)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 class _Group(click.Group):
@@ -36,6 +46,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("unifs: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `unifs status | head`: the reader has what it wanted
+            _silence_stdout()
+            sys.exit(141)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or e.filename:
+                raise
+            _silence_stdout()  # `> /dev/full`: output cannot be written
+            click.echo(f"unifs: error: cannot write the output: {e.strerror}", err=True)
+            sys.exit(1)
         except Exception as e:  # noqa: BLE001
             if os.environ.get("UNIFS_DEBUG"):
                 raise
