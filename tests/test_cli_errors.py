@@ -100,3 +100,21 @@ def test_output_into_a_closed_pipe_or_a_full_disk_is_no_internal_error(tmp_path)
                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert res.returncode == 1 and res.stderr.strip() == \
         "unifs: error: cannot write the output: No space left on device", res.stderr
+
+
+def test_mistakes_around_the_mount_are_named(setup, tmp_path):
+    cfg, mp = setup
+    _one_line_error(unifs("mount", str(mp), "-c", str(cfg), "--log-file", str(tmp_path / "no/such/x.log")),
+                          "--log-file", "does not exist")
+    assert not (tmp_path / "no").exists()  # not created behind the user's back
+    _one_line_error(unifs("mount", "", "-c", str(cfg)), "mount point", "empty")
+    (tmp_path / "afile").write_text("x")
+    table = tmp_path / "t.yaml"
+    table.write_text(TABLE + f"cache: {{mode: tiered, dir: {tmp_path / 'afile'}}}\n"
+                     f"write: {{staging_dir: {tmp_path / 'st'}}}\n")
+    _one_line_error(unifs("mount", str(mp), "-c", str(table)), "cache.dir", "not a directory")
+    table.write_text(TABLE + "cache: {mode: disk, disk: 0}\n")
+    _one_line_error(unifs("config", "check", "-c", str(table)), "cache.mode", "cache.disk is 0")
+    table.write_text(TABLE + "cache: {ram: 100TiB}\n")
+    _one_line_error(unifs("config", "check", "-c", str(table)), "cache.ram", "more than this machine's memory")
+    assert os.listdir(mp) == []

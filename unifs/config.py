@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unifs.errors import ConfigError, UserError
-from unifs.units import parse_duration, parse_size
+from unifs.units import format_size, parse_duration, parse_size
 
 SEARCH_ORDER_HELP = "$UNIFS_CONFIG, ./mounts.yaml, ~/.config/unifs/mounts.yaml, /etc/unifs/mounts.yaml"
 
@@ -330,13 +330,17 @@ def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unifs")
 
 
+def physical_memory() -> int:
+    """This machine's memory in bytes, 0 if unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
 def default_ram_cache() -> int:
     """An eighth of physical memory, at most 4 GiB."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 << 30
-    return min(4 << 30, total // 8)
+    return min(4 << 30, (physical_memory() or 8 << 30) // 8)
 
 
 class CacheSettings(BaseModel):
@@ -732,6 +736,15 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
         hint = missing_package_hint(scheme)
         if hint:
             problems.append((("mounts", i, "url"), hint))
+    disk_modes = [("cache", "mode")] if table.cache.mode in ("disk", "tiered") else []
+    disk_modes += [("mounts", i, "cache") for i, m in enumerate(table.mounts) if m.cache in ("disk", "tiered")]
+    if disk_modes and table.cache.disk == 0:
+        problems.append((disk_modes[0], "needs a disk tier, but cache.disk is 0: give cache.disk a size "
+                                        "(or use mode ram)"))
+    memory = physical_memory()
+    if memory and table.cache.ram > memory:
+        problems.append((("cache", "ram"), f"{format_size(table.cache.ram)} is more than this machine's memory "
+                                           f"({format_size(memory)})"))
     if os.path.realpath(table.write.staging_dir) == os.path.realpath(table.cache.dir):
         problems.append((("write", "staging_dir"), "must differ from cache.dir: staged files may be the only "
                          "copy of data the store has not accepted, the cache is disposable"))

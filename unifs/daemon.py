@@ -70,8 +70,10 @@ def check_local_dirs(mountpoint: str, table: MountTable) -> None:
 def check_log_file(log_file: str) -> None:
     if os.path.isdir(log_file):
         raise UserError(f"--log-file {log_file} is a directory; give a file name")
+    parent = os.path.dirname(log_file) or "."
+    if not os.path.isdir(parent):
+        raise UserError(f"--log-file {log_file}: directory {parent} does not exist")
     try:
-        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
         with open(log_file, "ab"):
             pass
     except OSError as e:
@@ -276,12 +278,14 @@ def open_cache(table: MountTable, mountpoint: str):
     needs_disk = bool(modes & {"disk", "tiered"}) and c.disk > 0
     directory = mountinfo.mountpoint_dir(c.dir, mountpoint) if needs_disk else None
     mode = c.mode if needs_disk or c.mode in ("none", "ram") else "ram"
+    if directory is not None and os.path.exists(c.dir) and not os.path.isdir(c.dir):
+        raise UserError(f"cache.dir {c.dir} is not a directory")
     try:
         if directory is not None and not os.path.isdir(c.dir):
             os.makedirs(c.dir, mode=0o700)  # a root we create is private too
         return BlockCache(c.block_size, c.ram, c.disk if needs_disk else 0, directory, mode)
     except OSError as e:
-        raise UserError(f"cache directory {directory}: {e.strerror}") from None
+        raise UserError(f"cache.dir {c.dir}: cannot use {directory}: {e.strerror}") from None
 
 
 def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], log_level: str,

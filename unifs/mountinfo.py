@@ -81,6 +81,8 @@ def find_mount(mountpoint: str) -> Optional[LiveMount]:
 def normalise_mountpoint(path: str) -> str:
     """Absolute path without resolving through the mount itself (it may be stale or hung:
     even an lstat of a mount point asks its daemon)."""
+    if not path.strip():
+        raise UserError("the mount point is an empty name; give a directory")
     p = os.path.abspath(os.path.expanduser(path))
     parent, name = os.path.split(p)
     try:
