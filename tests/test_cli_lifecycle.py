@@ -97,7 +97,10 @@ def test_mount_point_errors(mounter, dataset, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-def test_foreground_mount_serves_until_unmounted(mounter, dataset, tmp_path):
+@pytest.mark.parametrize("stop", ["umount", signal.SIGTERM, signal.SIGINT])
+def test_foreground_mount_serves_until_stopped_and_exits_0(mounter, dataset, tmp_path, stop):
+    # signals: what systemctl stop, docker stop and Ctrl-C send, a normal stop and not
+    # "mounting failed"
     import subprocess
     import sys
 
@@ -109,29 +112,10 @@ def test_foreground_mount_serves_until_unmounted(mounter, dataset, tmp_path):
     try:
         assert wait_for(lambda: is_mounted(mp), timeout=60)
         assert os.listdir(mp / "data")
-        unifs("umount", str(mp), check=True)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_unmounts_cleanly_with_exit_status_0(mounter, dataset, tmp_path, sig):
-    # what systemctl stop, docker stop and Ctrl-C send: a normal stop, not "mounting failed"
-    import subprocess
-    import sys
-
-    cfg = _table(mounter)
-    mp = tmp_path / "fg"
-    mp.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(cfg),
-                             "--foreground"], stderr=subprocess.PIPE, text=True)
-    try:
-        assert wait_for(lambda: is_mounted(mp), timeout=60)
-        assert os.listdir(mp / "data")
-        proc.send_signal(sig)
+        if stop == "umount":
+            unifs("umount", str(mp), check=True)
+        else:
+            proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read()
         assert "error" not in err and not is_mounted(mp), err
