@@ -125,13 +125,19 @@ def test_foreground_mount_serves_until_stopped_and_exits_0(mounter, dataset, tmp
             subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
 
 
-def test_sigterm_to_a_background_daemon_unmounts_it(mounter, dataset, tmp_path):
+def _mounted_daemon(mounter, mp) -> tuple:
+    """(config, daemon pid) of a fresh background mount at mp."""
     cfg = _table(mounter)
-    mp = tmp_path / "bg"
     mp.mkdir()
     unifs("mount", str(mp), "--config", str(cfg), check=True)
     pid = next(s["pid"] for s in json.loads(unifs("status", "--json", check=True).stdout)
                if s["mountpoint"] == str(mp))
+    return cfg, pid
+
+
+def test_sigterm_to_a_background_daemon_unmounts_it(mounter, dataset, tmp_path):
+    mp = tmp_path / "bg"
+    _, pid = _mounted_daemon(mounter, mp)
     os.kill(pid, signal.SIGTERM)
     assert wait_for(lambda: not pid_alive(pid), timeout=30)
     assert not is_mounted(mp)
@@ -192,12 +198,8 @@ def test_unusable_staging_dir_fails_the_mount_in_one_line(mounter, dataset, tmp_
 def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_path):
     # a stopped (or deadlocked) daemon: every command that touched its mount waited forever,
     # also for the other mounts' status; only fusermount -uz got out
-    cfg = _table(mounter)
     mp = tmp_path / "hung"
-    mp.mkdir()
-    unifs("mount", str(mp), "--config", str(cfg), check=True)
-    pid = next(s["pid"] for s in json.loads(unifs("status", "--json", check=True).stdout)
-               if s["mountpoint"] == str(mp))
+    _, pid = _mounted_daemon(mounter, mp)
     os.kill(pid, signal.SIGSTOP)
     try:
         rows = json.loads(unifs("status", "--json", check=True, timeout=30).stdout)
