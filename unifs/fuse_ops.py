@@ -135,11 +135,9 @@ class FuseOps(fuse.Operations):
         return 0
 
     @_errno_guard
+    @_errno_guard
     def check_rename(self, old, new):
-        m1, _ = self.fs.writes.writable(old)
-        m2, _ = self.fs.writes.writable(new)
-        if m1 is not m2:
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), new)
+        self.fs.writes.check_rename(old, new)
 
     @_errno_guard
     def dir_entries(self, path, fh, offset):

@@ -150,5 +150,11 @@ def test_a_nested_mount_point_does_not_move(mounter, tmp_path):
     (mp / "a/x").mkdir()
     assert errno_of(os.rename, mp / "a/x", mp / "a/n") == errno.EBUSY
     assert errno_of(os.rename, mp / "a/n/precious.txt", mp / "a/p.txt") == errno.EXDEV
+    # coreutils mv: renameat2(RENAME_NOREPLACE), whose checks ran EXDEV first, so mv copied the
+    # nested store's files into the parent's and deleted them from their own
+    import subprocess
+    for src, dst in (("a/n", "a/n2"), ("a", "a2")):
+        res = subprocess.run(["mv", str(mp / src), str(mp / dst)], capture_output=True, text=True)
+        assert res.returncode != 0 and "busy" in res.stderr, res.stderr
     assert (inner / "precious.txt").read_bytes() == b"only copy"
     assert sorted(os.listdir(outer)) == ["x"]

@@ -464,14 +464,11 @@ class Writes:
         self.fs.changed(path, None)
 
     # -- rename ------------------------------------------------------------------------
-    def rename(self, old: str, new: str) -> None:
-        if _HIDDEN.fullmatch(posixpath.basename(new)) and posixpath.dirname(new) == posixpath.dirname(old) \
-                and (self.fs.is_open(old) or getattr(self._staged.get(old), "opens", 0) > 0):
-            self._hide(old, new)
-            return
-        # a mount point (or a directory holding one) cannot move, as on Linux; checked before
-        # EXDEV, which would make `mv` copy a nested mount's files into its parent's store, and
-        # before the target's EROFS (a top-level mount renamed into the read-only virtual root)
+    def check_rename(self, old: str, new: str) -> tuple:
+        """(mount, key, mount, key) of a rename the store can make, else the errno Linux gives.
+        A mount point (or a directory holding one) cannot move (EBUSY), checked before EXDEV,
+        which would make `mv` copy a nested mount's files into its parent's store, and before
+        the target's EROFS (a top-level mount renamed into the read-only virtual root)."""
         mo, ko = self.fs.ns.resolve(old)
         if mo is not None and not mo.read_only and (not ko or self.fs.ns.is_virtual_dir(old)):
             raise _err(errno.EBUSY, old)
@@ -481,6 +478,14 @@ class Writes:
             raise _err(errno.EBUSY, old)
         if m1 is not m2:
             raise _err(errno.EXDEV, new)
+        return m1, k1, m2, k2
+
+    def rename(self, old: str, new: str) -> None:
+        if _HIDDEN.fullmatch(posixpath.basename(new)) and posixpath.dirname(new) == posixpath.dirname(old) \
+                and (self.fs.is_open(old) or getattr(self._staged.get(old), "opens", 0) > 0):
+            self._hide(old, new)
+            return
+        m1, k1, _, k2 = self.check_rename(old, new)
         src = self.fs.getattr(old)
         if old == new:
             return
