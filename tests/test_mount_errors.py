@@ -140,3 +140,39 @@ def test_a_store_that_never_answers_fails_mount_after_one_timeout(mounter, tmp_p
         assert len(silent.accepted) <= 2, len(silent.accepted)
     finally:
         silent.close()
+
+
+def test_a_stop_signal_while_the_mount_waits_on_its_store_exits_at_once(mounter, tmp_path):
+    # Ctrl-C (or systemctl stop) while `unifs mount` waits for a store that does not answer:
+    # nothing is mounted yet, so the daemon goes at once instead of after the store timeout
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    silent = _Silent()
+    try:
+        opts = {"key": "k", "secret": "s", "endpoint_url": f"http://127.0.0.1:{silent.port}"}
+        cfg = mounter.write_table({"mounts": [{"path": "/d", "url": "s3://bucket", "options": opts}],
+                                   "store": {"timeout": "60s"}})
+        (tmp_path / "m").mkdir()
+        proc = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(tmp_path / "m"), "--config", str(cfg),
+                                 "--foreground"], stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for_accept(silent)  # the mount check is waiting on the store now
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 128 + signal.SIGINT
+            assert time.monotonic() - started < 10
+            assert "Traceback" not in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        silent.close()
+
+
+def wait_for_accept(silent, timeout=30.0) -> bool:
+    from conftest import wait_for
+
+    return wait_for(lambda: len(silent.accepted) >= 2, timeout=timeout)

@@ -10,7 +10,6 @@ next mount).
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
 import signal
@@ -52,11 +51,13 @@ class SignalStop:
             if again:
                 log.warning("%s again: exiting now without unmounting cleanly", name)
                 os._exit(128 + sig)
+            if not bound:
+                # still starting (checking the stores, which may take a timeout): nothing is
+                # mounted yet, so there is nothing to clean up
+                log.info("%s before %s was mounted: exiting", name, self.mountpoint)
+                os._exit(128 + sig)
             log.info("%s: unmounting %s", name, self.mountpoint)
-            if bound:
-                self._stop()
-            else:
-                _thread.interrupt_main()  # still starting: stop that instead
+            self._stop()
 
     def _stop(self) -> None:
         self._exit()
