@@ -207,6 +207,14 @@ def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_pat
         assert "does not answer" in unifs("status", check=True, timeout=30).stdout
         res = unifs("cache", "stats", str(mp / "data"), timeout=60)
         assert res.returncode == 1 and "does not answer" in res.stderr, res.stderr
+        healthy = tmp_path / "healthy"
+        _mounted_daemon(mounter, healthy)
+        res = unifs("cache", "stats", timeout=60)  # every mount: the healthy one still shows
+        assert res.returncode == 1 and str(healthy) in res.stdout and "does not answer" in res.stderr, res
+        for path in (mp, mp / "data"):
+            res = unifs("cache", "clear", str(path), timeout=30)
+            assert res.returncode == 1 and "does not answer" in res.stderr, res.stderr
+        unifs("umount", str(healthy), check=True)
         res = unifs("umount", str(mp), timeout=30)
         assert res.returncode == 1 and "--force" in res.stderr and is_mounted(mp), res.stderr
         res = unifs("umount", "--force", str(mp), timeout=60)

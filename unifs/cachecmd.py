@@ -39,13 +39,25 @@ def locate(path: str) -> tuple[str, str, str]:
 
 
 def stats(mountpoint: Optional[str] = None) -> dict[str, dict]:
+    """mountpoint -> the daemon's stats, or {"error": why} for a daemon that does not answer
+    (one hung daemon must not hide the others' stats)."""
     daemons = _daemons()
     if mountpoint is not None:
         mp, sock, _ = locate(mountpoint)
-        daemons = {mp: sock}
+        return {mp: control.request(sock, "stats", timeout=STATS_TIMEOUT_S)}
     if not daemons:
         raise UserError("no live unifs mounts")
-    return {mp: control.request(sock, "stats", timeout=STATS_TIMEOUT_S) for mp, sock in daemons.items()}
+    out = {}
+    for mp, sock in daemons.items():
+        try:
+            out[mp] = control.request(sock, "stats", timeout=STATS_TIMEOUT_S)
+        except UserError as e:
+            out[mp] = {"error": str(e)}
+    return out
+
+
+def live_mountpoints() -> list[str]:
+    return sorted(_daemons())
 
 
 def _ratio(hits: int, misses: int) -> str:
@@ -81,7 +93,10 @@ def format_stats(mp: str, s: dict) -> list[str]:
 
 def clear(path: str) -> str:
     mp, sock, inner = locate(path)
-    if not os.path.lexists(path):
+    # a hung daemon would hang the lexists below, and the request for its full timeout
+    if mountinfo.probe(mp) == "hung":
+        raise UserError(f"the daemon of {mp} does not answer; see 'unifs status'")
+    if inner != "/" and not os.path.lexists(path):
         raise UserError(f"{path}: no such file or directory")
     control.request(sock, "clear", path=inner or "/")
     return f"cleared cached blocks and metadata of {path} ({mp}{inner if inner != '/' else ''})"

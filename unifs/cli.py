@@ -182,9 +182,19 @@ def cache_stats(mountpoint, as_json):
     result = cachecmd.stats(mountpoint)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+        if any("error" in s for s in result.values()):
+            sys.exit(1)
         return
+    failed = []
     for mp, s in result.items():
-        click.echo("\n".join(cachecmd.format_stats(mp, s)))
+        if "error" in s:
+            failed.append(s["error"])
+        else:
+            click.echo("\n".join(cachecmd.format_stats(mp, s)))
+    for why in failed:
+        click.echo(f"unifs: error: {why}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cache.command("clear")
@@ -194,8 +204,15 @@ def cache_clear(path):
     from unifs import cachecmd
 
     if path is None:
-        for mp in cachecmd.stats():
-            click.echo("unifs: " + cachecmd.clear(mp))
+        failed = 0
+        for mp in cachecmd.live_mountpoints():
+            try:
+                click.echo("unifs: " + cachecmd.clear(mp))
+            except UserError as e:
+                click.echo(f"unifs: error: {e}", err=True)
+                failed += 1
+        if failed:
+            sys.exit(1)
         return
     click.echo("unifs: " + cachecmd.clear(path))
 
