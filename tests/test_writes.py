@@ -350,6 +350,24 @@ def test_unlink_and_rename_over_open_files_leave_no_hidden_objects(rw, seaweed):
     assert _store_bytes(seaweed, f"{prefix}/.fuse_hidden000000aa00000001") == b"precious"
 
 
+def test_a_file_unlinked_while_open_stays_gone_after_its_last_close(rw, seaweed):
+    # the name's tombstone went before the object: a lookup in between found the object and
+    # cached the deleted file as present (stat showed it, open and unlink said ENOENT)
+    root, prefix = rw
+    data = os.urandom(9 * 1024 * 1024)
+    for i in range(10):
+        p = root / f"gh{i}"
+        p.write_bytes(data)
+        fd = os.open(p, os.O_RDONLY)
+        os.pread(fd, 4096, 0)
+        os.unlink(p)
+        os.close(fd)
+        assert not p.exists(), i
+        p.write_bytes(b"again")  # the name can be used again at once
+        assert p.read_bytes() == b"again"
+    assert wait_for(lambda: _store_keys(seaweed, prefix) == {f"{prefix}/gh{i}" for i in range(10)})
+
+
 def test_dot_entries_are_listed(rw):
     root, _ = rw
     (root / "x").write_bytes(b"x")

@@ -384,10 +384,16 @@ class Writes:
     def unlink(self, path: str) -> None:
         with self._lock:
             h = self._hidden.pop(path, None)
-            if h is not None and self._tombstones.get(h.old) == path:
-                del self._tombstones[h.old]
         if h is not None:  # libfuse's unlink at the last close of a file unlinked while open
-            self._finish_hidden(h)
+            try:
+                self._finish_hidden(h)
+            finally:
+                # only now: a lookup while the object was still in the store would have found
+                # it, and cached the deleted file as present for the metadata TTL
+                with self._lock:
+                    if self._tombstones.get(h.old) == path:
+                        del self._tombstones[h.old]
+                self.fs.changed(h.old, None)
             return
         mount, key = self.writable(path)
         attr = self.fs.getattr(path)
