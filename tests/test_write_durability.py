@@ -252,3 +252,74 @@ def test_a_child_closing_an_inherited_descriptor_uploads_nothing(mounter, flaky)
     finally:
         os.close(fd)  # the opener's close uploads
     assert _in_store(flaky, "run/wb3") == b"half-of-new-checkpoint" + (b"GOOD" * 1000)[22:] + b"!"
+
+
+def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_copy(mounter, flaky, tmp_path):
+    # SIGTERM between a writer's close() (the upload) and the kernel's RELEASE left the file
+    # "open" in its sidecar: the next mount reported it as not uploaded, and kept it forever
+    table = _table(mounter, flaky)
+    cfg = mounter.write_table(table)
+    mp = tmp_path / "mnt-clean"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    try:
+        done, changed = os.urandom(200_000), os.urandom(1000)
+        fd_done = os.open(mp / "c/done.bin", os.O_WRONLY | os.O_CREAT)
+        os.write(fd_done, done)
+        os.fsync(fd_done)  # in the store now, exactly these bytes; the descriptor stays open
+        fd_changed = os.open(mp / "c/changed.bin", os.O_WRONLY | os.O_CREAT)
+        os.write(fd_changed, changed)
+        os.fsync(fd_changed)
+        os.write(fd_changed, b"more")  # not in the store: must be kept
+        pid = _status(mp)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        for fd in (fd_done, fd_changed):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        left = {p["path"]: (p["state"], p["size"]) for p in _status(mp)["pending"]}
+        assert left == {"/c/changed.bin": ("orphaned", 1004)}, left
+        assert unifs("umount", str(mp)).returncode == 0
+        unifs("mount", str(mp), "--config", str(cfg), check=True)
+        left = {p["path"]: p["state"] for p in _status(mp)["pending"]}
+        assert left == {"/c/changed.bin": "orphaned"}, left
+        assert _in_store(flaky, "run/done.bin") == done
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", str(mp))
+
+
+def test_force_unmount_of_a_hung_daemon_says_where_open_files_are_kept(mounter, flaky, tmp_path):
+    table = _table(mounter, flaky)
+    cfg = mounter.write_table(table)
+    mp = tmp_path / "mnt-hung"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    pid = _status(mp)["pid"]
+    # the writer is a process of its own: a descriptor of a hung mount held here would block
+    # every subprocess this test starts (the child's close of it waits on the daemon)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        f"fd = os.open({str(mp / 'c/forced.bin')!r}, os.O_WRONLY | os.O_CREAT)\n"
+        "os.write(fd, os.urandom(3_000_000))\n"
+        "print('written', flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "written"
+        os.kill(pid, signal.SIGSTOP)
+        res = unifs("umount", "--force", str(mp), timeout=60)
+        assert res.returncode == 0 and "1 file(s) not in the store are kept in" in res.stdout, res
+        assert not is_mounted(mp)
+    finally:
+        writer.kill()
+        writer.wait(30)
+        if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0:
+            os.kill(pid, signal.SIGKILL)
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    try:
+        left = {p["path"]: (p["state"], p["size"]) for p in _status(mp)["pending"]}
+        assert left == {"/c/forced.bin": ("orphaned", 3_000_000)}, left
+    finally:
+        unifs("umount", "--force", str(mp))

@@ -462,7 +462,8 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "") + \
         (f" (aborted the connection of its hung daemon, pid {pid}, and killed it)" if health == "hung" and force
          else f" (detached; its daemon, pid {pid}, does not answer)" if health == "hung" else "")
-    left = pending_files(staging, daemon_dead=stale) if staging else []
+    gone = stale or (health == "hung" and force)  # its open files will never be uploaded now
+    left = pending_files(staging, daemon_dead=gone) if staging else []
     if left:
         report += (f"; {len(left)} file(s) not in the store are kept in {staging} "
                    "(pending ones upload on the next mount of this mount point)")

@@ -70,6 +70,7 @@ class StagedFile:
         self.error: Optional[str] = None
         self.rejected = False  # the store refused the upload as such: retrying cannot help
         self.write_error = 0  # errno of a failed local write (ENOSPC): never upload a torn file
+        self.recorded_clean = False  # the sidecar says the store holds exactly the data file
 
     # -- content ---------------------------------------------------------------
     @property
@@ -131,6 +132,8 @@ class StagedFile:
         self.gen += 1
         self.mtime = time.time()
         self.last_write = time.monotonic()
+        if self.recorded_clean:  # before this request is answered: never "clean" with new bytes
+            self.save()
 
     # -- sidecar -----------------------------------------------------------------
     def save(self) -> None:
@@ -176,7 +179,11 @@ class StagingArea:
                "size": st.size, "data": st.data_path, "error": st.error, "updated": time.time(),
                # False while the object it was opened over is not fetched yet: the data file then
                # holds only the changes, and must never be uploaded as the whole object
-               "complete": st.base is None}
+               "complete": st.base is None,
+               # the store holds exactly the data file (uploaded, unchanged since): a daemon that
+               # stops before the file's release leaves nothing to recover
+               "clean": not st.dirty and st.base is None and not st.deleted}
+        st.recorded_clean = doc["clean"]
         tmp = st.meta_path + ".tmp"
         try:
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -192,6 +199,15 @@ class StagingArea:
         open then become "orphaned" and stay put."""
         found = []
         for doc, sid in read_sidecars(self.directory):
+            if doc.get("state") == OPEN and doc.get("clean"):
+                log.info("%s was open when the daemon stopped, and already uploaded; dropping its "
+                         "staged copy", doc.get("path"))
+                for ext in (".data", ".json"):
+                    try:
+                        os.unlink(os.path.join(self.directory, sid + ext))
+                    except FileNotFoundError:
+                        pass
+                continue
             if doc.get("state") == PENDING and doc.get("complete") is False:
                 doc["state"] = OPEN  # kept as orphaned below, never uploaded
             if doc.get("state") == OPEN:
@@ -221,6 +237,8 @@ def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:
     next daemon makes of them (nobody uploads them on their own)."""
     out = []
     for doc, _ in read_sidecars(directory):
+        if doc.get("state") == OPEN and doc.get("clean"):
+            continue  # in the store already, exactly
         if daemon_dead and doc.get("state") == OPEN:  # also one whose write-back had failed
             out.append({**doc, "state": ORPHANED})
         elif doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error"):
@@ -243,7 +261,9 @@ def read_sidecars(directory: str) -> list[tuple[dict, str]]:
                 doc = json.load(f)
         except (OSError, ValueError):
             continue
-        if not os.path.exists(os.path.join(directory, sid + ".data")):
+        try:  # the data file's own size: the sidecar's is as of its last write
+            doc["size"] = os.path.getsize(os.path.join(directory, sid + ".data"))
+        except OSError:
             continue
         out.append((doc, sid))
     return out

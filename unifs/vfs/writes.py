@@ -295,6 +295,8 @@ class Writes:
             st.failures = 0
             st.error = None
             st.last_upload = time.monotonic()
+            if st.opens > 0 and not st.dirty:
+                st.save()  # recorded clean: a daemon stopped before the release recovers nothing
             log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
             self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
 
