@@ -789,7 +789,7 @@ def redact(value: Any, key: str = "") -> Any:
 _QUERY_SECRET = re.compile(r"([?&;](?:sig|signature|token|code|key|x-amz-signature|x-amz-credential|"
                            r"x-amz-security-token|x-goog-signature|x-goog-credential|access_token|"
                            r"refresh_token|id_token|api_key|apikey|private_key|client_secret|password|"
-                           r"accountkey|sharedaccesssignature)=)[^&;\s'\"]+", re.I)
+                           r"accountkey|sharedaccesssignature)=)([^&;\s'\")]+)", re.I)
 
 # secret values of the loaded mount tables: scrubbed from any text shown or logged, since
 # client libraries put credentials into their error messages (a token in a URL, a key file)
@@ -827,7 +827,8 @@ def redact_url(url: str) -> str:
     """Hide URL passwords (scheme://user:pass@host) and signed-URL query secrets, also
     inside longer text such as an error message."""
     url = re.sub(r"(://[^/@:\s]+):[^/@\s]+@", r"\1:" + REDACTED + "@", url)
-    return _QUERY_SECRET.sub(r"\1" + REDACTED, url)
+    # a ':' ending the value is the message's, not the secret's ("... sig=X: not found")
+    return _QUERY_SECRET.sub(lambda m: m.group(1) + REDACTED + (":" if m.group(2).endswith(":") else ""), url)
 
 
 def describe_table(table: MountTable) -> dict:

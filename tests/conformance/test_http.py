@@ -17,10 +17,13 @@ def test_a_query_string_goes_after_each_key(mounter, _providers):
     assert sorted(p.name for p in (root / "deep/a/b/c").iterdir()) == ["d.txt"]
 
 
-def test_a_page_that_does_not_exist_fails_the_mount(mounter, _providers, tmp_path):
+def test_a_page_that_does_not_exist_or_a_file_fails_the_mount(mounter, _providers, tmp_path):
     provider = _providers("http")
-    cfg = mounter.write_table({"mounts": [{"path": "/h", "url": provider.url("no-such-dir"), "read_only": True}]})
     (tmp_path / "mp").mkdir()
-    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg), timeout=60)
-    assert res.returncode == 1 and "mount /h" in res.stderr and "not found" in res.stderr, res.stderr
-    assert "Traceback" not in res.stderr
+    for url, words in ((provider.url("no-such-dir") + "?sig=SECRET_SIG", "not found"),
+                       (provider.url("conf").rstrip("/") + "/deep/a/b/c/d.txt", "lists nothing")):
+        cfg = mounter.write_table({"mounts": [{"path": "/h", "url": url, "read_only": True}]})
+        res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg), timeout=60)
+        assert res.returncode == 1 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+        # the redacted URL keeps the message around it: "mount /h (http://...?sig=***): ..."
+        assert "SECRET_SIG" not in res.stderr and "): " in res.stderr, res.stderr

@@ -15,6 +15,7 @@ from typing import Optional
 from urllib.parse import quote, unquote
 
 from unifs.config import redact_url
+from unifs.errors import StoreRejected
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.fsspec_store import FsspecStore, info_to_object
 
@@ -42,7 +43,10 @@ class HttpStore(FsspecStore):
         # fsspec lists a page that answers 404 as an empty directory: a mistyped URL would
         # mount as an empty directory instead of failing
         self._probe_endpoint()
-        self._call(f"stat {redact_url(self.url)}", self.fs.info, self._path(""), _first=True)
+        info = self._call(f"stat {redact_url(self.url)}", self.fs.info, self._path(""), _first=True)
+        if info.get("type") == "file" and not self._names("").files and not self._names("").dirs:
+            raise StoreRejected(f"{redact_url(self.url)} lists nothing: a file, or an empty index page; "
+                                "mount a directory's index page")
 
     def _names(self, key: str) -> Listing:
         """The index page of key: plain names, file sizes still unknown (0)."""
