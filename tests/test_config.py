@@ -255,12 +255,13 @@ def test_option_types_are_checked_and_quoted_booleans_mean_what_they_say(tmp_pat
     from unifs.errors import ConfigError
 
     t = parse_table("mounts:\n  - path: /a\n    url: s3://bkt\n    options: {anon: 'false', key: 12345, "
-                    "secret: s, client_kwargs: {region_name: 5}}\n", env={})
+                    "secret: s, client_kwargs: {region_name: 5, verify: 'false'}}\n", env={})
     assert t.mounts[0].options == {"anon": False, "key": "12345", "secret": "s",
-                                   "client_kwargs": {"region_name": "5"}}
-    for bad, words in (("anon: maybe", "options.anon must be true or false"),
-                       ("secret: [x]", "options.secret must be text, got a list"),
-                       ("client_kwargs: {region_name: [1]}", "options.client_kwargs.region_name must be text")):
+                                   "client_kwargs": {"region_name": "5", "verify": False}}
+    for bad, words in (("anon: maybe", "(/a).options: anon must be true or false"),
+                       ("secret: [x]", "(/a).options: secret must be text, got a list"),
+                       ("key: {a: 1}", "(/a).options: key must be text, got a mapping"),
+                       ("client_kwargs: {region_name: [1]}", "(/a).options: client_kwargs.region_name must be text")):
         with pytest.raises(ConfigError) as e:
             parse_table(f"mounts:\n  - path: /a\n    url: s3://bkt\n    options: {{{bad}}}\n", "m.yaml", env={})
         assert len(e.value.problems) == 1 and words in e.value.problems[0], e.value.problems

@@ -456,15 +456,17 @@ _TEXT_OPTIONS = {"key", "secret", "token", "endpoint_url", "region", "region_nam
 _TRUTH = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
-def normalise_options(options: dict, where: str = "options") -> dict:
+def normalise_options(options: dict, where: str = "") -> dict:
     """Store options with the types their clients need, or a ValueError naming the option.
     A quoted 'false' is a non-empty string, which clients take as true: `anon: 'false'` turned
     anonymous access on. A number where text is needed (a digits-only key) becomes text; a list
     or mapping there failed deep inside the client with a TypeError naming no option."""
     out = {}
     for k, v in options.items():
-        name = f"{where}.{k}"
-        if k in _BOOL_OPTIONS and not isinstance(v, bool):
+        name = f"{where}.{k}" if where else str(k)  # the problem's location names 'options'
+        if k == "verify" and isinstance(v, str) and v.strip().lower() in _TRUTH:
+            v = _TRUTH[v.strip().lower()]  # botocore's verify: a boolean, or a CA bundle's path
+        elif k in _BOOL_OPTIONS and not isinstance(v, bool):
             if isinstance(v, (str, int)) and str(v).strip().lower() in _TRUTH:
                 v = _TRUTH[str(v).strip().lower()]
             else:
@@ -473,7 +475,8 @@ def normalise_options(options: dict, where: str = "options") -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 v = str(v)
             elif not (k == "token" and isinstance(v, dict)):  # gcsfs: a credentials mapping
-                raise ValueError(f"{name} must be text, got {type(v).__name__ if not isinstance(v, list) else 'a list'}")
+                kind = "a list" if isinstance(v, list) else "a mapping" if isinstance(v, dict) else type(v).__name__
+                raise ValueError(f"{name} must be text, got {kind}")
         elif isinstance(v, dict) and k.endswith("_kwargs"):
             v = normalise_options(v, name)
         out[k] = v
