@@ -95,11 +95,12 @@ def test_output_into_a_closed_pipe_or_a_full_disk_is_no_internal_error(tmp_path)
     finally:
         os.close(w)
     assert res.returncode == 141 and res.stderr == "", res.stderr
-    with open("/dev/full", "w") as full:
-        res = subprocess.run([sys.executable, "-m", "unifs", "config", "check", "--config", str(cfg)],
-                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
-    assert res.returncode == 1 and res.stderr.strip() == \
-        "unifs: error: cannot write the output: No space left on device", res.stderr
+    for args in (["config", "check", "--config", str(cfg)], ["--help"]):
+        with open("/dev/full", "w") as full:
+            res = subprocess.run([sys.executable, "-m", "unifs", *args],
+                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert res.returncode == 1 and res.stderr.strip() == \
+            "unifs: error: cannot write the output: No space left on device", res.stderr
 
 
 def test_mistakes_around_the_mount_are_named(setup, tmp_path):

@@ -195,6 +195,22 @@ def test_unusable_staging_dir_fails_the_mount_in_one_line(mounter, dataset, tmp_
     assert unifs("status").returncode == 0
 
 
+def test_mount_and_umount_succeed_whatever_happens_to_their_output(mounter, dataset, tmp_path):
+    # `unifs mount ... > /dev/full` exited 1 while the mount was live
+    import subprocess
+    import sys
+
+    cfg = _table(mounter)
+    mp = tmp_path / "out"
+    mp.mkdir()
+    for args in (["mount", str(mp), "--config", str(cfg)], ["umount", str(mp)]):
+        with open("/dev/full", "w") as full:
+            res = subprocess.run([sys.executable, "-m", "unifs", *args], stdout=full, stderr=subprocess.PIPE,
+                                 text=True, timeout=120)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        assert is_mounted(mp) == (args[0] == "mount")
+
+
 def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_path):
     # a stopped (or deadlocked) daemon: every command that touched its mount waited forever,
     # also for the other mounts' status; only fusermount -uz got out

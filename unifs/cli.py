@@ -31,6 +31,17 @@ def _silence_stdout() -> None:
 class _Group(click.Group):
     """Every failure is one line per problem and a non-zero exit, never a traceback."""
 
+    def main(self, *args, **kwargs):
+        # --help and usage output are written before invoke(): a full disk there too
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or e.filename:
+                raise
+            _silence_stdout()
+            click.echo(f"unifs: error: cannot write the output: {e.strerror}", err=True)
+            sys.exit(1)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -109,7 +120,17 @@ def mount(mountpoint, config, foreground, options, log_level, log_file, status_f
         daemon.run_foreground(mp, table, cfg_path, options, log_level, log_file, status_fd)
         return
     log_path = daemon.start_background(mp, cfg_path, options, log_level, log_file)
-    click.echo(f"unifs: mounted {mp} ({len(table.mounts)} store mount(s)); log: {log_path}")
+    _done(f"unifs: mounted {mp} ({len(table.mounts)} store mount(s)); log: {log_path}")
+
+
+def _done(message: str) -> None:
+    """The report of a change that has happened: output that cannot be written (a closed pipe,
+    a full disk) must not turn it into a failure (exit 1 while the mount is live)."""
+    try:
+        click.echo(message)
+        sys.stdout.flush()
+    except OSError:
+        _silence_stdout()
 
 
 def _report_to_status_fd(fd, err):
@@ -131,7 +152,7 @@ def umount(mountpoint, lazy, force):
     """Unmount MOUNTPOINT once pending uploads are done (also cleans up a dead daemon's mount)."""
     from unifs import daemon, mountinfo
 
-    click.echo("unifs: " + daemon.unmount(mountinfo.normalise_mountpoint(mountpoint), lazy=lazy,
+    _done("unifs: " + daemon.unmount(mountinfo.normalise_mountpoint(mountpoint), lazy=lazy,
                                           force=force, progress=sys.stderr.isatty()))
 
 
