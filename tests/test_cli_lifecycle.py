@@ -30,6 +30,8 @@ def test_mount_status_umount(mounter, dataset, tmp_path):
     assert row["mounts"][0]["options"]["secret"] == "***"
     human = unifs("status", check=True).stdout
     assert str(mp) in human and mounter.seaweed.secret_key not in human
+    with open(row["log_file"]) as f:  # a store on this host: libfuse's 10 FUSE threads
+        assert "FUSE threads: 10" in f.read()
     res = unifs("umount", str(mp))
     assert res.returncode == 0, res.stderr
     assert not is_mounted(mp)

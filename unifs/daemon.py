@@ -83,7 +83,12 @@ def check_log_file(log_file: str) -> None:
 NEGATIVE_TIMEOUT_S = 1.0
 
 
-def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
+NEAR_STORE_S = 0.010  # a round trip below this: a store on this host or next to it
+NEAR_THREADS, FAR_THREADS = 10, 16
+
+
+def fuse_kwargs(table: MountTable, user_opts: dict, round_trip: Optional[float] = None) -> dict:
+    """round_trip: the slowest store's answer to a listing at mount (seconds), None if unknown."""
     ttl = min(m.metadata_ttl for m in table.mounts)
     kw = {
         "fsname": "unifs",
@@ -100,9 +105,12 @@ def fuse_kwargs(table: MountTable, user_opts: dict) -> dict:
         # libfuse 3 serves at most 10 requests at once by default (libfuse 2: no limit), so
         # reads waiting on a slow store queue (32 readers of files that take 50 ms each, stub
         # file system: 196 files/s with 10, 617 with 64). More threads cost the daemon CPU on
-        # fast requests (warm 100 KiB files, 8 readers, SeaweedFS: 7,700-9,500 files/s with 10,
-        # 5,000-9,000 with 16, 4,500-6,700 with 32): 16 keeps most of both. -o max_threads=N.
-        kw["max_threads"] = 16
+        # fast requests, whose callbacks all want the GIL (warm 100 KiB files, 8 readers,
+        # SeaweedFS, seven alternating rounds: 9,900-16,700 files/s with 10, 7,900-10,200 with
+        # 16; cold the same): a store that answers within NEAR_STORE_S keeps libfuse's 10, a
+        # farther one (or one not timed) gets 16. -o max_threads=N sets it.
+        near = round_trip is not None and round_trip < NEAR_STORE_S
+        kw["max_threads"] = NEAR_THREADS if near else FAR_THREADS
     else:
         kw.update({"max_read": 131072, "big_writes": True, "max_write": 1 << 20,
                    "atomic_o_trunc": True})  # open(O_TRUNC) arrives as one call, not open + truncate
@@ -160,6 +168,9 @@ def _open_mounts(table: MountTable):
     def _check(m):
         try:
             m.store.check()
+            started = time.monotonic()  # again, timed: the first call also sets up the client
+            m.store.check()
+            return time.monotonic() - started
         except StoreError as e:
             reason = _option_problem(m.entry.url, e.strerror) or e.strerror
             if e.errno == 13:
@@ -167,9 +178,8 @@ def _open_mounts(table: MountTable):
             raise UserError(f"mount {m.path} ({redact_url(m.entry.url)}): {reason}") from None
 
     with ThreadPoolExecutor(max(1, min(8, len(mounts)))) as pool:
-        for f in [pool.submit(_check, m) for m in mounts]:
-            f.result()
-    return mounts
+        round_trip = max(f.result() for f in [pool.submit(_check, m) for m in mounts])
+    return mounts, round_trip
 
 
 def _option_problem(url: str, message: str) -> Optional[str]:
@@ -216,7 +226,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
     mountinfo.check_mountpoint(mountpoint, nonempty=bool(user_opts.get("nonempty")))
     mountinfo.check_dev_fuse()
     _tune_malloc()
-    mounts = _open_mounts(table)
+    mounts, round_trip = _open_mounts(table)
     staging = mountinfo.mountpoint_dir(table.write.staging_dir, mountpoint)
     cache = open_cache(table, mountpoint)
     fs = FileSystem(Namespace(mounts), table.read, table.write, staging, cache, table.cache.mode)
@@ -252,9 +262,12 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             except OSError:
                 pass
 
+    kwargs = fuse_kwargs(table, user_opts, round_trip)
+    log.info("slowest store answered in %.1f ms; FUSE threads: %s", 1e3 * round_trip,
+             kwargs.get("max_threads", "libfuse's default"))
     try:
         UnifsFUSE(FuseOps(fs, ready, on_init=lambda: stopper.bind(session_exit())), mountpoint,
-                  raw_fi=True, foreground=True, nothreads=False, **fuse_kwargs(table, user_opts))
+                  raw_fi=True, foreground=True, nothreads=False, **kwargs)
     except RuntimeError as e:
         if stopper.signalled is not None:
             log.info("stopped by %s", signal.Signals(stopper.signalled).name)
