@@ -134,6 +134,8 @@ class StagedFile:
         self.last_write = time.monotonic()
         if self.recorded_clean:  # before this request is answered: never "clean" with new bytes
             self.save()
+            if self.recorded_clean:  # the sidecar could not be rewritten: do not acknowledge
+                raise OSError(errno.EIO, "cannot record a change of the staged file", self.meta_path)
 
     # -- sidecar -----------------------------------------------------------------
     def save(self) -> None:
@@ -183,12 +185,14 @@ class StagingArea:
                # the store holds exactly the data file (uploaded, unchanged since): a daemon that
                # stops before the file's release leaves nothing to recover
                "clean": not st.dirty and st.base is None and not st.deleted}
-        st.recorded_clean = doc["clean"]
         tmp = st.meta_path + ".tmp"
         try:
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 json.dump(doc, f)
             os.replace(tmp, st.meta_path)
+            # only once written: a sidecar still saying "clean" on disk must be rewritten at
+            # the next change, or a recovery would drop bytes the store does not have
+            st.recorded_clean = doc["clean"]
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise

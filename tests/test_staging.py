@@ -1,0 +1,65 @@
+"""Staged files' sidecars: what a restarted daemon may drop and what it must keep."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from unifs.vfs.staging import StagingArea, pending_files
+
+
+def _on_disk(st) -> dict:
+    with open(st.meta_path) as f:
+        return json.load(f)
+
+
+def _uploaded(st) -> None:
+    st.uploaded_gen = st.gen  # what a successful upload records
+    st.save()
+
+
+def test_a_clean_sidecar_is_rewritten_before_a_change_is_acknowledged(tmp_path):
+    area = StagingArea(str(tmp_path / "st"))
+    st = area.create("/w/f", "/w", "f", "s3://b")
+    st.opens = 1
+    st.pwrite(b"v1", 0)
+    assert _on_disk(st)["clean"] is False
+    _uploaded(st)
+    assert _on_disk(st)["clean"] is True
+    # an open file, uploaded and unchanged, is nothing to recover
+    assert pending_files(area.directory, daemon_dead=True) == []
+    assert StagingArea(area.directory).recover() == [] and not os.path.exists(st.data_path)
+
+
+def test_a_change_after_an_upload_is_kept_by_a_later_daemon(tmp_path):
+    area = StagingArea(str(tmp_path / "st"))
+    st = area.create("/w/f", "/w", "f", "s3://b")
+    st.opens = 1
+    st.pwrite(b"v1", 0)
+    _uploaded(st)
+    st.pwrite(b"v2 longer", 0)
+    assert _on_disk(st)["clean"] is False
+    assert [d["state"] for d in pending_files(area.directory, daemon_dead=True)] == ["orphaned"]
+    found = StagingArea(area.directory).recover()
+    assert len(found) == 1 and open(st.data_path, "rb").read() == b"v2 longer"
+
+
+def test_a_sidecar_that_cannot_be_rewritten_fails_the_write(tmp_path, monkeypatch):
+    area = StagingArea(str(tmp_path / "st"))
+    st = area.create("/w/f", "/w", "f", "s3://b")
+    st.opens = 1
+    st.pwrite(b"v1", 0)
+    _uploaded(st)
+
+    def broken(*a, **kw):
+        raise OSError(errno.EIO, "injected")
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError) as e:
+        st.pwrite(b"v2", 0)
+    assert e.value.errno == errno.EIO  # not acknowledged while the disk still says "clean"
+    monkeypatch.undo()
+    st.pwrite(b"v3", 0)  # the next change records it
+    assert _on_disk(st)["clean"] is False
