@@ -63,3 +63,4 @@ def test_a_sidecar_that_cannot_be_rewritten_fails_the_write(tmp_path, monkeypatc
     monkeypatch.undo()
     st.pwrite(b"v3", 0)  # the next change records it
     assert _on_disk(st)["clean"] is False
+

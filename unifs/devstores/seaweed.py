@@ -84,8 +84,10 @@ class SeaweedS3(LocalServer):
     def stop(self, grace: Optional[float] = None) -> None:
         port = self.port
         super().stop(grace)
-        if port:  # weed leaves its admin gRPC socket in the temp dir; one per server started
-            Path(tempfile.gettempdir(), f"seaweedfs-admin-grpc-{port + 4 + GRPC_OFFSET}.sock").unlink(missing_ok=True)
+        if port:  # weed leaves unix sockets in the temp dir (s3, master-grpc, volume-grpc, admin-grpc ...)
+            for p in [port + i for i in range(5)] + [port + GRPC_OFFSET + i for i in range(5)]:
+                for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{p}.sock"):
+                    sock.unlink(missing_ok=True)
 
     def _log_path(self) -> Path:
         return self.workdir / "logs" / "weed.out"
