@@ -64,3 +64,31 @@ def test_a_sidecar_that_cannot_be_rewritten_fails_the_write(tmp_path, monkeypatc
     st.pwrite(b"v3", 0)  # the next change records it
     assert _on_disk(st)["clean"] is False
 
+
+
+def test_a_write_racing_the_clean_record_is_never_lost(tmp_path, monkeypatch):
+    # an upload records "clean" while a write of another descriptor lands: the write must
+    # either see the record (and rewrite it) or be seen by it (found by a reviewer: a
+    # pwrite between the decision and the rename was acknowledged, and recovery dropped it)
+    import threading
+    import time
+
+    area = StagingArea(str(tmp_path / "st"))
+    st = area.create("/w/f", "/w", "f", "s3://b")
+    st.opens = 1
+    st.pwrite(b"v1", 0)
+    st.uploaded_gen = st.gen
+    real, writer = os.replace, []
+
+    def replace(a, b):
+        if not writer:
+            writer.append(threading.Thread(target=st.pwrite, args=(b"v2 and more", 0)))
+            writer[0].start()
+            time.sleep(0.2)  # where the write landed
+        return real(a, b)
+    monkeypatch.setattr(os, "replace", replace)
+    st.save()
+    writer[0].join(5)
+    monkeypatch.undo()
+    assert _on_disk(st)["clean"] is False
+    assert pending_files(area.directory, daemon_dead=True)[0]["size"] == len(b"v2 and more")

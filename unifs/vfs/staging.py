@@ -139,8 +139,12 @@ class StagedFile:
 
     # -- sidecar -----------------------------------------------------------------
     def save(self) -> None:
-        state = OPEN if self.opens > 0 else FAILED if self.rejected else PENDING
-        self.area.write_sidecar(self, state)
+        # under the content lock: "clean" and recorded_clean must describe the same moment as
+        # the data file, or a write landing between them is acknowledged without a sidecar
+        # rewrite and a later recovery drops it
+        with self.lock:
+            state = OPEN if self.opens > 0 else FAILED if self.rejected else PENDING
+            self.area.write_sidecar(self, state)
 
     def close_fd(self) -> None:
         # once only: a second close() could hit a descriptor number reused by another thread
