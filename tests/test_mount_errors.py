@@ -176,3 +176,35 @@ def wait_for_accept(silent, timeout=30.0) -> bool:
     from conftest import wait_for
 
     return wait_for(lambda: len(silent.accepted) >= 2, timeout=timeout)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stopping_unifs_mount_while_its_daemon_starts_stops_the_daemon(mounter, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import is_mounted, wait_for
+
+    silent = _Silent()
+    try:
+        opts = {"key": "k", "secret": "s", "endpoint_url": f"http://127.0.0.1:{silent.port}"}
+        cfg = mounter.write_table({"mounts": [{"path": "/d", "url": "s3://bucket", "options": opts}],
+                                   "store": {"timeout": "60s"}})
+        mp = tmp_path / "m"
+        mp.mkdir()
+        launcher = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(cfg)],
+                                    stderr=subprocess.PIPE, text=True)
+        assert wait_for_accept(silent)  # its daemon waits on the store now
+        daemons = subprocess.run(["pgrep", "-f", f"unifs mount {mp} --foreground"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(daemons) == 1, daemons
+        launcher.send_signal(getattr(signal, sig))
+        assert launcher.wait(timeout=20) != 0
+        assert "Traceback" not in launcher.stderr.read()
+        assert wait_for(lambda: subprocess.run(["kill", "-0", daemons[0]], capture_output=True).returncode != 0,
+                        timeout=15)
+        assert not is_mounted(mp)
+    finally:
+        silent.close()
+        subprocess.run(["pkill", "-KILL", "-f", f"unifs mount {tmp_path / 'm'} --foreground"], capture_output=True)

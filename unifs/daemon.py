@@ -321,6 +321,12 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
     os.close(w)
     deadline = time.monotonic() + READY_TIMEOUT
     msg = b""
+
+    def stop_starting(signum, frame):
+        # `unifs mount` stopped while its daemon starts (Ctrl-C, a service manager's SIGTERM):
+        # the daemon must not go on to mount with nobody told (stopped below, once)
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop_starting)
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([r], [], [], 0.5)
@@ -331,8 +337,17 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
                     break
             if proc.poll() is not None and not ready:
                 break
+    except KeyboardInterrupt:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # Ctrl-C reaches only this process: its own session
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
     finally:
         os.close(r)
+        signal.signal(signal.SIGTERM, previous)
     if msg.startswith(b"ready"):
         return log_path
     if msg.startswith(b"error:"):
