@@ -44,7 +44,7 @@ def stats(mountpoint: Optional[str] = None) -> dict[str, dict]:
     daemons = _daemons()
     if mountpoint is not None:
         mp, sock, _ = locate(mountpoint)
-        return {mp: control.request(sock, "stats", timeout=STATS_TIMEOUT_S)}
+        daemons = {mp: sock}
     if not daemons:
         raise UserError("no live unifs mounts")
     out = {}
@@ -52,7 +52,7 @@ def stats(mountpoint: Optional[str] = None) -> dict[str, dict]:
         try:
             out[mp] = control.request(sock, "stats", timeout=STATS_TIMEOUT_S)
         except UserError as e:
-            out[mp] = {"error": str(e)}
+            out[mp] = {"error": f"{mp}: {e}"}
     return out
 
 
