@@ -41,6 +41,14 @@ def _mount(mounter, server):
     return mounter.mount(t.pop("mounts"), extra=t)
 
 
+def _mount_bg(mounter, server, mp):
+    """`unifs mount` of the flaky server's table at mp, as a user runs it; returns the config."""
+    cfg = mounter.write_table(_table(mounter, server))
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    return cfg
+
+
 def _status(mp) -> dict:
     res = unifs("status", "--json", check=True)
     rows = [r for r in json.loads(res.stdout) if r["mountpoint"] == str(mp)]
@@ -95,11 +103,8 @@ def test_store_down_at_close_keeps_data_and_uploads_later(mounter, flaky):
 
 
 def test_killed_daemon_resumes_pending_uploads(mounter, flaky, tmp_path):
-    table = _table(mounter, flaky)
-    cfg = mounter.write_table(table)
     mp = tmp_path / "mnt-resume"
-    mp.mkdir()
-    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    cfg = _mount_bg(mounter, flaky, mp)
     try:
         data = os.urandom(300_000)
         held = os.open(mp / "c/held.log", os.O_WRONLY | os.O_CREAT)  # still open when the daemon dies
@@ -257,11 +262,8 @@ def test_a_child_closing_an_inherited_descriptor_uploads_nothing(mounter, flaky)
 def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_copy(mounter, flaky, tmp_path):
     # SIGTERM between a writer's close() (the upload) and the kernel's RELEASE left the file
     # "open" in its sidecar: the next mount reported it as not uploaded, and kept it forever
-    table = _table(mounter, flaky)
-    cfg = mounter.write_table(table)
     mp = tmp_path / "mnt-clean"
-    mp.mkdir()
-    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    cfg = _mount_bg(mounter, flaky, mp)
     try:
         done, changed = os.urandom(200_000), os.urandom(1000)
         fd_done = os.open(mp / "c/done.bin", os.O_WRONLY | os.O_CREAT)
@@ -292,11 +294,8 @@ def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_
 
 
 def test_force_unmount_of_a_hung_daemon_says_where_open_files_are_kept(mounter, flaky, tmp_path):
-    table = _table(mounter, flaky)
-    cfg = mounter.write_table(table)
     mp = tmp_path / "mnt-hung"
-    mp.mkdir()
-    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    cfg = _mount_bg(mounter, flaky, mp)
     pid = _status(mp)["pid"]
     # the writer is a process of its own: a descriptor of a hung mount held here would block
     # every subprocess this test starts (the child's close of it waits on the daemon)
