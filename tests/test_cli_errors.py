@@ -119,3 +119,16 @@ def test_mistakes_around_the_mount_are_named(setup, tmp_path):
     table.write_text(TABLE + "cache: {ram: 100TiB}\n")
     _one_line_error(unifs("config", "check", "-c", str(table)), "cache.ram", "more than this machine's memory")
     assert os.listdir(mp) == []
+
+
+def test_an_unexpected_os_error_is_one_internal_error_line(monkeypatch):
+    # the full-disk case must not let every other OSError escape as a traceback
+    from click.testing import CliRunner
+
+    from unifs import cli, daemon
+
+    def denied():
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(daemon, "status", denied)
+    res = CliRunner().invoke(cli.main, ["status"])
+    assert res.exit_code == 2 and res.output.startswith("unifs: internal error: PermissionError"), res.output

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import errno
+import json
 import os
 import sys
 
@@ -28,6 +28,11 @@ def _silence_stdout() -> None:
         pass
 
 
+def _unwritable_output(e: BaseException) -> bool:
+    """A full disk under stdout (no file name: not one of ours)."""
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC and not e.filename
+
+
 class _Group(click.Group):
     """Every failure is one line per problem and a non-zero exit, never a traceback."""
 
@@ -36,9 +41,9 @@ class _Group(click.Group):
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
-            if e.errno != errno.ENOSPC or e.filename:
+            if not _unwritable_output(e):
                 raise
-            _silence_stdout()
+            _silence_stdout()  # `> /dev/full`
             click.echo(f"unifs: error: cannot write the output: {e.strerror}", err=True)
             sys.exit(1)
 
@@ -60,15 +65,9 @@ class _Group(click.Group):
         except BrokenPipeError:  # `unifs status | head`: the reader has what it wanted
             _silence_stdout()
             sys.exit(141)
-        except OSError as e:
-            if e.errno != errno.ENOSPC or e.filename:
-                raise
-            _silence_stdout()  # `> /dev/full`: output cannot be written
-            click.echo(f"unifs: error: cannot write the output: {e.strerror}", err=True)
-            sys.exit(1)
         except Exception as e:  # noqa: BLE001
-            if os.environ.get("UNIFS_DEBUG"):
-                raise
+            if _unwritable_output(e) or os.environ.get("UNIFS_DEBUG"):
+                raise  # main() reports output that cannot be written
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"unifs: internal error: {type(e).__name__}: {scrub(first)} "
                        "(set UNIFS_DEBUG=1 for a traceback)", err=True)
