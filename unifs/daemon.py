@@ -450,10 +450,10 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         raise UserError(f"{mountpoint} is not mounted")
     if live.fstype != mountinfo.FSTYPE:
         raise UserError(f"{mountpoint} is mounted by {live.fstype}, not by unifs")
-    health = "stale" if pid is not None and not mountinfo.pid_alive(pid) else mountinfo.probe(mountpoint)
+    health = mountinfo.probe(mountpoint)  # "stale" also when the state's daemon is gone
     stale = health == "stale"
     staging = (state or {}).get("staging_dir")
-    if health == "hung" and not lazy or health == "hung" and force:
+    if health == "hung" and (force or not lazy):
         if not force:
             raise UserError(f"the daemon of {mountpoint} (pid {pid}) does not answer; 'unifs umount --force "
                             f"{mountpoint}' aborts its FUSE connection (open files get errors), unmounts and "
@@ -506,8 +506,7 @@ def status() -> list[dict]:
             continue
         st = states.pop(live.mountpoint, {})
         pid = st.get("pid")
-        alive = mountinfo.pid_alive(pid)
-        health = "stale" if pid is not None and not alive else mountinfo.probe(live.mountpoint)
+        health = mountinfo.probe(live.mountpoint)
         stale = health == "stale"
         staging = st.get("staging_dir")
         rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": health,

@@ -135,7 +135,6 @@ class FuseOps(fuse.Operations):
         return 0
 
     @_errno_guard
-    @_errno_guard
     def check_rename(self, old, new):
         self.fs.writes.check_rename(old, new)
 

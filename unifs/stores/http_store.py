@@ -36,15 +36,17 @@ class HttpStore(FsspecStore):
 
     def _path(self, key: str) -> str:
         path = super()._path(quote(key, safe="/"))
-        return f"{path}/?{self._query}" if self._query and not key else \
-            f"{path}?{self._query}" if self._query else path
+        if not self._query:
+            return path
+        return f"{path}{'' if key else '/'}?{self._query}"  # the root is a directory's index page
 
     def check(self) -> None:
         # fsspec lists a page that answers 404 as an empty directory: a mistyped URL would
         # mount as an empty directory instead of failing
         self._probe_endpoint()
         info = self._call(f"stat {redact_url(self.url)}", self.fs.info, self._path(""), _first=True)
-        if info.get("type") == "file" and not self._names("").files and not self._names("").dirs:
+        listing = self._names("") if info.get("type") == "file" else None
+        if listing is not None and not listing.files and not listing.dirs:
             raise StoreRejected(f"{redact_url(self.url)} lists nothing: a file, or an empty index page; "
                                 "mount a directory's index page")
 

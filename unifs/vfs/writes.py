@@ -563,7 +563,6 @@ class Writes:
             for d in [d for d, v in self._tombstones.items() if v == "" and _under(h.old, d)]:
                 if not any(_under(t, d) and t != d for t, v2 in self._tombstones.items() if v2):
                     del self._tombstones[d]
-        self.fs.changed(h.old, None)
 
     def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
         self._drop_staged(new)  # a file renamed over one still open: the open one is unlinked
