@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Training input images/s: a tf.data pipeline over an ImageNet-style folder of JPEGs, read from
+local disk, through unifs and through other mounts of the same bucket, side by side in one run.
+
+The script makes the data set itself (JPEGs of ImageNet's typical size, `train/<class>/*.JPEG`,
+a fixed seed), keeps one copy on local disk and uploads one to a local SeaweedFS S3 server,
+then, for each source in turn, mounts it afresh, drops the page cache and runs two epochs of
+
+    tf.data.Dataset.from_tensor_slices(files).shuffle(...)       (--order shuffled, the default)
+      .map(load, num_parallel_calls=P, deterministic=False).batch(B).prefetch(AUTOTUNE)
+
+where `load` is `tf.io.read_file` alone (mode `read`: what the file system delivers) or read +
+`decode_jpeg` + resize to 224x224 (mode `decode`: a real input pipeline, bounded by JPEG
+decoding on a small machine). Epoch 1 is cold (fresh mount, empty caches, page cache dropped;
+the store server's own data files are read back into the page cache, so the store answers
+from memory as a well-provisioned one would), epoch 2 warm. `local` is the same files on local
+disk; its epoch 1 reads the disk after the drop. After the timed epochs, an untimed pass reads
+every file through the same pipeline and compares its sha256 with the one taken at creation:
+a mismatch ends the run with status 3.
+
+    python benchmarks/tf_images/tf_images_bench.py [--images 2000] [--classes 10]
+        [--modes read,decode] [--order shuffled|listing] [--batch 64] [--parallel 16]
+        [--peers rclone-full,rclone-off,s3fs,s3fs-cache|none] [--json FILE] [--keep]
+
+Needs root (FUSE, drop_caches). Peers that are not installed are skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BENCH_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import yaml  # noqa: E402
+
+from peers import S3Target, is_mounted, make_peers, peer_class  # noqa: E402
+from read_bench import CacheControl, Mount, log  # noqa: E402
+from unifs.devstores.seaweed import SeaweedS3  # noqa: E402
+
+BUCKET = "imagenet"
+MOUNT_PATH = "/imagenet"
+S3_PEERS = ("rclone-full", "rclone-off", "s3fs", "s3fs-cache")
+MODES = ("read", "decode")
+
+
+class VerificationError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- data set
+
+
+def make_images(n: int, classes: int, seed: int) -> dict[str, bytes]:
+    """n JPEGs of 300-450 x 350-500 px, about 110 KiB each (ImageNet's train set averages
+    ~110 KB at ~400x350): a smooth random picture plus grain, so they compress like photos."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        h, w = int(rng.integers(300, 450)), int(rng.integers(350, 500))
+        coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.float32)
+        img = tf.image.resize(coarse[None], (h, w), method="bicubic")[0].numpy()
+        img += rng.normal(0, 28, img.shape)
+        jpeg = tf.io.encode_jpeg(np.clip(img, 0, 255).astype(np.uint8), quality=90).numpy()
+        out[f"train/n{i % classes:08d}/img_{i:06d}.JPEG"] = jpeg
+    return out
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def pipeline(files: list, mode: str, order: str, batch: int, parallel: int, seed: int):
+    import tensorflow as tf
+
+    def load_read(path):
+        return tf.strings.length(tf.io.read_file(path))
+
+    def load_decode(path):
+        img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(img, (224, 224))
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if order == "shuffled":
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    calls = parallel if parallel > 0 else tf.data.AUTOTUNE
+    ds = ds.map(load_read if mode == "read" else load_decode, num_parallel_calls=calls, deterministic=False)
+    ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+    if parallel > 0:
+        # a file system read blocks a thread: without its own pool, tf.data runs about as many
+        # reads at once as the machine has cores
+        opts = tf.data.Options()
+        opts.threading.private_threadpool_size = parallel
+        ds = ds.with_options(opts)
+    return ds
+
+
+def epoch(ds) -> tuple[float, int]:
+    """(seconds, images) for one pass."""
+    n = 0
+    t0 = time.perf_counter()
+    for b in ds:
+        n += int(b.shape[0])
+    return time.perf_counter() - t0, n
+
+
+def verify(root: str, files: list, expected: dict[str, str], who: str) -> None:
+    """Every file read through tf.data (untimed), compared by sha256 with the data set."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(files).map(lambda p: (p, tf.io.read_file(p)),
+                                                       num_parallel_calls=8)
+    seen = 0
+    for path, data in ds:
+        key = os.path.relpath(path.numpy().decode(), root)
+        if hashlib.sha256(data.numpy()).hexdigest() != expected.get(key):
+            raise VerificationError(f"{who}: wrong bytes in {key}")
+        seen += 1
+    if seen != len(expected):
+        raise VerificationError(f"{who}: read {seen} of {len(expected)} files")
+
+
+def list_files(root: str) -> tuple[float, list]:
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    files = sorted(tf.io.gfile.glob(os.path.join(root, "train", "*", "*.JPEG")))
+    return time.perf_counter() - t0, files
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class Local:
+    """The data set on local disk: the baseline."""
+    name = "local"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def start(self, mountpoint) -> "Local":
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    @property
+    def root(self) -> str:
+        return str(self.path)
+
+    def cpu_seconds(self) -> float:
+        return float("nan")
+
+    def warm_dirs(self) -> list:
+        return []  # nothing to read back after the drop: epoch 1 reads the disk
+
+
+class Unifs:
+    name = "unifs"
+
+    def __init__(self, workdir: Path, server: SeaweedS3):
+        self.workdir = workdir
+        self.server = server
+        self.mount: Optional[Mount] = None
+        self.runs = 0
+
+    def start(self, mountpoint) -> "Unifs":
+        self.runs += 1
+        cfg = self.workdir / "mounts.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "mounts": [{"path": MOUNT_PATH, "url": f"s3://{BUCKET}", "read_only": True,
+                        "options": self.server.mount_options()}],
+            "cache": {"dir": str(self.workdir / f"unifs-cache-{self.runs}")},
+            "write": {"staging_dir": str(self.workdir / "unifs-staging")}}))
+        self.mount = Mount(Path(mountpoint), cfg).__enter__()
+        return self
+
+    def stop(self) -> None:
+        if self.mount is not None:
+            self.mount.unmount()
+            self.mount = None
+
+    @property
+    def root(self) -> str:
+        return os.path.join(str(self.mount.mp), MOUNT_PATH.strip("/"))
+
+    def cpu_seconds(self) -> float:
+        return self.mount.cpu_seconds()
+
+    def warm_dirs(self) -> None:
+        return None
+
+
+def run_source(src, mp: Path, cache: CacheControl, args, expected: dict) -> dict:
+    """Both modes, each on a fresh mount: epoch 1 cold, epoch 2 warm; then the bytes checked."""
+    out: dict = {}
+    for mode in args.modes:
+        src.start(mp)
+        try:
+            cache.cold(src.warm_dirs())
+            glob_s, files = list_files(src.root)
+            if len(files) != len(expected):
+                raise VerificationError(f"{src.name}: listed {len(files)} of {len(expected)} images")
+            ds = pipeline(files, mode, args.order, args.batch, args.parallel, args.seed)
+            cpu0 = src.cpu_seconds()
+            cold_s, n1 = epoch(ds)
+            cpu1 = src.cpu_seconds()
+            warm_s, n2 = epoch(ds)
+            if n1 != len(files) or n2 != len(files):
+                raise VerificationError(f"{src.name}: an epoch yielded {n1}/{n2} of {len(files)} images")
+            if mode == args.modes[0]:
+                verify(src.root, files, expected, src.name)
+            out[mode] = {"cold_images_s": n1 / cold_s, "warm_images_s": n2 / warm_s, "list_s": glob_s,
+                         "cold_server_cpu_s": cpu1 - cpu0}
+            log(f"{src.name:12s} {mode:6s} cold {n1 / cold_s:8,.0f} images/s  warm {n2 / warm_s:8,.0f} images/s"
+                f"  (glob {glob_s:.3f} s)")
+        finally:
+            src.stop()
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(results: dict, args, avg_kib: float) -> None:
+    names = list(results)
+    print(f"\nimages/s, {args.images:,} JPEGs ({avg_kib:.0f} KiB average) in {args.classes} classes, "
+          f"order {args.order}, batch {args.batch}, parallel {args.parallel or 'AUTOTUNE'}, "
+          f"{os.cpu_count()} cores")
+    head = f"{'mode':8s}{'epoch':10s}" + "".join(f"{n:>13s}" for n in names)
+    print(head)
+    print("-" * len(head))
+    for mode in args.modes:
+        for key, label in (("cold_images_s", "1 cold"), ("warm_images_s", "2 warm")):
+            print(f"{mode:8s}{label:10s}" + "".join(
+                f"{results[n][mode][key]:13,.0f}" if mode in results[n] else f"{'-':>13s}" for n in names))
+    if "unifs" not in results:
+        return
+    others = [n for n in names if n != "unifs"]
+    print("\nunifs / other (> 1: unifs faster)")
+    print(f"{'mode':8s}{'epoch':10s}" + "".join(f"{n:>13s}" for n in others))
+    for mode in args.modes:
+        for key, label in (("cold_images_s", "1 cold"), ("warm_images_s", "2 warm")):
+            print(f"{mode:8s}{label:10s}" + "".join(
+                f"{results['unifs'][mode][key] / results[n][mode][key]:12.2f}x" for n in others))
+
+
+def parse_peers(text: Optional[str]) -> list:
+    if text is None:
+        return list(S3_PEERS)
+    if text.strip() == "none":
+        return []
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [n for n in names if n not in S3_PEERS]
+    if bad:
+        raise SystemExit(f"tf_images_bench: unknown peer {bad[0]!r} (known: {', '.join(S3_PEERS)}, none)")
+    return names
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--modes", default="read,decode", help="comma-separated: read, decode")
+    ap.add_argument("--order", choices=("shuffled", "listing"), default="shuffled")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--parallel", type=int, default=16,
+                    help="map() calls in flight and tf.data's private thread pool (0: AUTOTUNE, TF's pool)")
+    ap.add_argument("--peers", default=None, help=f"comma-separated: {','.join(S3_PEERS)}, or none")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--workdir", help="default: a new temporary directory, removed at the end")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
+        ap.error(f"--modes takes {', '.join(MODES)}")
+    if args.images < 1 or args.classes < 1 or args.batch < 1 or args.parallel < 0:
+        ap.error("--images, --classes and --batch must be >= 1, --parallel >= 0")
+    peer_names = parse_peers(args.peers)
+    skipped = {}
+    for name in list(peer_names):
+        why = peer_class(name).missing()
+        if why:
+            skipped[name] = why
+            peer_names.remove(name)
+            log(f"peer {name} skipped: {why}")
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unifs-tfimg-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = SeaweedS3(str(workdir / "seaweed"))
+    mountpoints = []
+    status = 0
+    try:
+        t0 = time.perf_counter()
+        images = make_images(args.images, args.classes, args.seed)
+        expected = {k: hashlib.sha256(v).hexdigest() for k, v in images.items()}
+        avg_kib = sum(map(len, images.values())) / len(images) / 1024
+        for key, blob in images.items():
+            p = workdir / "local" / key
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(blob)
+        log(f"made {len(images):,} JPEGs ({avg_kib:.0f} KiB average) in {time.perf_counter() - t0:.1f} s")
+        server.start()
+        server.create_bucket(BUCKET)
+        server.put_many(BUCKET, images)
+        del images
+        log(f"uploaded to SeaweedFS at {server.endpoint}")
+        cache = CacheControl(workdir / "seaweed" / "data", warm_server=True)
+        target = S3Target(server.endpoint, server.access_key, server.secret_key, BUCKET)
+        sources = [Local(workdir / "local"), Unifs(workdir, server)]
+        sources += make_peers(peer_names, workdir / "peers", target, None)
+        results = {}
+        for src in sources:
+            mp = workdir / f"mnt-{src.name}"
+            mountpoints.append(str(mp))
+            try:
+                results[src.name] = run_source(src, mp, cache, args, expected)
+            except VerificationError:
+                raise
+            except Exception as e:  # a peer that fails is reported and left out; unifs failing is fatal
+                if src.name in ("local", "unifs"):
+                    raise
+                log(f"peer {src.name} failed: {e}")
+                skipped[src.name] = f"failed: {e}"
+        report(results, args, avg_kib)
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "config": {k: getattr(args, k) for k in ("images", "classes", "modes", "order", "batch",
+                                                         "parallel", "seed")},
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version()},
+                "average_kib": avg_kib, "skipped": skipped, "results": results}, indent=2))
+            log(f"wrote {args.json}")
+    except VerificationError as e:
+        log(f"VERIFICATION FAILED: {e}")
+        status = 3
+    finally:
+        server.stop()
+        still = [mp for mp in mountpoints if is_mounted(mp)]
+        for mp in still:
+            log(f"WARNING: {mp} is still mounted")
+        if not args.keep and not still and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
