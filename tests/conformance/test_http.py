@@ -27,3 +27,38 @@ def test_a_page_that_does_not_exist_or_a_file_fails_the_mount(mounter, _provider
         assert res.returncode == 1 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
         # the redacted URL keeps the message around it: "mount /h (http://...?sig=***): ..."
         assert "SECRET_SIG" not in res.stderr and "): " in res.stderr, res.stderr
+
+
+def test_a_file_changed_on_the_server_reads_new_and_never_mixes(mounter, _providers):
+    # python's http.server sends Last-Modified and no ETag, and ignores conditional headers:
+    # the version was size + mtime 0, so a same-size replacement kept serving the old cached
+    # bytes forever, and an open handle mixed old and new MiBs
+    import errno
+    import os
+    import time
+
+    provider = _providers("http")
+    provider.put_many({"changes/a.txt": b"hi\n", "changes/big.bin": b"A" * (12 << 20)})
+    url = provider.url("changes")
+    root = mounter.mount([{"path": "/h", "url": url, "read_only": True, "metadata_ttl": "1s"}]) / "h"
+    assert (root / "a.txt").read_bytes() == b"hi\n"
+    st = (root / "a.txt").stat()
+    assert abs(st.st_mtime - (provider.root / "changes/a.txt").stat().st_mtime) < 2  # the server's date
+
+    with open(root / "big.bin", "rb", buffering=0) as f:
+        assert f.read(1 << 20) == b"A" * (1 << 20)
+        later = time.time() + 5
+        (provider.root / "changes/big.bin").write_bytes(b"B" * (12 << 20))
+        os.utime(provider.root / "changes/big.bin", (later, later))  # Last-Modified has 1 s steps
+        (provider.root / "changes/a.txt").write_bytes(b"yo\n")
+        os.utime(provider.root / "changes/a.txt", (later, later))
+        f.seek(6 << 20)
+        try:
+            got = f.read(1 << 20)
+        except OSError as e:
+            assert e.errno == errno.ESTALE
+        else:
+            assert got == b"A" * (1 << 20), "an open file read bytes of the new version"
+    time.sleep(1.5)
+    assert (root / "a.txt").read_bytes() == b"yo\n"
+    assert (root / "big.bin").read_bytes() == b"B" * (12 << 20)

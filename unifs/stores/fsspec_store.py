@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import email.utils
 import logging
 import os
 import posixpath
@@ -37,13 +38,17 @@ def _to_ts(v) -> float:
         try:
             return _dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
         except ValueError:
+            pass
+        try:  # an HTTP date (a web server's Last-Modified)
+            return email.utils.parsedate_to_datetime(v).timestamp()
+        except (TypeError, ValueError):
             return 0.0
     return 0.0
 
 
 def info_to_object(key: str, info: dict) -> ObjectInfo:
     mtime = next((_to_ts(info[k]) for k in ("LastModified", "mtime", "last_modified", "updated",
-                                            "modified", "created") if info.get(k)), 0.0)
+                                            "modified", "created", "Last-Modified") if info.get(k)), 0.0)
     # gcsfs: "generation" identifies the content (reads pin it); its "etag" also changes
     # on metadata-only updates. Only gcsfs results carry "generation".
     etag = next((str(info[k]) for k in ("ETag", "generation", "etag", "md5Hash") if info.get(k)), None)

@@ -3,11 +3,19 @@
 fsspec's HTTP listing knows names but not sizes (0 until a HEAD), and a HEAD of
 a directory URL answers 200 with its index page, so lookups go through the
 parent's listing and sizes come from one HEAD per listed file.
+
+A file's version is its ETag, or else its Last-Modified date ("lm:<date>"): many
+servers (Python's http.server, most static file servers behind a CDN) send only
+the latter. Every ranged GET compares the response's version with the one the
+reader pinned at open, since plain web servers ignore conditional headers: a file
+replaced on the server reads as ESTALE instead of mixing old and new bytes.
 """
 
 from __future__ import annotations
 
 import logging
+
+import fsspec.asyn
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -15,7 +23,7 @@ from typing import Optional
 from urllib.parse import quote, unquote
 
 from unifs.config import redact_url
-from unifs.errors import StoreRejected
+from unifs.errors import ObjectChanged, ObjectNotFound, StoreRejected
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.fsspec_store import FsspecStore, info_to_object
 
@@ -63,7 +71,9 @@ class HttpStore(FsspecStore):
         if info.size:
             return info
         path = self._path(info.key)
-        return info_to_object(info.key, self._call(f"stat {path}", self.fs.info, path))
+        raw = self._call(f"stat {path}", self.fs.info, path)
+        obj = info_to_object(info.key, raw)
+        return replace(obj, etag=_version(raw))
 
     def list_dir(self, key: str) -> Listing:
         listing = self._names(key)
@@ -85,7 +95,9 @@ class HttpStore(FsspecStore):
         return name in self._names(parent).dirs
 
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None) -> bytes:
-        data = super().get_range(key, start, end, etag)
+        if end <= start:
+            return b""
+        data = self._call(f"read {key}", self._get, key, start, end, etag)
         if len(data) > end - start:
             # the server ignored the Range header and sent the whole file
             if not self._warned_no_ranges:
@@ -94,3 +106,32 @@ class HttpStore(FsspecStore):
                             "file", self.url)
             data = data[start:end]
         return data
+
+    def _get(self, key: str, start: int, end: int, pinned: Optional[str], timeout=None) -> bytes:
+        url = self._path(key)
+
+        async def _go():
+            session = await self.fs.set_session()
+            kw = dict(self.fs.kwargs)
+            headers = dict(kw.pop("headers", None) or {})
+            headers["Range"] = f"bytes={start}-{end - 1}"
+            async with session.get(self.fs.encode_url(url), headers=headers, **kw) as r:
+                if r.status == 404:
+                    raise ObjectNotFound(f"read {key}: not found")
+                if r.status == 416:  # the range lies past the end now: it shrank
+                    raise ObjectChanged(f"read {key}: file changed on the server while open; reopen it")
+                r.raise_for_status()
+                now = _version(r.headers)
+                if pinned and now and now != pinned:
+                    raise ObjectChanged(f"read {key}: file changed on the server while open; reopen it")
+                return await r.read()
+        return fsspec.asyn.sync(self.fs.loop, _go, timeout=timeout)
+
+
+def _version(headers) -> Optional[str]:
+    """What identifies a web server's file content: its ETag, else its Last-Modified date."""
+    if headers.get("ETag"):
+        return str(headers["ETag"])
+    if headers.get("Last-Modified"):
+        return f"lm:{headers['Last-Modified']}"
+    return None
