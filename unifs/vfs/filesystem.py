@@ -61,6 +61,9 @@ class Handle:
     prefetch_counted: bool = False  # the prefetcher counts it among its directory's readers
     flushed: bool = False  # a FLUSH came (every close() of a descriptor sends one)
     source: Optional["Source"] = None  # where a reader fetches from; moves with a rename
+    delivered: bool = False  # a read through this handle returned bytes
+    kept: bool = False  # opened with the kernel's page cache of an earlier open kept
+    open_seq: int = 0  # which read-open of its path this is (see _repin)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class FileSystem:
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
         self._last_etag: dict[str, Optional[str]] = {}
+        self._open_seq: dict[str, int] = {}  # read-opens per path, see _repin
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
         self.prefetcher = Prefetcher(self._prefetch, self.budget)
@@ -215,11 +219,11 @@ class FileSystem:
             return self._new_handle(Handle(path, staged=st)), False
         mount, key = self.ns.resolve(path)
         assert mount is not None
-        rs = self.read_settings
         with self._lock:
             last = self._last_etag.get(path)
             keep = attr.etag is not None and last == attr.etag
             self._last_etag[path] = attr.etag
+            seq = self._open_seq[path] = self._open_seq.get(path, 0) + 1
             # readers of an older version share the kernel's page cache of this inode: filling it
             # with the new version would feed them new bytes, so this reader bypasses it, and the
             # next open (None != ETag) drops what is cached
@@ -229,23 +233,59 @@ class FileSystem:
             if direct:
                 self._last_etag[path] = None
         source = Source((path, key, attr.etag))
-        fetch = self._cached_fetcher(path, mount, key, attr, drop_old=last is not None and not keep,
-                                     source=source)
-        first, part = rs.first_request, rs.part_size
-        cached = self.mount_cache_mode(mount) != "none"
-        if cached:
-            # whole blocks per read-ahead part: a part never waits on a block its neighbour fetches,
-            # and the parts (one block each) spread over the fetch threads
-            first = part = self.cache.block_size
-        reader = HandleReader(fetch, attr.size, self.pool, self.budget, first, part, rs.max_window)
-        handle = Handle(path, reader=reader, version=attr.etag, direct=direct, source=source)
+        reader = self._new_reader(path, mount, key, attr, source, drop_old=last is not None and not keep)
+        handle = Handle(path, reader=reader, version=attr.etag, direct=direct, source=source,
+                        kept=keep and not direct, open_seq=seq)
         # an unchanged file (keep) is likely in the page cache: prefetching it is wasted work
-        if mount.entry.prefetch and cached and not keep:
+        if mount.entry.prefetch and self.mount_cache_mode(mount) != "none" and not keep:
             listing = self.meta.get_listing(posixpath.dirname(path))
             if listing:
                 self.prefetcher.opened(path, listing, self.cache.block_size)
                 handle.prefetch_counted = True
         return self._new_handle(handle), keep and not direct
+
+    def _new_reader(self, path: str, mount: Mount, key: str, attr: Attr, source: "Source",
+                    drop_old: bool) -> HandleReader:
+        rs = self.read_settings
+        fetch = self._cached_fetcher(path, mount, key, attr, drop_old=drop_old, source=source)
+        first, part = rs.first_request, rs.part_size
+        if self.mount_cache_mode(mount) != "none":
+            # whole blocks per read-ahead part: a part never waits on a block its neighbour fetches,
+            # and the parts (one block each) spread over the fetch threads
+            first = part = self.cache.block_size
+        return HandleReader(fetch, attr.size, self.pool, self.budget, first, part, rs.max_window)
+
+    def _repin(self, h: Handle) -> bool:
+        """A reader whose first read finds its object replaced in the store (opened from
+        metadata cached before the change, within metadata_ttl) takes the new version instead
+        of failing, when nothing of the old one can reach its caller: it returned no bytes yet,
+        the kernel's page cache of the file was dropped at its open and no other open of the
+        file came since (so no page of the old version is cached), and the size is the same
+        (the kernel sizes reads by the size it was told). Otherwise ESTALE stands."""
+        if h.delivered or h.kept or h.reader is None or h.source is None or h.writable:
+            return False
+        mount, key = self.ns.resolve(h.path)
+        if mount is None or not key:
+            return False
+        attr = self._lookup(h.path, mount, key)  # fresh from the store
+        if attr is None or attr.is_dir or attr.etag is None or attr.size != h.reader.size:
+            return False
+        with self._lock:
+            if h.delivered or self._open_seq.get(h.path) != h.open_seq \
+                    or any(o is not h and o.path == h.path for o in self._handles.values()):
+                return False
+            old = h.reader
+            if h.version != attr.etag:
+                # a new Source: fetches of the old reader still in flight keep their old ETag
+                h.source = Source((h.path, key, attr.etag))
+                h.reader = self._new_reader(h.path, mount, key, attr, h.source, drop_old=True)
+                h.version = attr.etag
+                self._last_etag[h.path] = attr.etag
+            h.stale = False
+        if old is not h.reader:
+            old.close()
+            log.info("%s: replaced in the store since it was listed; reading the new version", h.path)
+        return True
 
     def _prefetch(self, path: str, attr: Attr, done) -> None:
         mount, key = self.ns.resolve(path)
@@ -325,10 +365,24 @@ class FileSystem:
         handle = self._handle(fh)
         if handle.staged is not None:
             return handle.staged.pread(size, offset)
-        if handle.stale:
-            raise _err(errno.ESTALE, handle.path, "the object changed in the store since it was "
-                       "opened; reopen it to read the new version")
-        return handle.reader.read(offset, size)
+        for attempt in (0, 1):
+            try:
+                if handle.stale:
+                    raise _err(errno.ESTALE, handle.path, "the object changed in the store since it was "
+                               "opened; reopen it to read the new version")
+                reader = handle.reader
+                data = reader.read(offset, size)
+            except OSError as e:
+                if attempt or e.errno != errno.ESTALE or not self._repin(handle):
+                    raise
+                continue
+            if len(data) and not handle.delivered:
+                with self._lock:
+                    if handle.reader is not reader:  # another read re-pinned it meanwhile
+                        raise _err(errno.ESTALE, handle.path, "the object changed in the store "
+                                   "since it was opened; reopen it to read the new version")
+                    handle.delivered = True
+            return data
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)
@@ -601,11 +655,36 @@ class FileSystem:
 
     def store_error(self, e: StoreError, path: str) -> OSError:
         if isinstance(e, ObjectChanged):
-            self.meta.invalidate(path)
+            self._changed_in_store(path)
         if e.errno == errno.ENOENT:
             return _err(errno.ENOENT, path)
         log.warning("%s: %s", path, e.strerror)
         return _err(e.errno, path, e.strerror)
+
+    def _changed_in_store(self, path: str) -> None:
+        """An object changed behind the mount's back: probably its siblings too (a data set
+        regenerated in place). The daemon forgets the file and its directory's listing, and so
+        must the kernel: it keeps each file's size until its attribute timeout, and a reopen
+        would read the new version cut to (or padded to) the size it was told before. Not from
+        this thread: a READ callback holds a page lock that the kernel's invalidation waits for."""
+        listing = self.meta.get_listing(posixpath.dirname(path)) or {}
+        self.meta.invalidate(path)
+        if self.kernel_invalidate is None:
+            return
+        parent = posixpath.dirname(path)
+        paths = [path] + [posixpath.join(parent, n) for n, a in listing.items()
+                          if n != posixpath.basename(path) and a is not None and not a.is_dir]
+
+        def forget():
+            for p in paths:
+                try:
+                    self.kernel_invalidate(p)
+                except Exception as e:  # noqa: BLE001 - the kernel then learns at its timeout
+                    log.debug("kernel invalidation of %s failed: %s", p, e)
+        try:
+            self.pool.submit(forget)
+        except RuntimeError:  # shutting down
+            pass
 
     def close(self) -> None:
         with self._lock:
