@@ -171,6 +171,22 @@ def test_disk_bound_holds_under_concurrent_writers(tmp_path):
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_removed_directory_is_made_again(tmp_path):
+    # rm -rf of the cache dir while mounted: every later block failed to write until a restart
+    import shutil
+
+    d = tmp_path / "cache"
+    disk = DiskTier(d, 10 * (BS + 200), BS)
+    disk.put((oid(), 0), blob(BS, 0))
+    shutil.rmtree(d)
+    assert disk.get((oid(), 0)) is None  # gone: a miss, not a wrong block
+    assert disk.put((oid(), 1), blob(BS, 1))
+    assert disk.get((oid(), 1)) == blob(BS, 1)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    st = disk.stats()
+    assert st["write_errors"] == 0 and st["blocks"] == 1 and st["bytes"] == dir_bytes(d)
+
+
 def test_directory_is_private(tmp_path):
     old = os.umask(0)
     try:

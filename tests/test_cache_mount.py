@@ -217,6 +217,35 @@ def test_warmup_loads_a_directory_into_the_cache(mounter, objects, tmp_path):
     assert bad.returncode != 0 and "not inside a live unifs mount" in bad.stderr
 
 
+def test_warmup_fails_on_a_directory_it_cannot_list(mounter, seaweed, objects, tmp_path):
+    # os.walk skipped a directory whose listing failed (EIO): "warmed 0 file(s)", exit 0
+    import re
+
+    from faultproxy import FaultProxy
+
+    opts = seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+
+    def rule(method, path, headers):
+        return 503 if method == "GET" and "list-type" in path and "bulk" in path else None
+    with FaultProxy(upstream, rule=rule) as proxy:
+        mp = _mount(mounter, tmp_path, options=dict(
+            opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port))))
+        res = unifs("warmup", str(mp / "c"), timeout=300)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert f"{mp}/c/bulk" in res.stderr and "could not be listed or read" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert gets(mp) >= 41  # the rest was warmed: 40 images and the shard
+
+
+def test_warmup_warns_when_the_data_outgrows_the_cache(mounter, objects, tmp_path):
+    mp = _mount(mounter, tmp_path, cache={"mode": "ram", "ram": "8MiB"})
+    res = unifs("warmup", str(mp / "c/bulk"), check=True)
+    assert "warmed 4 file(s)" in res.stdout
+    assert "warning:" in res.stderr and "48.0 MiB to warm" in res.stderr and "holds 8.0 MiB" in res.stderr, \
+        res.stderr
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_files_opened_in_listing_order_are_prefetched(mounter, objects, tmp_path, prefetch):
     mp = _mount(mounter, tmp_path, prefetch=prefetch)
@@ -255,3 +284,11 @@ def test_cache_clear_makes_an_object_that_was_missing_visible(mounter, seaweed, 
     unifs("cache", "clear", str(mp), check=True)
     assert wait_for(lambda: (mp / "c/late.txt").exists(), timeout=10)  # not the 10 minutes' TTL
     assert (mp / "c/late.txt").read_bytes() == b"put by another writer"
+    # the path itself, which the mount still answers "not found" for, can be cleared too
+    assert not (mp / "c/later.txt").exists()
+    obstore.put(store, "cache-neg/later.txt", b"later")
+    res = unifs("cache", "clear", str(mp / "c/later.txt"))
+    assert res.returncode == 0, res.stderr
+    assert wait_for(lambda: (mp / "c/later.txt").exists(), timeout=10)
+    bad = unifs("cache", "clear", str(mp / "c/no-such-dir/x"))
+    assert bad.returncode == 1 and "no such file or directory" in bad.stderr

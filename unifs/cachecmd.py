@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Optional
 
@@ -76,7 +77,9 @@ def format_stats(mp: str, s: dict) -> list[str]:
             continue
         lines.append(f"  {tier:<4} {format_size(t['bytes'])} of {format_size(t['limit'])} in {t['blocks']} blocks; "
                      f"hit ratio {_ratio(t['hits'], t['misses'])} ({t['hits']} hits, {t['misses']} misses); "
-                     f"{t['evictions']} evictions; {t['corrupt']} corrupt blocks dropped")
+                     f"{t['evictions']} evictions; {t['corrupt']} corrupt blocks dropped"
+                     + (f"; {t['write_errors']} blocks could not be written (see the daemon's log)"
+                        if t.get("write_errors") else ""))
     ra = s["readahead"]
     lines.append(f"  read-ahead {format_size(ra['used'])} in use, peak {format_size(ra['peak'])} "
                  f"of {format_size(ra['limit'])}")
@@ -96,30 +99,70 @@ def clear(path: str) -> str:
     # a hung daemon would hang the lexists below, and the request for its full timeout
     if mountinfo.probe(mp) == "hung":
         raise UserError(f"the daemon of {mp} does not answer; see 'unifs status'")
-    if inner != "/" and not os.path.lexists(path):
+    # a path the mount says does not exist may be a stale "not found" the user wants dropped
+    # (an object put into the store since): fine while its directory exists
+    if inner != "/" and not os.path.lexists(path) and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise UserError(f"{path}: no such file or directory")
     control.request(sock, "clear", path=inner or "/")
     return f"cleared cached blocks and metadata of {path} ({mp}{inner if inner != '/' else ''})"
 
 
-def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[int, int]:
+def _capacity(mp: str, sock: str) -> Optional[int]:
+    """Bytes the daemon's block cache can hold (disk tier, else RAM tier); 0 with the cache off,
+    None if the daemon does not say."""
+    try:
+        cache = control.request(sock, "stats", timeout=STATS_TIMEOUT_S).get("cache")
+    except UserError:
+        return None
+    if cache is None:
+        return 0
+    tier = cache.get("disk") or cache.get("ram") or {}
+    return tier.get("limit")
+
+
+def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[int, int, list[str]]:
     """Read every file under paths through the mount, so the daemon caches their blocks
-    (RAM and disk tier). Returns (files, bytes)."""
+    (RAM and disk tier). Returns (files, bytes, warnings). A directory that cannot be listed or
+    a file that cannot be read is an error at the end (after warming the rest): a warmup that
+    silently skipped a directory would leave the cold reads for training."""
     from tqdm import tqdm
 
-    files = []
+    files: list[str] = []
+    errors: list[str] = []
+    daemons: dict[str, str] = {}
+
+    def failed(e: OSError) -> None:
+        errors.append(f"{e.filename}: {e.strerror}")
     for p in paths:
-        locate(p)  # a clear error for a path outside any unifs mount
-        if os.path.isdir(p):
-            for d, _, names in os.walk(p):
+        mp, sock, _ = locate(p)  # a clear error for a path outside any unifs mount
+        daemons[mp] = sock
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise UserError(f"{p}: no such file or directory") from None
+        except OSError as e:
+            raise UserError(f"{p}: {e.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            for d, _, names in os.walk(p, onerror=failed):
                 files.extend(os.path.join(d, n) for n in names)
-        elif os.path.exists(p):
-            files.append(p)
         else:
-            raise UserError(f"{p}: no such file or directory")
-    sizes = {f: os.stat(f).st_size for f in files}
+            files.append(p)
+    sizes = {}
+    for f in files:
+        try:
+            sizes[f] = os.stat(f).st_size
+        except OSError as e:
+            failed(e)
     total = sum(sizes.values())
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"warming {len(files)} files", disable=not progress)
+    warnings = []
+    for mp, sock in daemons.items():
+        cap = _capacity(mp, sock)
+        if cap == 0:
+            warnings.append(f"{mp} runs with the block cache off (cache: none): nothing stays warm")
+        elif cap is not None and total > cap:
+            warnings.append(f"{format_size(total)} to warm, but the cache of {mp} holds {format_size(cap)}: "
+                            "the first files are evicted again (raise cache.disk or cache.ram)")
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"warming {len(sizes)} files", disable=not progress)
 
     def read(f):
         fd = os.open(f, os.O_RDONLY)
@@ -133,12 +176,16 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    errors = []
     with ThreadPoolExecutor(threads) as pool:
-        for fut in as_completed([pool.submit(read, f) for f in files]):
-            if fut.exception() is not None:
-                errors.append(str(fut.exception()))
+        futures = {pool.submit(read, f): f for f in sizes}
+        for fut in as_completed(futures):
+            e = fut.exception()
+            if isinstance(e, OSError):
+                errors.append(f"{futures[fut]}: {e.strerror}")
+            elif e is not None:
+                errors.append(f"{futures[fut]}: {e}")
     bar.close()
     if errors:
-        raise UserError(f"{len(errors)} file(s) could not be read, e.g. {errors[0]}")
-    return len(files), total
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UserError(f"{errors[0]}{more}: could not be listed or read; the rest was warmed")
+    return len(sizes), total, warnings

@@ -245,8 +245,10 @@ def warmup(paths, threads):
     """Load files or directories under a unifs mount into the block cache (RAM and disk)."""
     from unifs import cachecmd
 
-    n, total = cachecmd.warmup(list(paths), threads, progress=sys.stderr.isatty())
+    n, total, warnings = cachecmd.warmup(list(paths), threads, progress=sys.stderr.isatty())
     from unifs.units import format_size
+    for w in warnings:
+        click.echo(f"unifs: warning: {w}", err=True)
     click.echo(f"unifs: warmed {n} file(s), {format_size(total)}")
 
 

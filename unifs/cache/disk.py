@@ -297,6 +297,13 @@ class DiskTier:
 
     # ------------------------------------------------------------------ writes
 
+    @staticmethod
+    def _write_file(tmp: str, path: str, header: bytes, data) -> None:
+        with open(tmp, "xb", opener=_private_opener) as f:
+            f.write(header)
+            f.write(data)
+        os.replace(tmp, path)
+
     def put(self, bid: BlockId, data: bytes) -> bool:
         """Store the block durably enough to survive a restart; False if it was not stored
         (larger than the limit, being written or deleted by another thread, I/O error)."""
@@ -329,10 +336,16 @@ class DiskTier:
         path = os.path.join(self.directory, _file_name(identity, bid[1], self.block_size))
         tmp = f"{path[:-len(BLOCK_SUFFIX)]}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
         try:
-            with open(tmp, "xb", opener=_private_opener) as f:
-                f.write(header)
-                f.write(data)
-            os.replace(tmp, path)
+            try:
+                self._write_file(tmp, path, header, data)
+            except FileNotFoundError:
+                if os.path.isdir(self.directory):
+                    raise
+                # someone removed the cache directory (rm -rf to free space): make it again
+                # rather than fail every block until the next restart
+                _private_directory(self.directory)
+                log.warning("cache directory %s was removed while in use; made it again", self.directory)
+                self._write_file(tmp, path, header, data)
         except OSError as e:
             _unlink(tmp)
             with self._lock:
