@@ -242,7 +242,7 @@ def test_secrets_are_scrubbed_from_any_message():
     from unifs.config import parse_table, redact_url, scrub
 
     parse_table("mounts:\n  - path: /a\n    url: gs://b\n    options:\n      token: ya29.SCRUB_ME_TOKEN\n"
-                "      session_cookie: SCRUB_ME_COOKIE\n", env={})
+                "  - path: /h\n    url: memory://h\n    options:\n      session_cookie: SCRUB_ME_COOKIE\n", env={})
     text = (f"HTTPSConnectionPool: /tokeninfo?access_token=ya29.SCRUB_ME_TOKEN failed; "
             f"{quote('ya29.SCRUB_ME_TOKEN', safe='')}; cookie SCRUB_ME_COOKIE")
     out = scrub(text)
@@ -284,6 +284,39 @@ def test_a_gcs_key_file_that_is_missing_or_not_json_is_named(tmp_path):
     parse_table(table(good), env={})
     parse_table(table("cloud"), env={})
     assert scrub("Invalid gcloud credentials") == "Invalid gcloud credentials"  # a mode, no secret
+
+
+@pytest.mark.parametrize("url,options,words", [
+    ("gs://b", {"tokn": "anon"}, "options.tokn is not an option of gcsfs (did you mean token?)"),
+    ("gs://b", {"bogus": 1}, "options.bogus is not an option of gcsfs"),
+    ("abfs://c", {"connection_strin": "x"}, "options.connection_strin is not an option of adlfs "
+                                            "(did you mean connection_string?)"),
+])
+def test_a_misspelled_gcs_or_azure_option_is_refused(url, options, words):
+    # gcsfs and adlfs take **kwargs: these mounted and were ignored (tokn: anon -> default credentials)
+    import yaml
+
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_table(yaml.safe_dump({"mounts": [{"path": "/a", "url": url, "options": options}]}), "m.yaml", env={})
+    assert len(e.value.problems) == 1 and words in e.value.problems[0], e.value.problems
+
+
+def test_gcs_and_azure_options_that_are_real_pass():
+    import yaml
+
+    from unifs.config import parse_table
+
+    parse_table(yaml.safe_dump({"mounts": [
+        {"path": "/g", "url": "gs://b", "options": {"token": "anon", "project": "p", "requests_timeout": 5,
+                                                     "endpoint_url": "http://127.0.0.1:4443",
+                                                     "use_listings_cache": False, "version_aware": True}},
+        # adlfs hands keywords it does not know to azure-identity's DefaultAzureCredential
+        {"path": "/a", "url": "abfs://c", "options": {"account_name": "x", "exclude_environment_credential": True,
+                                                       "managed_identity_client_id": "id", "anon": False}},
+    ]}), env={})
 
 
 def test_an_option_the_client_does_not_take_is_named_with_a_suggestion():

@@ -243,6 +243,7 @@ class MountEntry(BaseModel):
         check_endpoints(self.options)
         if scheme in ("gs", "gcs"):
             check_gcs_token(self.options)
+        check_option_names(scheme, self.options)
         return self
 
     @field_validator("metadata_ttl", "write_back", mode="before")
@@ -503,6 +504,45 @@ def unknown_option_hint(scheme: str, name: str) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     client = cls_name.split(".")[0] or f"the {scheme}:// client"
     return f"options.{name} is not an option of {client}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+# what every fsspec filesystem takes besides its own parameters (its listings cache, instances)
+_FSSPEC_COMMON = {"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths",
+                  "asynchronous", "loop", "batch_size"}
+_AZURE = ("az", "abfs", "abfss")
+
+
+def check_option_names(scheme: str, options: dict) -> None:
+    """gcsfs and adlfs take **kwargs, so a misspelled option was accepted and ignored (`tokn:
+    anon` mounted with the default credentials instead of anonymously). S3 options are checked
+    by the obstore mapping and s3fs itself."""
+    if scheme not in ("gs", "gcs") + _AZURE or not options:
+        return
+    import difflib
+    import inspect
+
+    try:
+        import fsspec
+
+        cls = fsspec.get_filesystem_class(scheme)
+    except Exception:  # noqa: BLE001 - not installed: missing_package_hint says so
+        return
+    known = set(_FSSPEC_COMMON) | {"memmove_max_workers"}  # gcsfs reads that one from **kwargs
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            try:
+                known |= {p for p in inspect.signature(init).parameters
+                          if p not in ("self", "args", "kwargs", "storage_options")}
+            except (TypeError, ValueError):
+                pass
+    for name in options:
+        if name in known:
+            continue
+        if scheme in _AZURE and (name.startswith("exclude_")
+                                 or not difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)):
+            continue  # adlfs hands other keywords to azure-identity's DefaultAzureCredential
+        raise ValueError(unknown_option_hint(scheme, name))
 
 
 GCS_TOKEN_MODES = {"anon", "browser", "cache", "cloud", "google_default"}
