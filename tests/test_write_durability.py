@@ -322,3 +322,56 @@ def test_force_unmount_of_a_hung_daemon_says_where_open_files_are_kept(mounter, 
         assert left == {"/c/forced.bin": ("orphaned", 3_000_000)}, left
     finally:
         unifs("umount", "--force", str(mp))
+
+
+def test_a_rejected_upload_cleared_by_hand_then_written_again_uploads(mounter, seaweed, dataset, tmp_path):
+    # design.md: a rejected ("failed") staged file stays until the user deletes its .data and
+    # .json. Deleted while the daemon ran, the daemon kept serving the deleted copy and took
+    # new writes into it: `echo > f` returned 0 and nothing reached the store, ever
+    import re
+
+    from conftest import SCRATCH
+    from faultproxy import FaultProxy
+
+    reject = {"on": True}
+
+    def rule(method, path, headers):
+        return 400 if reject["on"] and method in ("PUT", "POST") and "rejectme" in path else None
+    opts = seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    with FaultProxy(upstream, rule=rule) as proxy:
+        entry = mounter.s3_entry("/c", f"s3://{SCRATCH}/rejects")
+        entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))
+        mp = mounter.mount([entry])
+        for name in ("rejectme-a.txt", "rejectme-b.txt"):
+            with pytest.raises(OSError) as e:
+                with open(mp / "c" / name, "wb") as f:
+                    f.write(b"epoch1")
+            assert e.value.errno == errno.EIO
+        assert wait_for(lambda: len([p for p in _status(mp)["pending"] if p["state"] == "failed"]) == 2,
+                        timeout=30), _status(mp)
+        reject["on"] = False
+        a = next(p for p in _status(mp)["pending"] if p["path"] == "/c/rejectme-a.txt")
+        os.unlink(a["data"])
+        os.unlink(a["data"][:-len(".data")] + ".json")
+        # a: cleared by hand, then written again by a shell redirect
+        res = subprocess.run(f"echo epoch2 > '{mp}/c/rejectme-a.txt'", shell=True)
+        assert res.returncode == 0
+        assert wait_for(lambda: _in_store(seaweed_like(seaweed), "rejects/rejectme-a.txt") == b"epoch2\n",
+                        timeout=10)
+        # b: not cleared, written again: a new attempt, which the store takes now
+        with open(mp / "c/rejectme-b.txt", "wb") as f:
+            f.write(b"epoch2")
+        assert _in_store(seaweed_like(seaweed), "rejects/rejectme-b.txt") == b"epoch2"
+        assert wait_for(lambda: not _status(mp)["pending"], timeout=10), _status(mp)
+        assert (mp / "c/rejectme-a.txt").read_bytes() == b"epoch2\n"
+
+
+def seaweed_like(server):
+    """_in_store reads BUCKET; the shared server's scratch bucket instead."""
+    from conftest import SCRATCH
+
+    class _S:
+        def obstore(self, bucket):
+            return server.obstore(SCRATCH)
+    return _S()

@@ -669,11 +669,15 @@ class FileSystem:
         this thread: a READ callback holds a page lock that the kernel's invalidation waits for."""
         listing = self.meta.get_listing(posixpath.dirname(path)) or {}
         self.meta.invalidate(path)
-        if self.kernel_invalidate is None:
-            return
         parent = posixpath.dirname(path)
-        paths = [path] + [posixpath.join(parent, n) for n, a in listing.items()
-                          if n != posixpath.basename(path) and a is not None and not a.is_dir]
+        self.forget_in_kernel([path] + [posixpath.join(parent, n) for n, a in listing.items()
+                                        if n != posixpath.basename(path) and a is not None and not a.is_dir])
+
+    def forget_in_kernel(self, paths: list) -> None:
+        """Make the kernel drop the attributes and pages it holds for paths, in the background:
+        from a FUSE callback the kernel's invalidation could wait on a lock the request holds."""
+        if self.kernel_invalidate is None or not paths:
+            return
 
         def forget():
             for p in paths:

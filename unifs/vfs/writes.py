@@ -119,8 +119,25 @@ class Writes:
     def staged(self, path: str) -> Optional[StagedFile]:
         return self._staged.get(path)
 
+    def _drop_if_removed(self, path: str) -> None:
+        """A staged copy deleted from the staging directory while the daemon runs (how a
+        rejected upload is cleared, design.md): the daemon forgets it too. It went on serving
+        the deleted copy and took new writes into it, which were never uploaded."""
+        st = self._staged.get(path)
+        if st is None or st.opens > 0 or os.path.exists(st.data_path):
+            return
+        with self._lock:
+            if self._staged.get(path) is not st or st.opens > 0:
+                return
+            del self._staged[path]
+        st.remove()  # its descriptor, and a sidecar left behind
+        log.warning("%s: its staged copy %s was deleted; the store's version counts again", path, st.data_path)
+        self.fs.meta.invalidate(path)
+        self.fs.forget_in_kernel([path])
+
     def attach(self, path: str) -> Optional[StagedFile]:
         """A read-only open of a path being written: it reads the staged copy."""
+        self._drop_if_removed(path)
         with self._lock:
             st = self._staged.get(path)
             if st is not None:
@@ -133,6 +150,9 @@ class Writes:
             st = hidden.staged
             return hidden.attr if st is None else Attr(is_dir=False, size=st.size, mtime=st.mtime)
         st = self._staged.get(path)
+        if st is not None and st.opens == 0:
+            self._drop_if_removed(path)
+            st = self._staged.get(path)
         if st is not None:
             return Attr(is_dir=False, size=st.size, mtime=st.mtime)
         if path in self._dirs:
@@ -217,7 +237,16 @@ class Writes:
 
     def open(self, path: str, truncate: bool) -> StagedFile:
         mount, key = self.writable(path)
-        attr = None if path in self._staged else self.fs.getattr(path)  # a HEAD: not under the lock
+        self._drop_if_removed(path)
+        try:
+            attr = None if path in self._staged else self.fs.getattr(path)  # a HEAD: not under the lock
+        except OSError as e:
+            if e.errno != errno.ENOENT or not truncate:
+                raise
+            # gone from the store (deleted behind the mount, or a staged copy deleted by hand)
+            # while the kernel still holds the name: `> file` then reaches the daemon as an open
+            # with O_TRUNC, not as a create (the kernel keeps O_CREAT to itself)
+            return self.create(path)
         if attr is not None and attr.is_dir:
             raise _err(errno.EISDIR, path)
         with self._lock:
@@ -230,6 +259,8 @@ class Writes:
                 st.replaces_object = True  # never written back half-way: only close/fsync replace it
                 self._staged[path] = st
             st.opens += 1
+            # written again: a new attempt (the store may take it now, or the new bytes)
+            st.rejected = False
         if truncate:
             st.truncate(0)
         return st
@@ -305,6 +336,9 @@ class Writes:
         now = time.monotonic()
         for st in self.all_staged():
             if st.deleted or not st.dirty or st.write_error or st.rejected or st.upload_lock.locked():
+                continue
+            if st.opens == 0 and not os.path.exists(st.data_path):
+                self._drop_if_removed(st.path)
                 continue
             if st.opens == 0:
                 if now < st.next_retry:
