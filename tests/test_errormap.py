@@ -43,3 +43,22 @@ def test_gcs_forbidden_is_access_denied():
     # gcsfs' validate_response raises a plain OSError for HTTP 403
     assert isinstance(normalise(OSError("Forbidden: b/o\nno storage.objects.get access"), "read o"),
                       AccessDenied)
+
+
+def test_an_azure_conflict_is_retried_and_names_its_code():
+    # Azurite's MemoryExtentStoreAtSizeLimit or a lease held by another client: was "rejected by
+    # the store (HTTP 409)", never retried, with no hint of the reason
+    from azure.core.exceptions import HttpResponseError
+
+    from unifs.errors import StoreRejected
+
+    err = HttpResponseError(message="There is currently a lease on the blob")
+    err.status_code = 409
+    err.error_code = "LeaseIdMissing"
+    out = normalise(err, "upload a.bin")
+    assert isinstance(out, StoreUnavailable) and "HTTP 409 LeaseIdMissing" in out.strerror, out.strerror
+    bad = HttpResponseError(message="bad")
+    bad.status_code = 400
+    bad.error_code = "InvalidBlobOrBlock"
+    out = normalise(bad, "upload a.bin")
+    assert isinstance(out, StoreRejected) and "HTTP 400 InvalidBlobOrBlock" in out.strerror, out.strerror

@@ -57,6 +57,9 @@ def _concise(exc: BaseException, status) -> str:
     code = _XML_CODE.search(text)
     if status and code:
         return f"HTTP {status} {code.group(1)}"
+    az_code = getattr(exc, "error_code", None)  # azure-core's HttpResponseError
+    if status and isinstance(az_code, str) and az_code:
+        return f"HTTP {status} {az_code}"
     if status:
         return f"HTTP {status}"
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -118,7 +121,9 @@ def normalise(exc: BaseException, what: str) -> StoreError:
     if name in ("PreconditionError",) or status in (412, 416):
         # 416: a range inside the size seen at open is past the end now: the object shrank
         return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
-    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+    # 409 is a conflict of the moment more often than a refusal (S3 OperationAborted, an Azure
+    # lease held by another client, a container being deleted): retried, not given up
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
         # the store refuses this request as such (KeyTooLongError, InvalidArgument ...): no retry helps
         return StoreRejected(f"{redact_url(what)}: rejected by the store ({text})")
     if isinstance(exc, (TypeError, ValueError)) or name in ("InvalidPathError", "ProfileNotFound"):

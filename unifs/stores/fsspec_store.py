@@ -177,6 +177,18 @@ def _az_bound(fs) -> None:
     conn.read_timeout = given.get("read_timeout", conn.read_timeout)
 
 
+def _quiet_orphan_tasks(loop) -> None:
+    """A failed upload of the Azure SDK (parallel block uploads) leaves its other tasks'
+    exceptions unretrieved, and asyncio logged a 26-line traceback for each: the failure itself
+    is reported once, by the upload that saw it."""
+    def handler(lp, context):
+        if "never retrieved" in str(context.get("message", "")):
+            log.debug("store client: %s: %s", context.get("message"), context.get("exception"))
+        else:
+            lp.default_exception_handler(context)
+    loop.set_exception_handler(handler)
+
+
 class FsspecStore:
     def __init__(self, url: str, options: dict[str, Any], timeout: float = 30.0,
                  connect_timeout: float = 5.0, retries: int = 3):
@@ -221,6 +233,8 @@ class FsspecStore:
         self.retries = retries
         self._gcs = None
         self._async = bool(getattr(self.fs, "async_impl", False))
+        if self._async and getattr(self.fs, "loop", None) is not None:
+            _quiet_orphan_tasks(self.fs.loop)
         self.has_dirs = self.scheme not in _BUCKET_SCHEMES
 
     # -- helpers ---------------------------------------------------------

@@ -315,7 +315,13 @@ class Writes:
                 st.next_retry = time.monotonic() + min(self.settings.retry_max_interval,
                                                        2.0 ** min(st.failures, 10))
                 st.save()
-                if st.rejected:
+                if st.opens > 0 and st.gen != gen:
+                    # a write-back of a file its writer went on changing: the upload read a file
+                    # growing under it (gcsfs then finds its upload session gone). Its close
+                    # uploads the current data, and reports a failure of that one
+                    st.rejected = False
+                    log.info("%s: write-back upload superseded by new writes (%s)", st.path, e.strerror)
+                elif st.rejected:
                     log.error("%s: the store rejects the upload to %s (%s); not retried, the data is kept "
                               "at %s", st.path, st.key, e.strerror, st.data_path)
                 else:
