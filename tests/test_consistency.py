@@ -107,3 +107,38 @@ def test_cache_clear_makes_the_kernel_forget_the_old_size(mounter, dataset):
         assert res.returncode == 0, res.stderr
         assert os.stat(mp / "d/x").st_size == len(longer), target
         assert (mp / "d/x").read_bytes() == longer, target
+
+
+def test_objects_replaced_while_read_never_hang_the_mount(mounter, dataset):
+    # the kernel invalidation after a change ran on the read-ahead pool and waited for a page
+    # lock held by a READ that waited for a read-ahead part queued behind it: with one fetch
+    # thread the mount hung for good, unmount included
+    import threading
+
+    versions = [bytes([65 + i]) * (24 << 20) for i in range(8)]
+    _put(mounter, "churn/x.bin", versions[0])
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/churn", read_only=True, prefetch=False,
+                                          metadata_ttl="1s")],
+                       extra={"read": {"threads": 1}})
+    path = mp / "d/x.bin"
+    results = []
+
+    def reads():
+        for _ in range(12):
+            try:
+                data = path.read_bytes()
+                results.append(data[:1] * len(data) == data and data in versions)
+            except OSError as e:
+                results.append(e.errno == errno.ESTALE)
+
+    threads = [threading.Thread(target=reads, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for v in versions[1:]:
+        _put(mounter, "churn/x.bin", v)
+        time.sleep(0.1)
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "reads through the mount hung"
+    assert results and all(results), results
+    assert wait_for(lambda: path.read_bytes() == versions[-1], timeout=20)

@@ -324,3 +324,38 @@ def test_reads_through_the_block_cache_match_the_object_byte_for_byte():
                 off += n
             r.close()
             cache.close()
+
+
+def test_kernel_invalidation_never_takes_a_read_ahead_thread(memfs):
+    # the kernel's invalidation waits for page locks that in-flight READs hold; run on the
+    # read-ahead pool it could wait for a READ that waits for a part queued behind it (a hang
+    # with read.threads: 1)
+    import threading
+
+    fs = make_fs(memfs, read=ReadSettings(threads=1))
+    release = threading.Event()
+    called = []
+
+    def blocked(path):
+        called.append(path)
+        release.wait(10)
+    fs.kernel_invalidate = blocked
+    try:
+        fs.forget_in_kernel(["/data/a", "/data/b"])
+        assert fs.pool.submit(lambda: 42).result(timeout=5) == 42
+        release.set()
+        assert wait_until(lambda: called == ["/data/a", "/data/b"])
+    finally:
+        release.set()
+        fs.close()
+
+
+def wait_until(cond, timeout=5.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import posixpath
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class FileSystem:
         self._lock = threading.Lock()
         self._last_etag: dict[str, Optional[str]] = {}
         self._open_seq: dict[str, int] = {}  # read-opens per path, see _repin
+        self._forget_queue: Optional[queue.SimpleQueue] = None  # see forget_in_kernel
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
         self.prefetcher = Prefetcher(self._prefetch, self.budget)
@@ -674,23 +676,33 @@ class FileSystem:
                                         if n != posixpath.basename(path) and a is not None and not a.is_dir])
 
     def forget_in_kernel(self, paths: list) -> None:
-        """Make the kernel drop the attributes and pages it holds for paths, in the background:
-        from a FUSE callback the kernel's invalidation could wait on a lock the request holds."""
+        """Make the kernel drop the attributes and pages it holds for paths, on a thread of its
+        own. The kernel's invalidation waits for every page lock of the file, and pages stay
+        locked while their READ is in flight, so it must never run on a thread a READ may wait
+        for: on the read-ahead pool (with `read.threads: 1`) it waited for a READ that waited
+        for a read-ahead part queued behind it, and the mount hung, unmount included."""
         if self.kernel_invalidate is None or not paths:
             return
+        with self._lock:
+            if self._forget_queue is None:
+                self._forget_queue = queue.SimpleQueue()
+                threading.Thread(target=self._forget_loop, name="unifs-kernel-inval", daemon=True).start()
+        self._forget_queue.put(list(paths))
 
-        def forget():
+    def _forget_loop(self) -> None:
+        while True:
+            paths = self._forget_queue.get()
+            if paths is None:
+                return
             for p in paths:
                 try:
                     self.kernel_invalidate(p)
                 except Exception as e:  # noqa: BLE001 - the kernel then learns at its timeout
                     log.debug("kernel invalidation of %s failed: %s", p, e)
-        try:
-            self.pool.submit(forget)
-        except RuntimeError:  # shutting down
-            pass
 
     def close(self) -> None:
+        if self._forget_queue is not None:
+            self._forget_queue.put(None)
         with self._lock:
             handles = list(self._handles.values())
             self._handles.clear()
