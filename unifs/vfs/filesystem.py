@@ -294,7 +294,7 @@ class FileSystem:
 
         def run():
             try:
-                self._cached_fetcher(path, mount, key, attr, drop_old=False)(0, attr.size)
+                self._cached_fetcher(path, mount, key, attr, drop_old=False, quiet=True)(0, attr.size)
             except Exception as e:  # noqa: BLE001 - a failed prefetch is just a later miss
                 log.debug("prefetch of %s failed: %s", path, e)
             finally:
@@ -313,8 +313,8 @@ class FileSystem:
         return mode
 
     def _cached_fetcher(self, path: str, mount: Mount, key: str, attr: Attr, drop_old: bool,
-                        source: Optional[Source] = None):
-        fetch = self.fetcher(path, mount, key, attr.etag, source)
+                        source: Optional[Source] = None, quiet: bool = False):
+        fetch = self.fetcher(path, mount, key, attr.etag, source, quiet=quiet)
         mode = self.mount_cache_mode(mount)
         if mode == "none":
             return fetch
@@ -343,7 +343,9 @@ class FileSystem:
             raise _err(errno.EBADF, str(fh))
         return handle
 
-    def fetcher(self, path, mount, key, etag, source: Optional[Source] = None):
+    def fetcher(self, path, mount, key, etag, source: Optional[Source] = None, quiet: bool = False):
+        """quiet: for a prefetch, which nobody waits for: a changed object is only forgotten
+        (no warning about a file nobody opened, no kernel invalidation of its directory)."""
         src = source or Source((path, key, etag))
 
         def fetch(start: int, end: int) -> bytes:
@@ -352,9 +354,16 @@ class FileSystem:
             try:
                 return mount.store.get_range(key, start, end, etag)
             except ObjectNotFound:
-                raise self.store_error(ObjectChanged(f"{path}: deleted from the store while open"),
-                                       path) from None
+                e = ObjectChanged(f"{path}: deleted from the store while open")
+                if quiet:
+                    self.meta.invalidate(path)
+                    raise e from None
+                raise self.store_error(e, path) from None
             except StoreError as e:
+                if quiet:
+                    if isinstance(e, ObjectChanged):
+                        self.meta.invalidate(path)
+                    raise
                 raise self.store_error(e, path) from None
         return fetch
 
@@ -669,11 +678,9 @@ class FileSystem:
         must the kernel: it keeps each file's size until its attribute timeout, and a reopen
         would read the new version cut to (or padded to) the size it was told before. Not from
         this thread: a READ callback holds a page lock that the kernel's invalidation waits for."""
-        listing = self.meta.get_listing(posixpath.dirname(path)) or {}
+        siblings = self.meta.forget_children(posixpath.dirname(path))
         self.meta.invalidate(path)
-        parent = posixpath.dirname(path)
-        self.forget_in_kernel([path] + [posixpath.join(parent, n) for n, a in listing.items()
-                                        if n != posixpath.basename(path) and a is not None and not a.is_dir])
+        self.forget_in_kernel([path] + [p for p in siblings if p != path])
 
     def forget_in_kernel(self, paths: list) -> None:
         """Make the kernel drop the attributes and pages it holds for paths, on a thread of its

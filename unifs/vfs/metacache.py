@@ -114,6 +114,19 @@ class MetaCache:
                 for p in [p for p in table if p.startswith(prefix)]:
                     del table[p]
 
+    def forget_children(self, parent: str) -> list[str]:
+        """Drop the listing of parent and the entries of its direct children; returns the
+        children's paths it knew (from either)."""
+        prefix = parent.rstrip("/") + "/"
+        with self._lock:
+            found = [p for p in self._entries if p.startswith(prefix) and "/" not in p[len(prefix):]]
+            for p in found:
+                del self._entries[p]
+            listing = self._listings.pop(parent, None)
+            if listing is not None:
+                found.extend(prefix + n for n, a in listing[1].items() if a is None or not a.is_dir)
+        return sorted(set(found))
+
     def invalidate(self, path: str) -> None:
         with self._lock:
             self._entries.pop(path, None)

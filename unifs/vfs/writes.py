@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from unifs.config import WriteSettings
-from unifs.errors import StoreError, StoreRejected
+from unifs.errors import AccessDenied, StoreError, StoreRejected
 from unifs.namespace import Mount
 from unifs.vfs.attrs import Attr
 from unifs.vfs.staging import Base, StagedFile, StagingArea
@@ -126,11 +126,17 @@ class Writes:
         st = self._staged.get(path)
         if st is None or st.opens > 0 or os.path.exists(st.data_path):
             return
-        with self._lock:
-            if self._staged.get(path) is not st or st.opens > 0:
-                return
-            del self._staged[path]
-        st.remove()  # its descriptor, and a sidecar left behind
+        if not st.upload_lock.acquire(blocking=False):
+            return  # an upload (which will fail on the missing file) first; the next call drops it
+        try:
+            with self._lock:
+                if self._staged.get(path) is not st or st.opens > 0:
+                    return
+                del self._staged[path]
+                st.deleted = True  # an upload waiting for the lock finds nothing to do
+            st.remove()  # its descriptor, and a sidecar left behind
+        finally:
+            st.upload_lock.release()
         log.warning("%s: its staged copy %s was deleted; the store's version counts again", path, st.data_path)
         self.fs.meta.invalidate(path)
         self.fs.forget_in_kernel([path])
@@ -295,7 +301,7 @@ class Writes:
                 del self._staged[st.path]
         st.remove()
 
-    def _upload(self, st: StagedFile) -> None:
+    def _upload(self, st: StagedFile, write_back: bool = False) -> None:
         with st.upload_lock:
             if st.deleted:
                 return
@@ -315,7 +321,7 @@ class Writes:
                 st.next_retry = time.monotonic() + min(self.settings.retry_max_interval,
                                                        2.0 ** min(st.failures, 10))
                 st.save()
-                if st.opens > 0 and st.gen != gen:
+                if write_back and st.opens > 0 and st.gen != gen and not isinstance(e, (AccessDenied, StoreRejected)):
                     # a write-back of a file its writer went on changing: the upload read a file
                     # growing under it (gcsfs then finds its upload session gone). Its close
                     # uploads the current data, and reports a failure of that one
@@ -362,7 +368,7 @@ class Writes:
 
     def _background_upload(self, st: StagedFile) -> None:
         try:
-            self._upload(st)
+            self._upload(st, write_back=st.opens > 0)
         except StoreError:
             return
         except Exception as e:  # noqa: BLE001 - keep the uploader alive, keep the data
