@@ -354,6 +354,8 @@ def test_a_rejected_upload_cleared_by_hand_then_written_again_uploads(mounter, s
         a = next(p for p in _status(mp)["pending"] if p["path"] == "/c/rejectme-a.txt")
         os.unlink(a["data"])
         os.unlink(a["data"][:-len(".data")] + ".json")
+        # the store never had it: gone from the mount too, not served from the deleted copy
+        assert "rejectme-a.txt" not in os.listdir(mp / "c") and "rejectme-b.txt" in os.listdir(mp / "c")
         # a: cleared by hand, then written again by a shell redirect
         res = subprocess.run(f"echo epoch2 > '{mp}/c/rejectme-a.txt'", shell=True)
         assert res.returncode == 0

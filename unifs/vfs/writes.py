@@ -166,12 +166,11 @@ class Writes:
         return None
 
     def children(self, path: str) -> dict[str, Attr]:
-        out = {}
         with self._lock:
-            for p in list(self._staged) + list(self._dirs):
-                parent, name = posixpath.split(p)
-                if parent == path and name:
-                    out[name] = self.attr(p)
+            paths = [p for p in list(self._staged) + list(self._dirs) if posixpath.split(p)[0] == path]
+        # attr() outside the lock: it may drop a hand-deleted staged copy, which calls into the
+        # file system (its own lock)
+        out = {posixpath.basename(p): self.attr(p) for p in paths if posixpath.basename(p)}
         return {k: v for k, v in out.items() if v is not None}
 
     def all_staged(self) -> list[StagedFile]:
