@@ -298,6 +298,19 @@ def make_peers(names: list, workdir: Path, target: S3Target, local_source: Optio
     return out
 
 
+def split_installed(names: list, say) -> tuple[list, dict]:
+    """(the peers of names that can run here, {name: why not} for the others, each said)."""
+    ok, skipped = [], {}
+    for name in names:
+        why = peer_class(name).missing()
+        if why:
+            skipped[name] = why
+            say(f"peer {name} skipped: {why}")
+        else:
+            ok.append(name)
+    return ok, skipped
+
+
 def peer_class(name: str):
     return {"rclone-full": Rclone, "rclone-off": Rclone, "s3fs": S3fsFuse, "s3fs-cache": S3fsFuse,
             "passthrough": Passthrough}[name]

@@ -70,7 +70,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from peers import PEERS, S3Target, is_mounted, make_peers, peer_class, proc_cpu_seconds
+from peers import PEERS, S3Target, is_mounted, make_peers, proc_cpu_seconds, split_installed
 from unifs.devstores.seaweed import SeaweedS3
 
 STORES = ("s3", "gcs", "azure", "file")
@@ -1057,14 +1057,7 @@ def main(argv=None) -> int:
         ap.error("--client obstore applies to --store s3 only")
     if args.list_count is None:
         args.list_count = 20000 if args.store == "s3" else 0
-    peer_names = parse_peers(ap, args)
-    peers_skipped = {}
-    for name in list(peer_names):
-        why = peer_class(name).missing()
-        if why:
-            peers_skipped[name] = why
-            peer_names.remove(name)
-            log(f"peer {name} skipped: {why}")
+    peer_names, peers_skipped = split_installed(parse_peers(ap, args), log)
 
     # SIGTERM ends the run through the same cleanup as Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

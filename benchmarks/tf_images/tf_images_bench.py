@@ -45,7 +45,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import yaml  # noqa: E402
 
-from peers import S3Target, is_mounted, make_peers, peer_class  # noqa: E402
+from peers import S3Target, is_mounted, make_peers, split_installed  # noqa: E402
 from read_bench import CacheControl, Mount, log  # noqa: E402
 from unifs.devstores.seaweed import SeaweedS3  # noqa: E402
 
@@ -294,14 +294,7 @@ def main() -> int:
         ap.error(f"--modes takes {', '.join(MODES)}")
     if args.images < 1 or args.classes < 1 or args.batch < 1 or args.parallel < 0 or args.epochs < 2:
         ap.error("--images, --classes and --batch must be >= 1, --parallel >= 0, --epochs >= 2")
-    peer_names = parse_peers(args.peers)
-    skipped = {}
-    for name in list(peer_names):
-        why = peer_class(name).missing()
-        if why:
-            skipped[name] = why
-            peer_names.remove(name)
-            log(f"peer {name} skipped: {why}")
+    peer_names, skipped = split_installed(parse_peers(args.peers), log)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unifs-tfimg-"))
     workdir.mkdir(parents=True, exist_ok=True)
