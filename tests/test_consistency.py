@@ -142,3 +142,43 @@ def test_objects_replaced_while_read_never_hang_the_mount(mounter, dataset):
         assert not t.is_alive(), "reads through the mount hung"
     assert results and all(results), results
     assert wait_for(lambda: path.read_bytes() == versions[-1], timeout=20)
+
+
+def _v(n: int, size: int) -> bytes:
+    return (b"V%014d\n" % n * (size // 16 + 1))[:size]
+
+
+def _read_new_or_estale_then_new(path, want: bytes) -> None:
+    try:
+        got = path.read_bytes()
+    except OSError as e:
+        assert e.errno == errno.ESTALE
+        got = path.read_bytes()
+    assert got == want, f"read {len(got)} bytes, want {len(want)}: a version cut to an old size?"
+
+
+def test_a_relisting_from_cache_never_makes_the_kernel_cut_a_new_version(mounter, dataset):
+    # the kernel takes every reply for a whole TTL, also one the daemon answered from its cache
+    # near expiry; the daemon then asked the store again, pinned the bigger new version, and the
+    # kernel cut reads at the old size: no error, a truncated file
+    _put(mounter, "relist/x.bin", _v(0, 100_000))
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/relist", read_only=True, prefetch=False,
+                                          metadata_ttl="2s")])
+    os.listdir(mp / "d")
+    time.sleep(1.8)
+    os.listdir(mp / "d")  # from the daemon's cache: the kernel holds 100,000 bytes until ~3.8 s
+    time.sleep(0.4)
+    _put(mounter, "relist/x.bin", _v(1, 101_111))
+    _read_new_or_estale_then_new(mp / "d/x.bin", _v(1, 101_111))
+
+
+def test_a_prefetch_that_finds_a_file_replaced_never_makes_its_read_cut(mounter, dataset):
+    names = [f"f{i}.bin" for i in range(8)]
+    _put_all = {f"pfcut/{n}": _v(0, 100_000) for n in names}
+    mounter.seaweed.put_many(SCRATCH, _put_all)
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/pfcut", read_only=True)])  # ttl 60 s
+    assert [os.stat(mp / "d" / n).st_size for n in sorted(os.listdir(mp / "d"))] == [100_000] * 8
+    _put(mounter, "pfcut/f5.bin", _v(1, 150_000))
+    for n in names[:5]:  # in listing order: the prefetcher fetches f5 (and finds it changed)
+        assert (mp / "d" / n).read_bytes() == _v(0, 100_000)
+    _read_new_or_estale_then_new(mp / "d/f5.bin", _v(1, 150_000))

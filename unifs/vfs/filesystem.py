@@ -17,6 +17,7 @@ import os
 import posixpath
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -46,6 +47,13 @@ def opens_for_writing(flags: int) -> bool:
 
 def _err(code: int, path: str, why: str = "") -> OSError:
     return OSError(code, why or os.strerror(code), path)
+
+
+def _differs(before: Optional[Attr], now: Optional[Attr]) -> bool:
+    """A file whose size or version is not what it was (gone counts, a directory never)."""
+    if before is None or before.is_dir:
+        return False
+    return now is None or now.is_dir or now.size != before.size or now.etag != before.etag
 
 
 @dataclass
@@ -94,6 +102,7 @@ class FileSystem:
         self._last_etag: dict[str, Optional[str]] = {}
         self._open_seq: dict[str, int] = {}  # read-opens per path, see _repin
         self._forget_queue: Optional[queue.SimpleQueue] = None  # see forget_in_kernel
+        self._stale_kernel: dict[str, float] = {}  # see _kernel_may_hold
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
         self.prefetcher = Prefetcher(self._prefetch, self.budget)
@@ -127,6 +136,7 @@ class FileSystem:
         return attr
 
     def _lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
+        prev = self.meta.previous(path)
         try:
             info = mount.store.head(key)
             if info is not None:
@@ -138,8 +148,33 @@ class FileSystem:
         except StoreError as e:
             raise self.store_error(e, path) from None
         self.meta.put(path, attr, mount.ttl)
+        if _differs(prev, attr):
+            self._kernel_may_hold([path], mount.ttl)
         self._note_versions({path: attr})
         return attr
+
+    def _kernel_may_hold(self, paths: list, ttl: float) -> None:
+        """The store's version of these files differs from what the daemon told the kernel
+        (within its attribute timeout, which each reply starts afresh, also one answered from
+        the daemon's cache): the kernel may still size reads by the old size, so an open now
+        would read the new version cut or padded to it. Until the kernel has been told to
+        forget (forget_in_kernel), opens of these paths bypass its page cache (direct_io),
+        where reads are not cut at its size."""
+        until = time.monotonic() + ttl
+        with self._lock:
+            for p in paths:
+                self._stale_kernel[p] = until
+        self.forget_in_kernel(paths)
+
+    def _kernel_stale(self, path: str) -> bool:
+        if not self._stale_kernel:
+            return False
+        with self._lock:
+            until = self._stale_kernel.get(path)
+            if until is not None and until <= time.monotonic():
+                del self._stale_kernel[path]
+                return False
+            return until is not None
 
     def _note_versions(self, seen: dict) -> None:
         """Fresh attributes from the store (path -> Attr or None for gone): readers pinned to
@@ -195,7 +230,13 @@ class FileSystem:
             for d in listing.dirs:
                 # a prefix shadows an object of the same name ("a" and "a/b")
                 children[d] = Attr.directory(mount.read_only)
+            before = self.meta.previous_listing(path)
             self.meta.put_listing(path, children, mount.ttl)
+            if before:
+                prefix = path.rstrip("/") + "/"
+                changed = [prefix + n for n, a in before.items() if _differs(a, children.get(n))]
+                if changed:
+                    self._kernel_may_hold(changed, mount.ttl)
             if self._handles:
                 prefix = path.rstrip("/") + "/"
                 with self._lock:
@@ -232,6 +273,8 @@ class FileSystem:
             direct = attr.etag is not None and any(
                 h.path == path and h.reader is not None and h.version is not None and h.version != attr.etag
                 for h in self._handles.values())
+        direct = direct or self._kernel_stale(path)
+        with self._lock:
             if direct:
                 self._last_etag[path] = None
         source = Source((path, key, attr.etag))
@@ -356,13 +399,13 @@ class FileSystem:
             except ObjectNotFound:
                 e = ObjectChanged(f"{path}: deleted from the store while open")
                 if quiet:
-                    self.meta.invalidate(path)
+                    self.meta.expire(path)  # the next open's lookup sees the change
                     raise e from None
                 raise self.store_error(e, path) from None
             except StoreError as e:
                 if quiet:
                     if isinstance(e, ObjectChanged):
-                        self.meta.invalidate(path)
+                        self.meta.expire(path)
                     raise
                 raise self.store_error(e, path) from None
         return fetch
@@ -678,8 +721,8 @@ class FileSystem:
         must the kernel: it keeps each file's size until its attribute timeout, and a reopen
         would read the new version cut to (or padded to) the size it was told before. Not from
         this thread: a READ callback holds a page lock that the kernel's invalidation waits for."""
-        siblings = self.meta.forget_children(posixpath.dirname(path))
-        self.meta.invalidate(path)
+        siblings = self.meta.expire_children(posixpath.dirname(path))
+        self.meta.expire(path)  # what it was stays known: the next lookup sees the difference
         self.forget_in_kernel([path] + [p for p in siblings if p != path])
 
     def forget_in_kernel(self, paths: list) -> None:
@@ -706,6 +749,9 @@ class FileSystem:
                     self.kernel_invalidate(p)
                 except Exception as e:  # noqa: BLE001 - the kernel then learns at its timeout
                     log.debug("kernel invalidation of %s failed: %s", p, e)
+                    continue
+                with self._lock:
+                    self._stale_kernel.pop(p, None)
 
     def close(self) -> None:
         if self._forget_queue is not None:

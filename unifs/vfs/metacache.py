@@ -34,7 +34,8 @@ class MetaCache:
         self.max_listings = max_listings
 
     def get(self, path: str) -> Lookup:
-        """An Attr, NEGATIVE for a known-missing path, or None when unknown."""
+        """An Attr, NEGATIVE for a known-missing path, or None when unknown.
+        Expired knowledge is kept (until replaced or evicted) for `previous`."""
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(path)
@@ -42,13 +43,41 @@ class MetaCache:
                 expires, attr = hit
                 if expires > now:
                     return attr if attr is not None else NEGATIVE
-                del self._entries[path]
             parent, name = posixpath.split(path)
             listing = self._listings.get(parent)
             if listing is not None and listing[0] > now:
                 attr = listing[1].get(name)
                 return attr if attr is not None else NEGATIVE
         return None
+
+    def previous(self, path: str) -> Optional[Attr]:
+        """The last attributes known for path, expired or not (what the kernel may still hold:
+        it keeps each reply for the whole TTL, also one the daemon answered from its cache)."""
+        with self._lock:
+            hit = self._entries.get(path)
+            parent, name = posixpath.split(path)
+            listing = self._listings.get(parent)
+            from_listing = listing[1].get(name) if listing is not None else None
+            if hit is not None and (listing is None or hit[0] >= listing[0] or from_listing is None):
+                return hit[1]
+            return from_listing
+
+    def previous_listing(self, path: str) -> Optional[dict[str, Attr]]:
+        """The last listing of path, expired or not."""
+        with self._lock:
+            hit = self._listings.get(path)
+            return None if hit is None else hit[1]
+
+    def expire(self, path: str) -> None:
+        """Ask the store again for path (and its directory), keeping what was known."""
+        with self._lock:
+            hit = self._entries.get(path)
+            if hit is not None:
+                self._entries[path] = (0.0, hit[1])
+            parent = posixpath.dirname(path)
+            listing = self._listings.get(parent)
+            if listing is not None:
+                self._listings[parent] = (0.0, listing[1])
 
     def put(self, path: str, attr: Optional[Attr], ttl: float) -> None:
         if ttl <= 0:
@@ -63,10 +92,7 @@ class MetaCache:
         now = time.monotonic()
         with self._lock:
             hit = self._listings.get(path)
-            if hit is None:
-                return None
-            if hit[0] <= now:
-                del self._listings[path]
+            if hit is None or hit[0] <= now:
                 return None
             self._listings.move_to_end(path)
             return hit[1]
@@ -114,16 +140,17 @@ class MetaCache:
                 for p in [p for p in table if p.startswith(prefix)]:
                     del table[p]
 
-    def forget_children(self, parent: str) -> list[str]:
-        """Drop the listing of parent and the entries of its direct children; returns the
-        children's paths it knew (from either)."""
+    def expire_children(self, parent: str) -> list[str]:
+        """Expire the listing of parent and the entries of its direct children (keeping what
+        was known); returns the children's paths it knew (from either)."""
         prefix = parent.rstrip("/") + "/"
         with self._lock:
             found = [p for p in self._entries if p.startswith(prefix) and "/" not in p[len(prefix):]]
             for p in found:
-                del self._entries[p]
-            listing = self._listings.pop(parent, None)
+                self._entries[p] = (0.0, self._entries[p][1])
+            listing = self._listings.get(parent)
             if listing is not None:
+                self._listings[parent] = (0.0, listing[1])
                 found.extend(prefix + n for n, a in listing[1].items() if a is None or not a.is_dir)
         return sorted(set(found))
 

@@ -277,6 +277,11 @@ class Writes:
                        "it is not uploaded (the store keeps its previous content)")
         if st.deleted or not st.dirty:
             return
+        if not os.path.exists(st.data_path):
+            log.error("%s: its staged copy %s was deleted while the file was open; these writes are "
+                      "lost", st.path, st.data_path)
+            raise _err(errno.EIO, st.path, f"its staged copy {st.data_path} was deleted while open; "
+                       "the writes since the last upload are lost")
         try:
             self._upload(st)
         except StoreError as e:
@@ -346,10 +351,10 @@ class Writes:
         """Background work: pending uploads (with backoff) and write-back of open files."""
         now = time.monotonic()
         for st in self.all_staged():
-            if st.deleted or not st.dirty or st.write_error or st.rejected or st.upload_lock.locked():
+            if st.opens == 0 and not st.deleted and not os.path.exists(st.data_path):
+                self._drop_if_removed(st.path)  # also a rejected one: its descriptor holds the space
                 continue
-            if st.opens == 0 and not os.path.exists(st.data_path):
-                self._drop_if_removed(st.path)
+            if st.deleted or not st.dirty or st.write_error or st.rejected or st.upload_lock.locked():
                 continue
             if st.opens == 0:
                 if now < st.next_retry:
