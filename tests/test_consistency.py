@@ -182,3 +182,20 @@ def test_a_prefetch_that_finds_a_file_replaced_never_makes_its_read_cut(mounter,
     for n in names[:5]:  # in listing order: the prefetcher fetches f5 (and finds it changed)
         assert (mp / "d" / n).read_bytes() == _v(0, 100_000)
     _read_new_or_estale_then_new(mp / "d/f5.bin", _v(1, 150_000))
+
+
+def test_mmap_of_files_replaced_after_their_ttl_works(mounter, dataset):
+    # the kernel asks again once its attributes expire and gets the new ones: no reason for
+    # direct_io there, which refuses shared mmap (ENODEV for np.load(mmap_mode='r'), safetensors)
+    import mmap
+
+    mounter.seaweed.put_many(SCRATCH, {f"mm/f{i}": _v(0, 50_000) for i in range(8)})
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/mm", read_only=True, metadata_ttl="1s")])
+    for i in range(8):
+        assert os.stat(mp / f"d/f{i}").st_size == 50_000
+    mounter.seaweed.put_many(SCRATCH, {f"mm/f{i}": _v(1, 60_000 + i) for i in range(8)})
+    time.sleep(1.5)
+    for i in range(8):
+        with open(mp / f"d/f{i}", "rb") as f:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                assert m[:] == _v(1, 60_000 + i)

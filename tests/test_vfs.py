@@ -359,3 +359,20 @@ def wait_until(cond, timeout=5.0):
             return True
         time.sleep(0.01)
     return cond()
+
+
+def test_a_listing_compares_with_what_a_head_said_before(memfs):
+    # a file first learned by HEAD, then replaced, then listed: the kernel may still hold the
+    # HEAD's size (a plain readdir carries none), so opens must bypass its page cache
+    import fsspec as _f
+
+    fs = make_fs(memfs)
+    try:
+        assert fs.getattr("/m/top.txt").size == 3
+        _f.filesystem("memory").pipe(f"{memfs}/top.txt", b"a longer top")
+        fs.meta.expire("/m/top.txt")  # as after the TTL
+        names = dict(fs.readdir("/m"))
+        assert names["top.txt"].size == len(b"a longer top")
+        assert fs._kernel_stale("/m/top.txt") and not fs._kernel_stale("/m/other")
+    finally:
+        fs.close()

@@ -136,7 +136,6 @@ class FileSystem:
         return attr
 
     def _lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
-        prev = self.meta.previous(path)
         try:
             info = mount.store.head(key)
             if info is not None:
@@ -148,8 +147,6 @@ class FileSystem:
         except StoreError as e:
             raise self.store_error(e, path) from None
         self.meta.put(path, attr, mount.ttl)
-        if _differs(prev, attr):
-            self._kernel_may_hold([path], mount.ttl)
         self._note_versions({path: attr})
         return attr
 
@@ -230,7 +227,9 @@ class FileSystem:
             for d in listing.dirs:
                 # a prefix shadows an object of the same name ("a" and "a/b")
                 children[d] = Attr.directory(mount.read_only)
-            before = self.meta.previous_listing(path)
+            # a listing reply need not carry attributes the kernel takes (a plain readdir of a
+            # big directory does not): files that changed since the daemon last said are flagged
+            before = self.meta.previous_children(path, children)
             self.meta.put_listing(path, children, mount.ttl)
             if before:
                 prefix = path.rstrip("/") + "/"
@@ -254,6 +253,10 @@ class FileSystem:
         if opens_for_writing(flags):
             st = self.writes.open(path, bool(flags & os.O_TRUNC))
             return self._new_handle(Handle(path, staged=st, writable=True, owner=owner)), False
+        # the kernel opens without asking for attributes while its own are valid: if the daemon's
+        # expired and the store's answer now differs from its last, the kernel still has the old
+        # size (a GETATTR or LOOKUP of the kernel's own would have refreshed the daemon's first)
+        prev = self.meta.previous(path) if self.meta.get(path) is None else None
         attr = self.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
@@ -262,6 +265,8 @@ class FileSystem:
             return self._new_handle(Handle(path, staged=st)), False
         mount, key = self.ns.resolve(path)
         assert mount is not None
+        if _differs(prev, attr):
+            self._kernel_may_hold([path], mount.ttl)
         with self._lock:
             last = self._last_etag.get(path)
             keep = attr.etag is not None and last == attr.etag
@@ -723,7 +728,11 @@ class FileSystem:
         this thread: a READ callback holds a page lock that the kernel's invalidation waits for."""
         siblings = self.meta.expire_children(posixpath.dirname(path))
         self.meta.expire(path)  # what it was stays known: the next lookup sees the difference
-        self.forget_in_kernel([path] + [p for p in siblings if p != path])
+        mount, _ = self.ns.resolve(path)
+        self._kernel_may_hold([path], mount.ttl if mount else 60.0)
+        # siblings: the kernel forgets them; an open of one before that compares what the store
+        # says now with what the daemon said last (open) and bypasses the kernel if it changed
+        self.forget_in_kernel([p for p in siblings if p != path])
 
     def forget_in_kernel(self, paths: list) -> None:
         """Make the kernel drop the attributes and pages it holds for paths, on a thread of its

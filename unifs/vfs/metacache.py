@@ -62,11 +62,20 @@ class MetaCache:
                 return hit[1]
             return from_listing
 
-    def previous_listing(self, path: str) -> Optional[dict[str, Attr]]:
-        """The last listing of path, expired or not."""
+    def previous_children(self, path: str, names) -> dict[str, Attr]:
+        """What was last known (expired or not) of path's files: its last listing, and for
+        names given, an entry learned on its own (a HEAD) where that is newer."""
+        prefix = path.rstrip("/") + "/"
         with self._lock:
             hit = self._listings.get(path)
-            return None if hit is None else hit[1]
+            out = dict(hit[1]) if hit is not None else {}
+            listed_until = hit[0] if hit is not None else 0.0
+            if self._entries:
+                for n in names:
+                    e = self._entries.get(prefix + n)
+                    if e is not None and e[1] is not None and (n not in out or e[0] >= listed_until):
+                        out[n] = e[1]
+        return out
 
     def expire(self, path: str) -> None:
         """Ask the store again for path (and its directory), keeping what was known."""
