@@ -14,13 +14,13 @@ replaced on the server reads as ESTALE instead of mixing old and new bytes.
 from __future__ import annotations
 
 import logging
-
-import fsspec.asyn
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Optional
 from urllib.parse import quote, unquote
+
+import fsspec.asyn
 
 from unifs.config import redact_url
 from unifs.errors import ObjectChanged, ObjectNotFound, StoreRejected

@@ -267,6 +267,7 @@ class FileSystem:
         assert mount is not None
         if _differs(prev, attr):
             self._kernel_may_hold([path], mount.ttl)
+        stale_kernel = self._kernel_stale(path)
         with self._lock:
             last = self._last_etag.get(path)
             keep = attr.etag is not None and last == attr.etag
@@ -275,11 +276,9 @@ class FileSystem:
             # readers of an older version share the kernel's page cache of this inode: filling it
             # with the new version would feed them new bytes, so this reader bypasses it, and the
             # next open (None != ETag) drops what is cached
-            direct = attr.etag is not None and any(
+            direct = stale_kernel or attr.etag is not None and any(
                 h.path == path and h.reader is not None and h.version is not None and h.version != attr.etag
                 for h in self._handles.values())
-        direct = direct or self._kernel_stale(path)
-        with self._lock:
             if direct:
                 self._last_etag[path] = None
         source = Source((path, key, attr.etag))
@@ -401,18 +400,14 @@ class FileSystem:
             path, key, etag = src.at
             try:
                 return mount.store.get_range(key, start, end, etag)
-            except ObjectNotFound:
-                e = ObjectChanged(f"{path}: deleted from the store while open")
-                if quiet:
-                    self.meta.expire(path)  # the next open's lookup sees the change
-                    raise e from None
-                raise self.store_error(e, path) from None
             except StoreError as e:
-                if quiet:
-                    if isinstance(e, ObjectChanged):
-                        self.meta.expire(path)
-                    raise
-                raise self.store_error(e, path) from None
+                if isinstance(e, ObjectNotFound):
+                    e = ObjectChanged(f"{path}: deleted from the store while open")
+                if not quiet:
+                    raise self.store_error(e, path) from None
+                if isinstance(e, ObjectChanged):
+                    self.meta.expire(path)  # the next open's lookup sees the change
+                raise e from None
         return fetch
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
@@ -722,10 +717,10 @@ class FileSystem:
 
     def _changed_in_store(self, path: str) -> None:
         """An object changed behind the mount's back: probably its siblings too (a data set
-        regenerated in place). The daemon forgets the file and its directory's listing, and so
-        must the kernel: it keeps each file's size until its attribute timeout, and a reopen
-        would read the new version cut to (or padded to) the size it was told before. Not from
-        this thread: a READ callback holds a page lock that the kernel's invalidation waits for."""
+        regenerated in place). The daemon asks the store again for the file and its directory
+        (keeping what it knew, to compare), and so must the kernel: it keeps each file's size
+        until its attribute timeout, and a reopen would read the new version cut to (or padded
+        to) the size it was told before."""
         siblings = self.meta.expire_children(posixpath.dirname(path))
         self.meta.expire(path)  # what it was stays known: the next lookup sees the difference
         mount, _ = self.ns.resolve(path)

@@ -54,28 +54,24 @@ class MetaCache:
         """The last attributes known for path, expired or not (what the kernel may still hold:
         it keeps each reply for the whole TTL, also one the daemon answered from its cache)."""
         with self._lock:
-            hit = self._entries.get(path)
-            parent, name = posixpath.split(path)
-            listing = self._listings.get(parent)
-            from_listing = listing[1].get(name) if listing is not None else None
-            if hit is not None and (listing is None or hit[0] >= listing[0] or from_listing is None):
-                return hit[1]
-            return from_listing
+            return self._last_known(path, self._listings.get(posixpath.dirname(path)))
 
     def previous_children(self, path: str, names) -> dict[str, Attr]:
-        """What was last known (expired or not) of path's files: its last listing, and for
-        names given, an entry learned on its own (a HEAD) where that is newer."""
+        """`previous` of path's files: those in its last listing and those of names given."""
         prefix = path.rstrip("/") + "/"
         with self._lock:
-            hit = self._listings.get(path)
-            out = dict(hit[1]) if hit is not None else {}
-            listed_until = hit[0] if hit is not None else 0.0
-            if self._entries:
-                for n in names:
-                    e = self._entries.get(prefix + n)
-                    if e is not None and e[1] is not None and (n not in out or e[0] >= listed_until):
-                        out[n] = e[1]
-        return out
+            listing = self._listings.get(path)
+            known = set(names) | set(listing[1] if listing is not None else ())
+            out = {n: self._last_known(prefix + n, listing) for n in known}
+        return {n: a for n, a in out.items() if a is not None}
+
+    def _last_known(self, path: str, listing) -> Optional[Attr]:
+        """path's own entry (a HEAD) or its parent's listing, whichever is newer; lock held."""
+        hit = self._entries.get(path)
+        from_listing = listing[1].get(posixpath.basename(path)) if listing is not None else None
+        if hit is not None and (listing is None or hit[0] >= listing[0] or from_listing is None):
+            return hit[1]
+        return from_listing
 
     def expire(self, path: str) -> None:
         """Ask the store again for path (and its directory), keeping what was known."""

@@ -155,10 +155,9 @@ class Writes:
         if hidden is not None:
             st = hidden.staged
             return hidden.attr if st is None else Attr(is_dir=False, size=st.size, mtime=st.mtime)
-        st = self._staged.get(path)
-        if st is not None and st.opens == 0:
+        if path in self._staged:
             self._drop_if_removed(path)
-            st = self._staged.get(path)
+        st = self._staged.get(path)
         if st is not None:
             return Attr(is_dir=False, size=st.size, mtime=st.mtime)
         if path in self._dirs:
