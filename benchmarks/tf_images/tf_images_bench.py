@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Training input images/s: a tf.data pipeline over an ImageNet-style folder of JPEGs, read from
-local disk, through unifs and through other mounts of the same bucket, side by side in one run.
+"""Training input images/s: a tf.data pipeline and a PyTorch DataLoader over an ImageNet-style
+folder of JPEGs, read from local disk, through unifs and through other mounts of the same bucket,
+side by side in one run.
 
 The script makes the data set itself (JPEGs of ImageNet's typical size, `train/<class>/*.JPEG`,
 a fixed seed), keeps one copy on local disk and uploads one to a local SeaweedFS S3 server,
@@ -11,7 +12,13 @@ then, for each source in turn, mounts it afresh, drops the page cache and runs `
 
 where `load` is `tf.io.read_file` alone (mode `read`: what the file system delivers) or read +
 `decode_jpeg` + resize to 224x224 (mode `decode`: a real input pipeline, bounded by JPEG
-decoding on a small machine). Epoch 1 is cold (fresh mount, empty caches, page cache dropped;
+decoding on a small machine); and (`--frameworks torch`) the same as a PyTorch
+
+    DataLoader(ImageFiles(files, mode), batch_size=B, shuffle=True, num_workers=W,
+               persistent_workers=True)
+
+whose `__getitem__` is `open(path, "rb").read()` (read) or that plus a PIL decode and resize to
+224x224 (decode), as a torchvision `ImageFolder` does. Epoch 1 is cold (fresh mount, empty caches, page cache dropped;
 the store server's own data files are read back into the page cache, so the store answers
 from memory as a well-provisioned one would); the best of the later epochs is "warm".
 `local` is the same files on local disk; its epoch 1 reads the disk after the drop. After the timed epochs, an untimed pass reads
@@ -19,7 +26,8 @@ every file through the same pipeline and compares its sha256 with the one taken 
 a mismatch ends the run with status 3.
 
     python benchmarks/tf_images/tf_images_bench.py [--images 2000] [--classes 10]
-        [--modes read,decode] [--order shuffled|listing] [--batch 64] [--parallel 16]
+        [--frameworks tf,torch] [--modes read,decode] [--order shuffled|listing] [--batch 64]
+        [--parallel 16] [--workers 8]
         [--peers rclone-full,rclone-off,s3fs,s3fs-cache|none] [--json FILE] [--keep]
 
 Needs root (FUSE, drop_caches). Peers that are not installed are skipped and said so.
@@ -28,6 +36,7 @@ Needs root (FUSE, drop_caches). Peers that are not installed are skipped and sai
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -53,6 +62,7 @@ BUCKET = "imagenet"
 MOUNT_PATH = "/imagenet"
 S3_PEERS = ("rclone-full", "rclone-off", "s3fs", "s3fs-cache")
 MODES = ("read", "decode")
+FRAMEWORKS = ("tf", "torch")
 
 
 class VerificationError(Exception):
@@ -117,6 +127,98 @@ def epoch(ds) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
+class ImageFiles:
+    """A map-style torch Dataset over image paths, as torchvision's ImageFolder reads them: plain
+    open() and read(), then (decode) PIL decode + resize. `sha` returns (path, sha256) for the
+    check pass. Defined at module level so DataLoader workers can pickle it."""
+
+    def __init__(self, files: list, mode: str):
+        self.files = files
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        with open(self.files[i], "rb") as f:
+            data = f.read()
+        if self.mode == "read":
+            return len(data)
+        if self.mode == "sha":
+            return self.files[i], hashlib.sha256(data).hexdigest()
+        import io
+
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+
+
+def _as_list(batch):
+    return batch
+
+
+class EpochOrder:
+    """The sampler: a new shuffle each epoch (or listing order), after a first epoch of nothing.
+    That empty pass starts the persistent workers, so forking them (about 0.2-0.5 s for 8 here)
+    is not counted as reading in the cold epoch."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        import torch
+
+        self.n, self.shuffle = n, shuffle
+        self.gen = torch.Generator()
+        self.gen.manual_seed(seed)
+        self.started = False
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        if not self.started:
+            self.started = True
+            return iter(())
+        return iter(torch.randperm(self.n, generator=self.gen).tolist() if self.shuffle else range(self.n))
+
+
+def torch_loader(files: list, mode: str, order: str, batch: int, workers: int, seed: int):
+    """A started DataLoader (workers forked, nothing read yet)."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(files, mode), batch_size=batch, sampler=EpochOrder(len(files), order == "shuffled", seed),
+        num_workers=workers, persistent_workers=workers > 0,
+        collate_fn=_as_list if mode == "sha" else None)
+    if torch_epoch(loader)[1]:
+        raise RuntimeError("the DataLoader's start-up pass read images")
+    return loader
+
+
+def torch_epoch(loader) -> tuple[float, int]:
+    n = 0
+    t0 = time.perf_counter()
+    for b in loader:
+        n += len(b)
+    return time.perf_counter() - t0, n
+
+
+def verify_torch(root: str, files: list, expected: dict[str, str], who: str, workers: int) -> None:
+    """Every file read through a DataLoader's workers (untimed), compared by sha256."""
+    seen = 0
+    for batch in torch_loader(files, "sha", "listing", 64, workers, 0):
+        for path, digest in batch:
+            key = os.path.relpath(path, root)
+            if digest != expected.get(key):
+                raise VerificationError(f"{who} (torch): wrong bytes in {key}")
+            seen += 1
+    if seen != len(expected):
+        raise VerificationError(f"{who} (torch): read {seen} of {len(expected)} files")
+
+
 def verify(root: str, files: list, expected: dict[str, str], who: str) -> None:
     """Every file read through tf.data (untimed), compared by sha256 with the data set."""
     import tensorflow as tf
@@ -133,11 +235,16 @@ def verify(root: str, files: list, expected: dict[str, str], who: str) -> None:
         raise VerificationError(f"{who}: read {seen} of {len(expected)} files")
 
 
-def list_files(root: str) -> tuple[float, list]:
-    import tensorflow as tf
-
+def list_files(root: str, fw: str) -> tuple[float, list]:
+    """The image paths, listed the framework's way (tf.io.gfile.glob; glob.glob for torch)."""
+    pattern = os.path.join(root, "train", "*", "*.JPEG")
     t0 = time.perf_counter()
-    files = sorted(tf.io.gfile.glob(os.path.join(root, "train", "*", "*.JPEG")))
+    if fw == "tf":
+        import tensorflow as tf
+
+        files = sorted(tf.io.gfile.glob(pattern))
+    else:
+        files = sorted(glob.glob(pattern))
     return time.perf_counter() - t0, files
 
 
@@ -205,33 +312,46 @@ class Unifs:
 
 
 def run_source(src, mp: Path, cache: CacheControl, args, expected: dict) -> dict:
-    """Both modes, each on a fresh mount: epoch 1 cold, the later ones warm; then the bytes checked."""
+    """Every framework and mode, each on a fresh mount: epoch 1 cold, the later ones warm; then
+    the bytes checked once per framework. Keys of the result: "tf/read", "torch/decode", ..."""
     out: dict = {}
-    for mode in args.modes:
-        src.start(mp)
-        try:
-            cache.cold(src.warm_dirs())
-            glob_s, files = list_files(src.root)
-            if len(files) != len(expected):
-                raise VerificationError(f"{src.name}: listed {len(files)} of {len(expected)} images")
-            ds = pipeline(files, mode, args.order, args.batch, args.parallel, args.seed)
-            cpu0 = src.cpu_seconds()
-            rates = []
-            for e in range(args.epochs):
-                secs, n = epoch(ds)
-                if n != len(files):
-                    raise VerificationError(f"{src.name}: epoch {e + 1} yielded {n} of {len(files)} images")
-                rates.append(n / secs)
-                if e == 0:
-                    cpu1 = src.cpu_seconds()
-            if mode == args.modes[0]:
-                verify(src.root, files, expected, src.name)
-            out[mode] = {"cold_images_s": rates[0], "warm_images_s": max(rates[1:]), "epochs_images_s": rates,
-                         "list_s": glob_s, "cold_server_cpu_s": cpu1 - cpu0}
-            log(f"{src.name:12s} {mode:6s} cold {rates[0]:8,.0f} images/s  warm "
-                f"{', '.join(f'{r:,.0f}' for r in rates[1:])} images/s  (glob {glob_s:.3f} s)")
-        finally:
-            src.stop()
+    for fw in args.frameworks:
+        for mode in args.modes:
+            src.start(mp)
+            try:
+                cache.cold(src.warm_dirs())
+                glob_s, files = list_files(src.root, fw)
+                if len(files) != len(expected):
+                    raise VerificationError(f"{src.name}: listed {len(files)} of {len(expected)} images")
+                if fw == "tf":
+                    ds = pipeline(files, mode, args.order, args.batch, args.parallel, args.seed)
+                    run_epoch = lambda: epoch(ds)  # noqa: E731
+                else:
+                    loader = torch_loader(files, mode, args.order, args.batch, args.workers, args.seed)
+                    run_epoch = lambda: torch_epoch(loader)  # noqa: E731
+                cpu0 = src.cpu_seconds()
+                rates = []
+                for e in range(args.epochs):
+                    secs, n = run_epoch()
+                    if n != len(files):
+                        raise VerificationError(f"{src.name}: {fw} epoch {e + 1} yielded {n} of {len(files)} images")
+                    rates.append(n / secs)
+                    if e == 0:
+                        cpu1 = src.cpu_seconds()
+                if fw != "tf":
+                    del loader  # ends its persistent workers
+                if mode == args.modes[0]:
+                    if fw == "tf":
+                        verify(src.root, files, expected, src.name)
+                    else:
+                        verify_torch(src.root, files, expected, src.name, args.workers)
+                out[f"{fw}/{mode}"] = {"cold_images_s": rates[0], "warm_images_s": max(rates[1:]),
+                                       "epochs_images_s": rates, "list_s": glob_s,
+                                       "cold_server_cpu_s": cpu1 - cpu0}
+                log(f"{src.name:12s} {fw:5s} {mode:6s} cold {rates[0]:8,.0f} images/s  warm "
+                    f"{', '.join(f'{r:,.0f}' for r in rates[1:])} images/s  (glob {glob_s:.3f} s)")
+            finally:
+                src.stop()
     return out
 
 
@@ -241,24 +361,25 @@ def run_source(src, mp: Path, cache: CacheControl, args, expected: dict) -> dict
 def report(results: dict, args, avg_kib: float) -> None:
     names = list(results)
     print(f"\nimages/s, {args.images:,} JPEGs ({avg_kib:.0f} KiB average) in {args.classes} classes, "
-          f"order {args.order}, batch {args.batch}, parallel {args.parallel or 'AUTOTUNE'}, "
-          f"{os.cpu_count()} cores")
-    head = f"{'mode':8s}{'epoch':10s}" + "".join(f"{n:>13s}" for n in names)
+          f"order {args.order}, batch {args.batch}, tf parallel {args.parallel or 'AUTOTUNE'}, "
+          f"torch workers {args.workers}, {os.cpu_count()} cores")
+    rows = [(f"{fw}/{mode}", key, label) for fw in args.frameworks for mode in args.modes
+            for key, label in (("cold_images_s", "1 cold"), ("warm_images_s", "warm"))]
+    head = f"{'pipeline':14s}{'epoch':10s}" + "".join(f"{n:>13s}" for n in names)
     print(head)
     print("-" * len(head))
-    for mode in args.modes:
-        for key, label in (("cold_images_s", "1 cold"), ("warm_images_s", "warm")):
-            print(f"{mode:8s}{label:10s}" + "".join(
-                f"{results[n][mode][key]:13,.0f}" if mode in results[n] else f"{'-':>13s}" for n in names))
+    for pipe, key, label in rows:
+        print(f"{pipe:14s}{label:10s}" + "".join(
+            f"{results[n][pipe][key]:13,.0f}" if pipe in results[n] else f"{'-':>13s}" for n in names))
     if "unifs" not in results:
         return
     others = [n for n in names if n != "unifs"]
     print("\nunifs / other (> 1: unifs faster)")
-    print(f"{'mode':8s}{'epoch':10s}" + "".join(f"{n:>13s}" for n in others))
-    for mode in args.modes:
-        for key, label in (("cold_images_s", "1 cold"), ("warm_images_s", "warm")):
-            print(f"{mode:8s}{label:10s}" + "".join(
-                f"{results['unifs'][mode][key] / results[n][mode][key]:12.2f}x" for n in others))
+    print(f"{'pipeline':14s}{'epoch':10s}" + "".join(f"{n:>13s}" for n in others))
+    for pipe, key, label in rows:
+        print(f"{pipe:14s}{label:10s}" + "".join(
+            f"{results['unifs'][pipe][key] / results[n][pipe][key]:12.2f}x" if pipe in results[n]
+            else f"{'-':>13s}" for n in others))
 
 
 def parse_peers(text: Optional[str]) -> list:
@@ -277,12 +398,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--frameworks", default="tf,torch", help="comma-separated: tf, torch")
     ap.add_argument("--modes", default="read,decode", help="comma-separated: read, decode")
     ap.add_argument("--order", choices=("shuffled", "listing"), default="shuffled")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3, help="epoch 1 cold, the best of the others warm")
     ap.add_argument("--parallel", type=int, default=16,
                     help="map() calls in flight and tf.data's private thread pool (0: AUTOTUNE, TF's pool)")
+    ap.add_argument("--workers", type=int, default=8,
+                    help="DataLoader worker processes (torch); 0 reads in the main process")
     ap.add_argument("--peers", default=None, help=f"comma-separated: {','.join(S3_PEERS)}, or none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
@@ -292,8 +416,13 @@ def main() -> int:
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in MODES for m in args.modes):
         ap.error(f"--modes takes {', '.join(MODES)}")
-    if args.images < 1 or args.classes < 1 or args.batch < 1 or args.parallel < 0 or args.epochs < 2:
-        ap.error("--images, --classes and --batch must be >= 1, --parallel >= 0, --epochs >= 2")
+    args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if not args.frameworks or any(f not in FRAMEWORKS for f in args.frameworks):
+        ap.error(f"--frameworks takes {', '.join(FRAMEWORKS)}")
+    if (args.images < 1 or args.classes < 1 or args.batch < 1 or args.parallel < 0 or args.workers < 0
+            or args.epochs < 2):
+        ap.error("--images, --classes and --batch must be >= 1, --parallel and --workers >= 0, "
+                 "--epochs >= 2")
     peer_names, skipped = split_installed(parse_peers(args.peers), log)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unifs-tfimg-"))
@@ -336,8 +465,8 @@ def main() -> int:
         report(results, args, avg_kib)
         if args.json:
             Path(args.json).write_text(json.dumps({
-                "config": {k: getattr(args, k) for k in ("images", "classes", "modes", "order", "batch",
-                                                         "parallel", "epochs", "seed")},
+                "config": {k: getattr(args, k) for k in ("images", "classes", "frameworks", "modes", "order",
+                                                         "batch", "parallel", "workers", "epochs", "seed")},
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version()},
                 "average_kib": avg_kib, "skipped": skipped, "results": results}, indent=2))
