@@ -158,3 +158,65 @@ def test_a_nested_mount_point_does_not_move(mounter, tmp_path):
         assert res.returncode != 0 and "busy" in res.stderr, res.stderr
     assert (inner / "precious.txt").read_bytes() == b"only copy"
     assert sorted(os.listdir(outer)) == ["x"]
+
+
+def _put_markers(provider, keys: dict) -> None:
+    """Objects as other tools leave them, "dir/" markers included (obstore, which the S3
+    provider uploads with, drops a key's trailing slash)."""
+    if provider.name == "s3":
+        c = provider.server.client()
+        for k, v in keys.items():
+            c.put_object(Bucket=provider.bucket, Key=k, Body=v)
+    else:
+        provider.put_many(keys)
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
+def test_directory_markers_left_by_other_tools(mounter, _providers, kind):
+    # console "create folder" buttons, the Hadoop connectors and gcsfuse leave "dir/" objects:
+    # rmdir, rename and rm -r must take the marker along, or the directory stays or comes back
+    import shutil
+
+    p = _providers(kind)
+    prefix = f"confmark/{kind}"
+    _put_markers(p, {f"{prefix}/empty/": b"", f"{prefix}/gone/": b"", f"{prefix}/full/": b"",
+                     f"{prefix}/full/a": b"A", f"{prefix}/full/sub/": b"", f"{prefix}/tree/": b"",
+                     f"{prefix}/tree/t/": b"", f"{prefix}/tree/t/x": b"X"})
+    root = mounter.mount([p.entry("/w", prefix)]) / "w"
+    assert sorted(os.listdir(root)) == ["empty", "full", "gone", "tree"]
+    os.rmdir(root / "gone")
+    os.rename(root / "full", root / "moved")
+    assert sorted(os.listdir(root / "moved")) == ["a", "sub"]
+    shutil.rmtree(root / "tree")
+    want = ["empty", "moved"]
+    assert sorted(os.listdir(root)) == want
+
+    def fresh():
+        return mounter.mount([p.entry("/r", prefix, read_only=True)]) / "r"
+    r = fresh()
+    assert sorted(os.listdir(r)) == want
+    assert sorted(os.listdir(r / "moved")) == ["a", "sub"] and (r / "moved/a").read_bytes() == b"A"
+    assert os.listdir(r / "moved/sub") == [] and os.listdir(r / "empty") == []
+    shutil.rmtree(root / "moved")
+    os.rmdir(root / "empty")
+    assert os.listdir(fresh()) == []
+
+
+def test_adls_folder_blobs(mounter, _providers):
+    # ADLS tools mark a directory with a zero-length blob "dir" whose metadata says hdi_isfolder
+    p = _providers("azure")
+    prefix = "confmark/hdi"
+    cc = p.server.service_client().get_container_client(p.bucket)
+    for name in ("folder", "busy", "busy/sub"):
+        cc.upload_blob(f"{prefix}/{name}", b"", overwrite=True, metadata={"hdi_isfolder": "true"})
+    cc.upload_blob(f"{prefix}/busy/sub/f", b"F", overwrite=True)
+    root = mounter.mount([p.entry("/w", prefix)]) / "w"
+    assert sorted(os.listdir(root)) == ["busy", "folder"]
+    os.rmdir(root / "folder")
+    os.rename(root / "busy", root / "moved")
+    r = mounter.mount([p.entry("/r", prefix, read_only=True)]) / "r"
+    assert os.listdir(r) == ["moved"] and os.listdir(r / "moved") == ["sub"]
+    assert (r / "moved/sub/f").read_bytes() == b"F"
+    left = sorted(b.name for b in cc.list_blobs(name_starts_with=prefix + "/"))
+    # the markers inside move (as "dir/" markers); the renamed directory's own folder blob goes
+    assert left == [f"{prefix}/moved/sub/", f"{prefix}/moved/sub/f"]

@@ -63,14 +63,20 @@ class Store(Protocol):
         rename where it has one, else copy then delete, so a crash leaves both copies."""
 
     def list_keys(self, prefix: str) -> list[str]:
-        """Every object key below prefix + '/' (recursive), for directory renames."""
+        """Every object key below prefix + '/' (recursive), for directory renames. Directory
+        markers other tools left ("dir/" objects, prefix + '/' itself included) are listed
+        with their trailing slash."""
+
+    def put_marker(self, key: str) -> None:
+        """Create the directory marker key + '/' (an empty object), to move one in a rename."""
 
     def make_dir(self, key: str) -> bool:
         """Create a real directory where the store has them (file://, memory://);
         False where directories only exist through the keys below them."""
 
     def remove_dir(self, key: str) -> None:
-        """Remove an empty directory made by make_dir (or its leftover marker)."""
+        """Remove an empty directory made by make_dir, or the marker ("key/") another tool
+        left for it; neither there is not an error."""
 
     def close(self) -> None:
         ...

@@ -441,10 +441,38 @@ class FsspecStore:
             self.delete(src)
 
     def list_keys(self, prefix: str) -> list[str]:
+        if self.scheme in _AZ_SCHEMES:
+            return self._call(f"list {prefix or '/'}", self._az_list_keys, prefix)
         base = self._path(prefix).rstrip("/")
         found = self._call(f"list {prefix or '/'}", self.fs.find, base, detail=False)
         cut = len(self.root) + 1 if self.root else 0
-        return [str(p)[cut:] for p in found if str(p).rstrip("/") != base and not str(p).endswith("/")]
+        if self.has_dirs:
+            return [str(p)[cut:] for p in found if str(p).rstrip("/") != base and not str(p).endswith("/")]
+        # gcsfs and s3fs list "dir/" markers with their slash, the directory's own one too
+        return [str(p)[cut:] for p in found if str(p) != base]
+
+    def _az_list_keys(self, prefix, timeout=None):
+        """Every blob below prefix + '/'; markers ("dir/" blobs, and the zero-length blobs
+        with hdi_isfolder metadata that ADLS tools make) as "dir/". adlfs' find() lists
+        neither kind with a slash."""
+        async def _walk():
+            container, path, _ = self.fs.split_path(self._path(prefix))
+            path = path.strip("/")
+            start = f"{path}/" if path else ""
+            cut = len(self.root.partition("/")[2]) + 1 if "/" in self.root else 0
+            out = []
+            async with self.fs.service_client.get_container_client(container) as cc:
+                async for item in cc.list_blobs(name_starts_with=start or None, include=["metadata"]):
+                    meta = {k.lower(): v for k, v in (item.metadata or {}).items()}
+                    name = item.name[cut:]
+                    if meta.get("hdi_isfolder") == "true" and not name.endswith("/"):
+                        name += "/"
+                    out.append(name)
+            return out
+        return fsspec.asyn.sync(self.fs.loop, _walk, timeout=timeout)
+
+    def put_marker(self, key: str) -> None:
+        self._call(f"mkdir {key}", self.fs.pipe_file, self._path(key) + "/", b"")
 
     def make_dir(self, key: str) -> bool:
         if self.scheme in _BUCKET_SCHEMES:
@@ -454,11 +482,37 @@ class FsspecStore:
 
     def remove_dir(self, key: str) -> None:
         if self.scheme in _BUCKET_SCHEMES:
+            # a marker other tools left ("dir/"; gcsfs, adlfs and s3fs address it with its
+            # slash and leave an object "dir" alone) would keep the directory listed
+            if key:
+                self.delete(key + "/")
+                if self.scheme in _AZ_SCHEMES:
+                    self._call(f"rmdir {key}", self._az_remove_folder_blob, key)
             return
         try:
             self._call(f"rmdir {key}", self.fs.rmdir, self._path(key))
         except ObjectNotFound:
             pass
+
+    def _az_remove_folder_blob(self, key, timeout=None):
+        """ADLS tools mark a directory with a zero-length blob "dir" (no slash) whose metadata
+        says hdi_isfolder=true; a file named "dir" is left alone."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        async def _rm():
+            container, blob, _ = self.fs.split_path(self._path(key))
+            async with self.fs.service_client.get_blob_client(container=container, blob=blob) as bc:
+                try:
+                    props = await bc.get_blob_properties()
+                except ResourceNotFoundError:
+                    return
+                meta = {k.lower(): v for k, v in (props.metadata or {}).items()}
+                if meta.get("hdi_isfolder") == "true" and not props.size:
+                    try:
+                        await bc.delete_blob()
+                    except ResourceNotFoundError:
+                        pass
+        return fsspec.asyn.sync(self.fs.loop, _rm, timeout=timeout)
 
     def close(self) -> None:
         pass

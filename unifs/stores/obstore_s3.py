@@ -241,11 +241,20 @@ class ObstoreS3Store:
         self.copy(src, dst)
         self.delete(src)
 
-    @_s3fs_for_unparseable_keys
     def list_keys(self, prefix: str) -> list[str]:
-        def _all():
-            return [m["path"] for chunk in obstore.list(self.store, prefix or None) for m in chunk]
-        return self._call(f"list {prefix or '/'}", _all)
+        # obstore lists a "dir/" marker as "dir", indistinguishable from an empty object of
+        # that name, and cannot address it: s3fs keeps the slash (renames list rarely)
+        return self._s3fs().list_keys(prefix)
+
+    def put_marker(self, key: str) -> None:
+        self._s3fs().put_marker(key)
+
+    def _s3fs(self):
+        if self._fallback is None:
+            if self._fallback_factory is None:
+                raise StoreRejected("directory markers need s3fs")
+            self._fallback = self._fallback_factory()
+        return self._fallback
 
     def make_dir(self, key: str) -> bool:
         return False  # S3 directories exist through the keys below them
@@ -255,7 +264,7 @@ class ObstoreS3Store:
         # prefix) would keep listing the removed directory. obstore normalises the trailing
         # slash away, so only when no object "key" exists that this could hit instead.
         if key and self.head(key) is None:
-            self.delete(key + "/")
+            self._s3fs().delete(key + "/")
 
     def close(self) -> None:
         pass

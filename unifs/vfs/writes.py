@@ -655,9 +655,17 @@ class Writes:
             self._store(old, mount.store.move, k1, k2)
             return
         keys = self._store(old, mount.store.list_keys, k1)
+
+        def move(k):
+            dst = k2 + k[len(k1):]
+            if k.endswith("/"):  # another tool's directory marker: made anew, removed below
+                self._store(old, mount.store.put_marker, dst.rstrip("/"))
+            else:
+                self._store(old, mount.store.move, k, dst)
         # each object is copied before its original is deleted: a crash leaves both
-        list(self.pool.map(lambda k: self._store(old, mount.store.move, k, k2 + k[len(k1):]), keys))
-        # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list them
+        list(self.pool.map(move, keys))
+        # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list
+        # them, and markers would too
         dirs = {k1}
         for k in keys:
             d = posixpath.dirname(k)
