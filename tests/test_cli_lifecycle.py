@@ -242,3 +242,45 @@ def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_pat
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, tmp_path, writable):
+    # `umount --lazy` detaches the mount; its daemon serves open files until they close. A new
+    # mount of the same point must not share that daemon's staging directory (both would resume
+    # and upload the same files), and the old daemon's exit must not remove the new one's
+    # state file, control socket or log
+    from unifs.mountinfo import log_file, state_file
+
+    entry = mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=not writable)
+    table = {"mounts": [entry], "write": {"staging_dir": str(tmp_path / "staging")}}
+    cfg = mounter.write_table(table)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    old = json.loads(unifs("status", "--json", check=True).stdout)
+    old_pid = next(r["pid"] for r in old if r["mountpoint"] == str(mp))
+    held = open(mp / "data/images/class_0/img_00000.jpg", "rb")
+    try:
+        unifs("umount", "--lazy", str(mp), check=True)
+        assert not is_mounted(mp) and pid_alive(old_pid)
+        res = unifs("mount", str(mp), "--config", str(cfg))
+        if writable:
+            assert res.returncode != 0 and not is_mounted(mp)
+            assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+            assert "staging directory" in res.stderr and str(old_pid) in res.stderr
+            held.close()
+            assert wait_for(lambda: not pid_alive(old_pid), timeout=20)
+            unifs("mount", str(mp), "--config", str(cfg), check=True)
+        else:
+            assert res.returncode == 0, res.stderr
+            held.close()
+            assert wait_for(lambda: not pid_alive(old_pid), timeout=20)
+    finally:
+        held.close()
+    rows = json.loads(unifs("status", "--json", check=True).stdout)
+    row = next(r for r in rows if r["mountpoint"] == str(mp))
+    assert row["pid"] not in (None, old_pid) and pid_alive(row["pid"])
+    assert state_file(str(mp)).with_suffix(".sock").exists() and log_file(str(mp)).exists()
+    assert unifs("cache", "stats", str(mp)).returncode == 0  # the control socket answers
+    unifs("umount", str(mp), check=True)

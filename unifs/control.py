@@ -46,6 +46,7 @@ class ControlServer:
             self.server = _Server(path, _Handler)
         finally:
             os.umask(old)
+        self.inode = os.stat(path).st_ino
         self.server.dispatch = self._dispatch
         self.handlers = handlers
         self.thread = threading.Thread(target=self.server.serve_forever, name="unifs-control", daemon=True)
@@ -64,7 +65,8 @@ class ControlServer:
         self.server.shutdown()
         self.server.server_close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self.inode:  # not a later daemon's socket
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -276,7 +276,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             from None
     finally:
         control.stop()
-        mountinfo.remove_state(mountpoint)
+        mountinfo.remove_state(mountpoint, owner=os.getpid())
     log.info("unmounted %s", mountpoint)
 
 
@@ -523,7 +523,8 @@ def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, st
     setup_logging(log_level, log_file)
     try:
         serve(mountpoint, table, config_path, parse_fuse_options(opts), status_fd, log_file)
-        if log_file and Path(log_file) == mountinfo.log_file(mountpoint):
+        if log_file and Path(log_file) == mountinfo.log_file(mountpoint) \
+                and not mountinfo.owned_by_other(mountpoint, os.getpid()):
             # a clean unmount leaves nothing behind in the run dir; a failure keeps its log
             Path(log_file).unlink(missing_ok=True)
     except UserError as e:

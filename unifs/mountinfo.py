@@ -226,14 +226,23 @@ def all_states() -> list[dict]:
     return out
 
 
-def remove_state(mountpoint: str) -> None:
+def remove_state(mountpoint: str, owner: Optional[int] = None) -> None:
     """The state file and the control socket (a dead daemon leaves its socket behind; its log
-    stays, to tell why it died)."""
+    stays, to tell why it died). With `owner`, only if the state is that daemon's: a daemon
+    unmounted lazily ends after the next daemon of its mount point has written its own."""
+    if owner is not None and owned_by_other(mountpoint, owner):
+        return
     for path in (state_file(mountpoint), state_file(mountpoint).with_suffix(".sock")):
         try:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def owned_by_other(mountpoint: str, pid: int) -> bool:
+    """The mount point's state file names another daemon than `pid`."""
+    other = (read_state(mountpoint) or {}).get("pid")
+    return bool(other) and other != pid
 
 
 def pid_alive(pid: Optional[int]) -> bool:

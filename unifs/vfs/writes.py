@@ -84,6 +84,7 @@ class Writes:
         self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._lock_fd: Optional[int] = None
 
     def start(self) -> None:
         """Check the staging directory, resume an earlier run's pending uploads and start
@@ -98,6 +99,7 @@ class Writes:
         except OSError as e:
             raise UserError(f"staging directory {self.staging_dir} (write.staging_dir) is not usable: "
                             f"{e.strerror}") from None
+        self._lock_fd = self.area.lock()
         self.resume(self.area.recover())
         self._thread = threading.Thread(target=self._loop, name="unifs-uploader", daemon=True)
         self._thread.start()
@@ -694,3 +696,6 @@ class Writes:
             if st.opens > 0 and st.dirty:
                 st.save()
             st.close_fd()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
