@@ -187,6 +187,31 @@ def test_a_removed_directory_is_made_again(tmp_path):
     assert st["write_errors"] == 0 and st["blocks"] == 1 and st["bytes"] == dir_bytes(d)
 
 
+def test_a_removed_directory_is_locked_again(tmp_path):
+    # the lock file went with the directory: a second daemon could share it, each evicting
+    # by its own count and deleting the other's temp files
+    import shutil
+
+    d = tmp_path / "cache"
+    disk = DiskTier(d, 10 * (BS + 200), BS)
+    for i in range(3):
+        disk.put((oid(), i), blob(BS, i))
+    shutil.rmtree(d)
+    assert disk.put((oid(), 7), blob(BS, 7))
+    st = disk.stats()
+    assert st["blocks"] == 1 and st["bytes"] == dir_bytes(d)  # not the three that went
+    with pytest.raises(CacheDirectoryBusy):
+        DiskTier(d, 10 * BS, BS)
+    # taken by another process before this one noticed: this one stops writing there
+    shutil.rmtree(d)
+    other = DiskTier(d, 10 * (BS + 200), BS)
+    assert not disk.put((oid(), 8), blob(BS, 8))
+    assert disk.get((oid(), 7)) is None and len(block_files(d)) == 0
+    assert other.put((oid(), 9), blob(BS, 9)) and other.get((oid(), 9)) == blob(BS, 9)
+    disk.close()
+    other.close()
+
+
 def test_directory_is_private(tmp_path):
     old = os.umask(0)
     try:

@@ -193,6 +193,7 @@ class DiskTier:
         self._outside = 0
         self._hits = self._misses = self._evictions = self._corrupt = self._write_errors = 0
         self._closed = False
+        self._remake_lock = threading.Lock()
         _private_directory(self.directory)
         self._lock_fd = _lock_directory(self.directory)
         try:
@@ -336,16 +337,9 @@ class DiskTier:
         path = os.path.join(self.directory, _file_name(identity, bid[1], self.block_size))
         tmp = f"{path[:-len(BLOCK_SUFFIX)]}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
         try:
-            try:
-                self._write_file(tmp, path, header, data)
-            except FileNotFoundError:
-                if os.path.isdir(self.directory):
-                    raise
-                # someone removed the cache directory (rm -rf to free space): make it again
-                # rather than fail every block until the next restart
-                _private_directory(self.directory)
-                log.warning("cache directory %s was removed while in use; made it again", self.directory)
-                self._write_file(tmp, path, header, data)
+            if not self._holds_lock() and not self._remake():
+                raise FileNotFoundError(errno.ENOENT, "cache directory removed", self.directory)
+            self._write_file(tmp, path, header, data)
         except OSError as e:
             _unlink(tmp)
             with self._lock:
@@ -362,6 +356,42 @@ class DiskTier:
             self._commits += 1
             self._index.add(bid, self._commits, size)
         return True
+
+    def _holds_lock(self) -> bool:
+        """Our lock file is still the directory's (an fstat: cheap next to a block's write)."""
+        fd = self._lock_fd
+        try:
+            return fd is not None and os.fstat(fd).st_nlink > 0
+        except OSError:
+            return False
+
+    def _remake(self) -> bool:
+        """Someone removed the cache directory (rm -rf to free space): make it again rather
+        than fail every block until the next restart, and lock it again (the lock file went
+        with it, so a second daemon could have taken the directory). False if one did."""
+        with self._remake_lock:
+            if self._holds_lock():
+                return True  # another thread did it
+            if self._lock_fd is None:
+                return False  # closed
+            gone = not os.path.isdir(self.directory)
+            _private_directory(self.directory)
+            try:
+                fd = _lock_directory(self.directory)
+            except CacheDirectoryBusy:
+                log.warning("cache directory %s was removed while in use and another process now uses it; "
+                            "disk tier off until restart", self.directory)
+                with self._lock:
+                    self._closed = True
+                return False
+            old, self._lock_fd = self._lock_fd, fd
+            if old is not None:
+                os.close(old)
+            if gone:
+                with self._lock:
+                    self._index = LruIndex()  # its files went with it
+            log.warning("cache directory %s was removed while in use; made it again", self.directory)
+            return True
 
     # ------------------------------------------------------------------ deletes
 
@@ -413,4 +443,7 @@ class DiskTier:
             if self._closed:
                 return
             self._closed = True
-        os.close(self._lock_fd)
+        with self._remake_lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
