@@ -190,11 +190,47 @@ def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, data
                     f.write(os.urandom(1024 * 1024))
         assert e.value.errno == errno.ENOSPC
         assert _keys(seaweed, SCRATCH, "enospc") == set()
+        # nothing of it reached the store: the mount does not show it either (it did until
+        # the kernel's attribute timeout, and then open() said ENOENT)
+        assert wait_for(lambda: not os.path.exists(mp / "c/too-big.bin"), timeout=0.5)
+        assert os.listdir(mp / "c") == []
         (mp / "c/fits.bin").write_bytes(b"small enough")
         assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
-        mounter.cleanup()
     finally:
+        mounter.cleanup()
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp_path):
+    # cache.dir and staging_dir on one file system (/var/cache and /var/lib by default): the
+    # disk tier, bound above the free space, filled it and checkpoint writes got ENOSPC
+    from conftest import BUCKET as DATA, SCRATCH
+
+    fs = tmp_path / "small-fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(fs)], check=True)
+    try:
+        mp = mounter.mount([mounter.s3_entry("/data", f"s3://{DATA}", read_only=True),
+                            mounter.s3_entry("/c", f"s3://{SCRATCH}/roomy")],
+                           extra={"write": {"staging_dir": str(fs / "staging")},
+                                  "cache": {"mode": "tiered", "dir": str(fs / "cache"), "ram": "8MiB",
+                                            "disk": "1GiB", "block_size": "1MiB"}})
+        with open(mp / "data/shards/big.bin", "rb") as f:
+            assert f.read() == dataset["big"]  # 110 MiB through a 48 MiB file system
+        stats = json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]
+        assert stats["cache"]["disk"]["limit"] < 48 << 20
+        data = os.urandom(20 << 20)
+        with open(mp / "c/ckpt.bin", "wb") as f:
+            for i in range(0, len(data), 1 << 20):
+                f.write(data[i:i + (1 << 20)])
+        assert _in_store_s3(seaweed, SCRATCH, "roomy/ckpt.bin") == data
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", str(fs)], check=False)
+
+
+def _in_store_s3(server, bucket, key):
+    return bytes(obstore.get(server.obstore(bucket), key).bytes())
 
 
 def _keys(server, bucket, prefix):

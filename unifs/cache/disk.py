@@ -192,6 +192,7 @@ class DiskTier:
         self._busy: Set[BlockId] = set()
         self._outside = 0
         self._hits = self._misses = self._evictions = self._corrupt = self._write_errors = 0
+        self._disk_full = 0
         self._closed = False
         self._remake_lock = threading.Lock()
         _private_directory(self.directory)
@@ -347,7 +348,11 @@ class DiskTier:
                 self._outside -= size
                 self._write_errors += 1
                 first = self._write_errors == 1
-            if first:  # a full disk would otherwise log once per block
+            if e.errno == errno.ENOSPC:
+                # the file system is fuller than the bound allows (other files, a staging
+                # directory there): stay a tenth below where it filled up
+                self._shrink(max(2 * self.block_size, self.limit // 10), "this cache")
+            elif first:  # a failing disk would otherwise log once per block
                 log.warning("cannot write cache block (further errors counted in stats): %s", e)
             return False
         with self._lock:
@@ -392,6 +397,39 @@ class DiskTier:
                     self._index = LruIndex()  # its files went with it
             log.warning("cache directory %s was removed while in use; made it again", self.directory)
             return True
+
+    # ------------------------------------------------------------------ a full disk
+
+    def make_room(self, path: str, nbytes: int) -> bool:
+        """Another writer on the same file system (the staging directory) ran out of space:
+        blocks are only a copy, so give back `nbytes` plus two blocks, and keep the bound
+        lowered until restart so the cache does not take the room again. False if this
+        directory is on another file system or holds nothing."""
+        try:
+            if os.stat(path).st_dev != os.stat(self.directory).st_dev:
+                return False
+        except OSError:
+            return False
+        return self._shrink(nbytes + 2 * self.block_size, "the staging directory")
+
+    def _shrink(self, nbytes: int, who: str) -> bool:
+        with self._lock:
+            used = self._index.bytes + self._outside
+            old = self.limit
+            self.limit = max(0, min(self.limit, used) - nbytes)
+            doomed = []
+            while self._index.bytes + self._outside > self.limit and len(self._index):
+                victim, _, victim_size = self._index.pop_lru()
+                doomed.append((victim, victim_size))
+            self._evictions += len(doomed)
+            doomed = self._doom_locked(doomed)
+            self._disk_full += 1
+            first = self._disk_full == 1
+        self._delete(doomed)
+        (log.warning if first else log.info)(
+            "file system of cache directory %s is full (%s needed room): disk tier bound lowered "
+            "from %d to %d bytes until restart", self.directory, who, old, self.limit)
+        return bool(doomed)
 
     # ------------------------------------------------------------------ deletes
 

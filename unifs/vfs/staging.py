@@ -108,7 +108,13 @@ class StagedFile:
         self.load()
         with self.lock:
             try:
-                n = os.pwrite(self.fd, data, offset)
+                try:
+                    n = os.pwrite(self.fd, data, offset)
+                except OSError as e:
+                    # a disk cache on the same file system gives room back, once
+                    if e.errno != errno.ENOSPC or not self.area.make_room(len(data)):
+                        raise
+                    n = os.pwrite(self.fd, data, offset)
             except OSError as e:
                 self.write_error = e.errno
                 raise
@@ -171,11 +177,16 @@ class StagedFile:
 class StagingArea:
     def __init__(self, directory: str):
         self.directory = directory
+        # make_room(nbytes) -> bool: free that much on this file system (the disk cache), if it can
+        self.room_maker: Optional[Callable[[str, int], bool]] = None
         parent = os.path.dirname(directory.rstrip("/"))
         if parent and not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)  # an existing directory may have been created looser
+
+    def make_room(self, nbytes: int) -> bool:
+        return self.room_maker is not None and self.room_maker(self.directory, nbytes)
 
     def lock(self) -> int:
         """Hold the directory for this daemon (the fd, kept open while it runs). A second daemon

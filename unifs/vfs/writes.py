@@ -115,6 +115,9 @@ class Writes:
     def area(self) -> StagingArea:
         if self._area is None:
             self._area = StagingArea(self.staging_dir)
+            cache = self.fs.cache
+            if cache is not None and getattr(cache, "disk", None) is not None:
+                self._area.room_maker = cache.disk.make_room
         return self._area
 
     # -- what the read side asks ---------------------------------------------------
@@ -294,11 +297,16 @@ class Writes:
             st.opens -= 1
             if st.opens > 0:
                 return
-            if st.deleted or not st.dirty or st.write_error:
+            pending = st.dirty and not st.deleted and not st.write_error
+            if not pending:
                 self._discard(st)
-                return
-        # closed with changes the store does not have: the background uploader takes over
-        st.save()
+        if pending:
+            st.save()  # closed with changes the store does not have: the background uploader takes over
+        elif st.write_error and not st.deleted and not st.replaces_object and not st.uploaded_gen:
+            # a new file whose writes failed locally never reaches the store: the kernel must
+            # not go on showing it (stat found it, open said ENOENT)
+            self.fs.changed(st.path, None)
+            self.fs.forget_in_kernel([st.path])
 
     def _discard(self, st: StagedFile) -> None:
         with self._lock:
