@@ -284,3 +284,39 @@ def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, 
     assert state_file(str(mp)).with_suffix(".sock").exists() and log_file(str(mp)).exists()
     assert unifs("cache", "stats", str(mp)).returncode == 0  # the control socket answers
     unifs("umount", str(mp), check=True)
+
+
+def test_allow_other_lets_other_users_read_but_not_change(mounter, dataset, tmp_path):
+    # allow_other without default_permissions: the kernel checked nothing, so any local user
+    # could delete or overwrite objects with the daemon's credentials
+    import subprocess
+    import sys
+    import tempfile
+
+    from conftest import SCRATCH
+
+    obj = f"s3://{SCRATCH}/others"
+    mounter.seaweed.put_many(SCRATCH, {"others/a.txt": b"root's data"})
+    cfg = mounter.write_table({"mounts": [mounter.s3_entry("/w", obj)],
+                               "write": {"staging_dir": str(tmp_path / "staging")}})
+    mp = tempfile.mkdtemp(prefix="unifs-allow-other-")  # reachable by other users (not under 0700 tmp dirs)
+    os.chmod(mp, 0o755)
+    try:
+        unifs("mount", mp, "--config", str(cfg), "-o", "allow_other", check=True)
+        # plain shell tools as user nobody (this interpreter may live where nobody cannot reach)
+        script = ('test "$(cat a.txt)" = "root'"'"'s data" || exit 9; '
+                  'rm -f a.txt 2>/dev/null && exit 1; (echo x > a.txt) 2>/dev/null && exit 2; '
+                  '(echo x > new.txt) 2>/dev/null && exit 3; mkdir d 2>/dev/null && exit 4; exit 0')
+        res = subprocess.run(["/bin/sh", "-c", script], cwd=os.path.join(mp, "w"), user=65534, group=65534,
+                             extra_groups=[], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (res.returncode, res.stderr)
+        assert sorted(os.listdir(os.path.join(mp, "w"))) == ["a.txt"]
+        with open(os.path.join(mp, "w/a.txt"), "ab") as f:  # the owner still writes
+            f.write(b"!")
+        unifs("umount", mp, check=True)
+        import obstore
+        assert bytes(obstore.get(mounter.seaweed.obstore(SCRATCH), "others/a.txt").bytes()) == b"root's data!"
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", mp)
+        os.rmdir(mp)

@@ -121,6 +121,11 @@ def fuse_kwargs(table: MountTable, user_opts: dict, round_trip: Optional[float] 
             log.info("-o %s: not a libfuse 3 option (it behaves that way already); ignored", k)
             continue
         kw[k] = v
+    if kw.get("allow_other"):
+        # without it the kernel checks no permissions at all: every local user could delete and
+        # overwrite objects with the daemon's credentials. With it, the modes unifs shows
+        # (0644 files, 0755 directories, owned by the daemon's user or -o uid/gid) hold.
+        kw["default_permissions"] = True
     return kw
 
 
