@@ -290,7 +290,6 @@ def test_allow_other_lets_other_users_read_but_not_change(mounter, dataset, tmp_
     # allow_other without default_permissions: the kernel checked nothing, so any local user
     # could delete or overwrite objects with the daemon's credentials
     import subprocess
-    import sys
     import tempfile
 
     from conftest import SCRATCH
@@ -320,3 +319,34 @@ def test_allow_other_lets_other_users_read_but_not_change(mounter, dataset, tmp_
         if is_mounted(mp):
             unifs("umount", "--force", mp)
         os.rmdir(mp)
+
+
+def test_two_mounts_of_one_point_at_once_do_not_stack(mounter, dataset, tmp_path):
+    # both passed the "already mounted" check while the store was slow to answer, and both
+    # mounted: stacked mounts sharing one state file and staging directory
+    import re
+    import subprocess
+    import sys
+
+    from faultproxy import FaultProxy
+
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    with FaultProxy(upstream, get_delay=1.5) as proxy:
+        entry = mounter.s3_entry("/data", f"s3://{BUCKET}")
+        entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))
+        cfg = mounter.write_table({"mounts": [entry], "write": {"staging_dir": str(tmp_path / "staging")}})
+        mp = tmp_path / "mp"
+        mp.mkdir()
+        cmd = [sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(cfg)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        with open("/proc/self/mountinfo") as f:
+            stacked = [line for line in f if line.split()[4] == str(mp)]
+        assert len(stacked) == 1, results
+        assert sorted(rc for rc, _ in results) == [0, 1, 1], results
+        for rc, err in results:
+            if rc:
+                assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+                assert "being mounted by another unifs daemon" in err or "already mounted" in err, err
+        unifs("umount", str(mp), check=True)

@@ -228,6 +228,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
     from unifs.namespace import Namespace
     from unifs.vfs import FileSystem
 
+    starting = mountinfo.lock_mounting(mountpoint)  # until mounted: two mounts at once would stack
     mountinfo.check_mountpoint(mountpoint, nonempty=bool(user_opts.get("nonempty")))
     mountinfo.check_dev_fuse()
     _tune_malloc()
@@ -249,6 +250,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             "mounts": describe_table(table)["mounts"],
         })
         log.info("mounted %s with %d store mount(s)", mountpoint, len(mounts))
+        starting.release()
         # runs inside FUSE's INIT, whose reply lowers the kernel's read-ahead to what libfuse
         # offers (128 KiB): raise it once the reply is in, which a statfs waits for
         threading.Thread(target=after_init, name="unifs-after-init", daemon=True).start()
@@ -280,6 +282,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         raise UserError(f"mounting {mountpoint} failed (libfuse error {e}); see the log for libfuse's reason") \
             from None
     finally:
+        starting.release()
         control.stop()
         mountinfo.remove_state(mountpoint, owner=os.getpid())
     log.info("unmounted %s", mountpoint)

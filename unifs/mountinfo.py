@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -195,6 +196,34 @@ def mountpoint_dir(root: str, mountpoint: str) -> str:
 
 def log_file(mountpoint: str) -> Path:
     return state_file(mountpoint).with_suffix(".log")
+
+
+class _MountingLock:
+    def __init__(self, fd: int):
+        self.fd: Optional[int] = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def lock_mounting(mountpoint: str) -> _MountingLock:
+    """Held by a daemon from its checks of the mount point until it is mounted: two `unifs
+    mount` of one point at once (a slow store makes the window seconds long) both passed the
+    "already mounted" check and stacked two mounts sharing one state file and staging dir."""
+    path = state_file(mountpoint).with_suffix(".mounting")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{mountpoint} is being mounted by another unifs daemon (pid {holder}); wait for it, "
+                        "or stop it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return _MountingLock(fd)
 
 
 def write_state(mountpoint: str, data: dict) -> None:
