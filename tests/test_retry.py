@@ -68,3 +68,23 @@ def test_the_mount_check_retries_other_transient_failures_within_bounds(retries)
     assert fn.calls == retries + 1
     ok = Flaky([ConnectionResetError("reset")])
     assert call_store_first(1, "list b", 2.0, ok, 5) == 5 and ok.calls == 2
+
+
+def test_a_rust_client_panic_is_a_refusal_not_a_crash():
+    # pyo3's PanicException derives from BaseException: it passed every `except Exception`
+    # and ended the daemon with a Rust backtrace and a Python traceback
+    from unifs.errors import StoreRejected
+
+    class PanicException(BaseException):
+        pass
+
+    def boom():
+        raise PanicException("request valid: InvalidUri(InvalidUriChar)\nbacktrace ...")
+    with pytest.raises(StoreRejected) as e:
+        call_store(3, "list s3://x", boom)
+    assert "list s3://x" in str(e.value) and "InvalidUri" in str(e.value) and "backtrace" not in str(e.value)
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        call_store(3, "list s3://x", interrupted)

@@ -442,9 +442,18 @@ def check_url(url: str) -> str:
     known = set(fsspec.available_protocols())
     if scheme not in known:
         raise ValueError(f"unknown scheme '{scheme}://' (fsspec knows e.g. s3, gs, az, abfs, hdfs, file, memory, http)")
-    if scheme in _BUCKET_SCHEMES and not rest.split("/", 1)[0]:
+    bucket = rest.split("/", 1)[0]
+    if scheme in _BUCKET_SCHEMES and not bucket:
         raise ValueError(f"needs a bucket or container, e.g. {scheme}://my-bucket/prefix")
+    if scheme in _NAMED_BUCKETS and not re.fullmatch(r"[A-Za-z0-9._-]+", bucket):
+        bad = next(c for c in bucket if not re.fullmatch(r"[A-Za-z0-9._-]", c))
+        raise ValueError(f"bucket name {bucket!r} has {bad!r} in it; bucket names are letters, digits, "
+                         "'.', '-' and '_'")
     return url
+
+
+# S3 and GCS bucket names (Azure's "container@account" URLs have more)
+_NAMED_BUCKETS = {"s3", "s3a", "gs", "gcs"}
 
 
 _ENDPOINT_KEYS = ("endpoint_url", "endpoint", "account_url")

@@ -358,6 +358,11 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
         signal.signal(signal.SIGTERM, previous)
     if msg.startswith(b"ready"):
         return log_path
+    if time.monotonic() < deadline and proc.poll() is None:
+        try:  # the status pipe closed: the daemon is on its way out
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
     if msg.startswith(b"error:"):
         text = msg[len(b"error:"):].decode(errors="replace").strip()
         _reap(proc, log_path, log_start)

@@ -63,6 +63,8 @@ def _attempts(retries: int, what: str, transient, fn, args, kwargs):
         return fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - every backend error is normalised
         first = _normalised(e, what)
+    except BaseException as e:
+        raise _panic(e, what)
     if retries <= 0 or not transient(first):
         raise first
     failed = [first]
@@ -74,7 +76,19 @@ def _attempts(retries: int, what: str, transient, fn, args, kwargs):
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
                 raise _normalised(e, what)
+            except BaseException as e:
+                raise _panic(e, what)
     raise AssertionError("unreachable")
+
+
+def _panic(exc: BaseException, what: str) -> BaseException:
+    """A Rust client's panic (pyo3's PanicException derives from BaseException, so it passed
+    every `except Exception` and ended the daemon with a traceback): a refusal naming the
+    call. KeyboardInterrupt and SystemExit stay what they are."""
+    if type(exc).__name__ != "PanicException":
+        return exc
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return StoreRejected(f"{what}: the store client failed: {first[:200]}")
 
 
 def _normalised(exc: Exception, what: str) -> BaseException:
