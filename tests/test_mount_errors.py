@@ -87,6 +87,13 @@ def test_missing_bucket_and_unreachable_store_fail_mount(mounter, dataset, tmp_p
     assert len(res.stderr.strip().splitlines()) == 1 and "mount /d" in res.stderr, res.stderr
     assert "cannot connect to 127.0.0.1:9" in res.stderr, res.stderr  # not the client's own wording
 
+    # a web server that is not there is not a missing page
+    cfg = mounter.write_table({"mounts": [{"path": "/w", "url": "http://127.0.0.1:9/data/", "read_only": True}]})
+    (tmp_path / "m3").mkdir()
+    res = unifs("mount", str(tmp_path / "m3"), "--config", str(cfg))
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot connect to 127.0.0.1:9" in res.stderr and "not found" not in res.stderr, res.stderr
+
 
 class _Silent:
     """A server that accepts connections and never answers (a wrong port behind a proxy, a hung
