@@ -152,10 +152,15 @@ def test_umount_waits_for_pending_uploads(mounter, flaky):
 
 
 def test_umount_force_leaves_staged_files_and_says_where(mounter, flaky):
+    from unifs.mountinfo import log_file
+
     mp = _mount(mounter, flaky)
     _write_across_outage(mp / "c/abandoned.bin", b"precious", flaky)
     res = unifs("umount", "--force", str(mp))
     assert res.returncode == 0, res.stderr
+    # the daemon's log says why the upload failed: kept (a clean unmount used to delete it)
+    assert wait_for(lambda: log_file(str(mp)).exists() and "abandoned.bin" in log_file(str(mp)).read_text(),
+                    timeout=10)
     staging = str(mounter.tmp / "staging")
     assert staging in res.stdout and "1 file(s)" in res.stdout
     found = [os.path.join(d, f) for d, _, fs in os.walk(staging) for f in fs if f.endswith(".data")]

@@ -24,7 +24,7 @@ from typing import Optional
 from unifs.config import MountTable, describe_table, redact_url, scrub
 from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
-from unifs.logs import setup_logging
+from unifs.logs import WARNINGS, setup_logging
 from unifs.stopsignal import SignalStop
 from unifs import bdi, mountinfo
 from unifs.vfs.staging import pending_files
@@ -536,9 +536,10 @@ def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, st
     setup_logging(log_level, log_file)
     try:
         serve(mountpoint, table, config_path, parse_fuse_options(opts), status_fd, log_file)
-        if log_file and Path(log_file) == mountinfo.log_file(mountpoint) \
+        if log_file and Path(log_file) == mountinfo.log_file(mountpoint) and not WARNINGS.count \
                 and not mountinfo.owned_by_other(mountpoint, os.getpid()):
-            # a clean unmount leaves nothing behind in the run dir; a failure keeps its log
+            # a clean unmount leaves nothing behind in the run dir; a run that logged a warning
+            # (a failed upload still pending, a store that refused) keeps its log
             Path(log_file).unlink(missing_ok=True)
     except UserError as e:
         if status_fd is not None:

@@ -21,10 +21,25 @@ def setup_logging(level: str = "info", log_file: Optional[str] = None) -> None:
         handler = logging.StreamHandler()
     handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, WARNINGS]
     root.setLevel(lvl)
     for name in _NOISY:
         logging.getLogger(name).setLevel(max(lvl, logging.WARNING))
+
+
+class _WarningCount(logging.Handler):
+    """How many warnings and errors this process logged: a daemon that logged none may remove
+    its log at a clean unmount; one that did keeps it, for the operator."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+WARNINGS = _WarningCount()
 
 
 class _ScrubbingFormatter(logging.Formatter):
