@@ -182,6 +182,37 @@ def test_demo_reads_and_writes_through_its_own_mount():
     assert not os.path.exists(work)  # nothing of the demo outlives it
 
 
+def test_demo_keep_leaves_a_live_server_and_mount():
+    # --keep said "Left running" while the S3 server had been stopped at exit
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    res = unifs("demo", "--files", "5", "--keep", timeout=300)
+    assert res.returncode == 0, res.stderr
+    work = res.stdout.split("working in ", 1)[1].split()[0]
+    mp = os.path.join(work, "mnt")
+    pid = int(re.search(r"kill (\d+)", res.stdout).group(1))
+    try:
+        assert pid_alive(pid) and is_mounted(mp)
+        with open(os.path.join(mp, "checkpoints/after-keep.bin"), "wb") as f:
+            f.write(b"still served")  # close() returns once the object is in the store
+        unifs("umount", mp, check=True)
+        again = re.search(r"\(set -a; .*\)", res.stdout).group(0)  # the command it printed
+        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        subprocess.run(["bash", "-c", again], check=True, capture_output=True, timeout=120, env=env)
+        assert open(os.path.join(mp, "checkpoints/after-keep.bin"), "rb").read() == b"still served"
+        assert "DEMO_S3_SECRET=" not in res.stdout
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", mp)
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)  # its own session; weed's graceful stop takes seconds
+            wait_for(lambda: not pid_alive(pid), timeout=20)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def test_unusable_staging_dir_fails_the_mount_in_one_line(mounter, dataset, tmp_path):
     from conftest import SCRATCH
 

@@ -254,8 +254,13 @@ def run_demo(files: int = 500, keep: bool = False) -> None:
         kept = keep
     finally:
         if kept:
-            print(f"\nLeft running (--keep). To stop:\n  unifs umount {mp}\n  kill {server.proc.pid}\n"
-                  f"  rm -rf {work}")
+            server.detach()  # it was stopped at exit all the same
+            creds = work / "demo.env"  # the credentials, for a mount by hand; never printed
+            with open(os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(f"DEMO_S3_KEY={server.access_key}\nDEMO_S3_SECRET={server.secret_key}\n")
+            print(f"\nLeft running (--keep). To mount it again after an unmount:\n"
+                  f"  (set -a; . {creds}; unifs mount {mp} --config {work / 'mounts.yaml'})\n"
+                  f"To stop:\n  unifs umount {mp}\n  kill {server.proc.pid}\n  rm -rf {work}")
         else:
             _cleanup(work, mp, server, mounter)
 

@@ -174,6 +174,10 @@ class LocalServer:
             time.sleep(0.1)
         return False
 
+    def detach(self) -> None:
+        """Leave the server running after this process exits (`unifs demo --keep`)."""
+        atexit.unregister(self.stop)
+
     def stop(self, grace: Optional[float] = None) -> None:
         stop_process_group(self.proc, self.stop_grace if grace is None else grace)
         self.proc = None
