@@ -263,6 +263,8 @@ def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_pat
         for path in (mp, mp / "data"):
             res = unifs("cache", "clear", str(path), timeout=30)
             assert res.returncode == 1 and "does not answer" in res.stderr, res.stderr
+        res = unifs("warmup", str(mp / "data"), timeout=30)  # it read on forever
+        assert res.returncode == 1 and "does not answer" in res.stderr, res.stderr
         unifs("umount", str(healthy), check=True)
         res = unifs("umount", str(mp), timeout=30)
         assert res.returncode == 1 and "--force" in res.stderr and is_mounted(mp), res.stderr

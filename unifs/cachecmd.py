@@ -135,6 +135,8 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[
         errors.append(f"{e.filename}: {e.strerror}")
     for p in paths:
         mp, sock, _ = locate(p)  # a clear error for a path outside any unifs mount
+        if mp not in daemons and mountinfo.probe(mp) == "hung":  # its reads would never return
+            raise UserError(f"the daemon of {mp} does not answer; see 'unifs status'")
         daemons[mp] = sock
         try:
             st = os.stat(p)
