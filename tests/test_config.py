@@ -164,6 +164,28 @@ def test_url_secrets_never_printed(tmp_path):
     assert "PW_SECRET_1" not in res.stderr and "SIG_SECRET_2" not in res.stderr
 
 
+def test_config_check_refuses_misspelled_options_and_never_shows_their_values(tmp_path):
+    # `secert:` passed `unifs config check`, which printed its value; the mount refused it later
+    from unifs.config import redact
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /d\n    url: s3://bucket/x\n"
+                   "    options: {key: k, secert: SECRET_VALUE_1, endpoint_url: 'http://127.0.0.1:9'}\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1 and "options.secert is not an option of s3fs" in res.stderr, res.stderr
+    assert "did you mean secret" in res.stderr and "SECRET_VALUE_1" not in res.stdout + res.stderr
+    cfg.write_text("mounts:\n  - path: /m\n    url: memory://m\n    options: {secert: SECRET_VALUE_2}\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1 and "options.secert is not an option" in res.stderr, res.stderr
+    assert "SECRET_VALUE_2" not in res.stdout + res.stderr
+    # a profile and the s3fs options that pass on to botocore's session are options
+    cfg.write_text("mounts:\n  - path: /d\n    url: s3://bucket/x\n    options: {profile: p, key: k}\n")
+    assert unifs("config", "check", "--config", str(cfg)).returncode == 0
+    shown = redact({"secert": "v1", "pasword": "v2", "acess_key": "v3", "requester_pays": True, "region_name": "r"})
+    assert shown == {"secert": "***", "pasword": "***", "acess_key": "***", "requester_pays": True,
+                     "region_name": "r"}
+
+
 def test_interpolated_secrets_stay_strings_and_numbers_stay_canonical():
     from unifs.config import parse_table
 
@@ -245,7 +267,7 @@ def test_secrets_are_scrubbed_from_any_message():
     from unifs.config import parse_table, redact_url, scrub
 
     parse_table("mounts:\n  - path: /a\n    url: gs://b\n    options:\n      token: ya29.SCRUB_ME_TOKEN\n"
-                "  - path: /h\n    url: memory://h\n    options:\n      session_cookie: SCRUB_ME_COOKIE\n", env={})
+                "  - path: /h\n    url: http://h/x/\n    read_only: true\n    options:\n      session_cookie: SCRUB_ME_COOKIE\n", env={})
     text = (f"HTTPSConnectionPool: /tokeninfo?access_token=ya29.SCRUB_ME_TOKEN failed; "
             f"{quote('ya29.SCRUB_ME_TOKEN', safe='')}; cookie SCRUB_ME_COOKIE")
     out = scrub(text)

@@ -261,11 +261,14 @@ def config():
 @click.option("--config", "-c", "config_file", metavar="FILE", help="mount table (default: search order)")
 def config_check(config_file):
     """Validate the mount table and print it resolved, secrets redacted."""
-    from unifs.config import describe_table, load_config
+    from unifs.config import describe_table, load_config, s3_option_problems
 
     if config_file is not None and not config_file.strip():
         raise UserError("--config needs a file name (it was empty)")
     table, path = load_config(config_file)
+    problems = s3_option_problems(table)
+    if problems:
+        raise UserError("\n".join(f"{path}: {p}" for p in problems))
     click.echo(f"# {path}: OK, {len(table.mounts)} mount(s)")
     click.echo(yaml.safe_dump(describe_table(table), sort_keys=False).rstrip())
 

@@ -521,11 +521,17 @@ _FSSPEC_COMMON = {"skip_instance_cache", "use_listings_cache", "listings_expiry_
 _AZURE = ("az", "abfs", "abfss")
 
 
+# fsspec clients whose option names can be checked against their constructors (http hands
+# unknown ones to aiohttp as request arguments, so it is left out)
+_CHECKED_OPTIONS = ("gs", "gcs", "file", "local", "memory") + _AZURE
+
+
 def check_option_names(scheme: str, options: dict) -> None:
-    """gcsfs and adlfs take **kwargs, so a misspelled option was accepted and ignored (`tokn:
-    anon` mounted with the default credentials instead of anonymously). S3 options are checked
-    by the obstore mapping and s3fs itself."""
-    if scheme not in ("gs", "gcs") + _AZURE or not options:
+    """gcsfs, adlfs and the local and memory file systems take **kwargs, so a misspelled
+    option was accepted and ignored (`tokn: anon` mounted with the default credentials instead
+    of anonymously). S3 options: s3_option_problems (s3fs is not imported here: the daemon of
+    an obstore mount would carry it, and botocore, for nothing)."""
+    if scheme not in _CHECKED_OPTIONS or not options:
         return
     import difflib
     import inspect
@@ -552,6 +558,28 @@ def check_option_names(scheme: str, options: dict) -> None:
                                  or not difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)):
             continue  # adlfs hands other keywords to azure-identity's DefaultAzureCredential
         raise ValueError(unknown_option_hint(scheme, name))
+
+
+def s3_option_problems(table: "MountTable") -> list[str]:
+    """Misspelled s3fs options, for `unifs config check` (the mount itself fails on them when
+    s3fs refuses the keyword; the check said OK and printed the table)."""
+    import inspect
+
+    problems = []
+    try:
+        from botocore.session import Session
+        from s3fs import S3FileSystem
+    except ImportError:
+        return problems
+    known = set(_FSSPEC_COMMON)
+    for fn in (S3FileSystem.__init__, Session.__init__):  # s3fs hands **kwargs to the session
+        known |= {p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs")}
+    for i, m in enumerate(table.mounts):
+        scheme = m.url.split("://", 1)[0].lower()
+        if scheme in ("s3", "s3a"):
+            problems += [f"mounts[{i}] ({m.path}): {unknown_option_hint(scheme, name)}"
+                         for name in m.options if name not in known]
+    return problems
 
 
 GCS_TOKEN_MODES = {"anon", "browser", "cache", "cloud", "google_default"}
@@ -819,10 +847,18 @@ def load_config(path: Optional[str] = None) -> tuple[MountTable, Path]:
 # ---------------------------------------------------------------------------
 
 def is_secret_key(name: str) -> bool:
+    """A credential's option name, also misspelled (`secert:` was printed in clear by `config
+    check` before the mount refused the name)."""
+    import difflib
+
     n = str(name).lower()
     if n in ("anon", "key_prefix", "keyfile_name"):
         return False
-    return any(w in n for w in _SECRET_WORDS)
+    if any(w in n for w in _SECRET_WORDS):
+        return True
+    words = [w for w in _SECRET_WORDS if len(w) >= 4]
+    return any(difflib.get_close_matches(part, words, n=1, cutoff=0.8)
+               for part in re.split(r"[^a-z]+", n) if len(part) >= 4)
 
 
 def redact(value: Any, key: str = "") -> Any:
