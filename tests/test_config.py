@@ -304,7 +304,7 @@ def test_a_gcs_key_file_that_is_missing_or_not_json_is_named(tmp_path):
     for token, words in ((tmp_path / "nope.json", "does not exist"), (tmp_path / "bin.json", "not a JSON")):
         with pytest.raises(ConfigError) as e:
             parse_table(table(token), "m.yaml", env={})
-        assert len(e.value.problems) == 1 and f"options.token: " in e.value.problems[0] \
+        assert len(e.value.problems) == 1 and "options.token: " in e.value.problems[0] \
             and words in e.value.problems[0], e.value.problems
     parse_table(table(good), env={})
     parse_table(table("cloud"), env={})
