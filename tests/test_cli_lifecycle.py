@@ -93,7 +93,10 @@ def test_mount_point_errors(mounter, dataset, tmp_path):
 
     mp = mounter.mount([mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)])
     res = unifs("mount", str(mp), "--config", str(cfg))
-    assert res.returncode == 1 and "already mounted" in res.stderr
+    assert res.returncode == 1 and "already mounted" in res.stderr and f"'unifs umount {mp}'" in res.stderr
+    # another file system's mount point: `unifs umount` would refuse it, so it is not advised
+    res2 = unifs("mount", "/proc", "--config", str(cfg))
+    assert res2.returncode == 1 and "already mounted (proc)" in res2.stderr and "unifs umount" not in res2.stderr
 
     for r in [res]:
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -106,13 +109,21 @@ def test_foreground_mount_serves_until_stopped_and_exits_0(mounter, dataset, tmp
     import subprocess
     import sys
 
+    import socket
+
     cfg = _table(mounter)
     mp = tmp_path / "fg"
     mp.mkdir()
+    # as a Type=notify systemd unit runs it: READY=1 once it serves, STOPPING=1 when it stops
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(60)
     proc = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(cfg),
-                             "--foreground"], stderr=subprocess.PIPE, text=True)
+                             "--foreground"], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock")))
     try:
-        assert wait_for(lambda: is_mounted(mp), timeout=60)
+        assert notify.recv(256) == b"READY=1"
+        assert is_mounted(mp)
         assert os.listdir(mp / "data")
         if stop == "umount":
             unifs("umount", str(mp), check=True)
@@ -121,7 +132,9 @@ def test_foreground_mount_serves_until_stopped_and_exits_0(mounter, dataset, tmp
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read()
         assert "error" not in err and not is_mounted(mp), err
+        assert notify.recv(256) == b"STOPPING=1"
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
             subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)

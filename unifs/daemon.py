@@ -251,6 +251,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         })
         log.info("mounted %s with %d store mount(s)", mountpoint, len(mounts))
         starting.release()
+        sd_notify("READY=1")  # Type=notify: units ordered after this one start once it serves
         # runs inside FUSE's INIT, whose reply lowers the kernel's read-ahead to what libfuse
         # offers (128 KiB): raise it once the reply is in, which a statfs waits for
         threading.Thread(target=after_init, name="unifs-after-init", daemon=True).start()
@@ -283,9 +284,27 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             from None
     finally:
         starting.release()
+        sd_notify("STOPPING=1")
         control.stop()
         mountinfo.remove_state(mountpoint, owner=os.getpid())
     log.info("unmounted %s", mountpoint)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (a Type=notify unit's NOTIFY_SOCKET) how the daemon is doing."""
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e.strerror)
 
 
 def open_cache(table: MountTable, mountpoint: str):
@@ -324,8 +343,9 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
     # libfuse reports its own failures on stderr: keep them in the daemon's log
     with open(os.devnull, "rb") as devnull, open(log_path, "ab") as logf:
         os.chmod(log_path, 0o600)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # the unit's main process is this one
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=logf, stderr=logf,
-                                pass_fds=(w,), start_new_session=True, cwd="/")
+                                pass_fds=(w,), start_new_session=True, cwd="/", env=env)
     os.close(w)
     deadline = time.monotonic() + READY_TIMEOUT
     msg = b""

@@ -150,8 +150,9 @@ def check_mountpoint(mountpoint: str, nonempty: bool = False) -> None:
         raise UserError(f"mount point {mountpoint} has a stale mount from a dead daemon; "
                         f"run 'unifs umount {mountpoint}' first")
     if live is not None:
-        raise UserError(f"mount point {mountpoint} is already mounted ({live.fstype}); "
-                        f"unmount it first with 'unifs umount {mountpoint}'")
+        how = f"'unifs umount {mountpoint}'" if live.fstype == FSTYPE else f"'umount {mountpoint}'"
+        raise UserError(f"mount point {mountpoint} is already mounted ({live.fstype}); unmount it first "
+                        f"with {how}, or choose another directory")
     if not os.path.lexists(mountpoint):
         raise UserError(f"mount point {mountpoint} does not exist (create it with: mkdir -p {mountpoint})")
     if not os.path.isdir(mountpoint):
