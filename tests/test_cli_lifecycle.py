@@ -171,6 +171,10 @@ def test_unknown_fuse_option_and_missing_local_dir_are_explained(tmp_path):
     res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg), "-o", "bogus_opt")
     assert res.returncode == 1 and "unknown option" in res.stderr and "bogus_opt" in res.stderr
     assert not is_mounted(tmp_path / "mp")
+    for bad in ("max_threads=0", "max_threads=many"):  # 0 mounted a daemon with no FUSE threads
+        res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg), "-o", bad)
+        assert res.returncode != 0 and f"-o {bad}" in res.stderr and "at least 1" in res.stderr, res.stderr
+        assert not is_mounted(tmp_path / "mp")
 
 
 def test_mount_through_a_symlink(mounter, dataset, tmp_path):

@@ -35,6 +35,8 @@ BAD = [
     ("missing url", "mounts:\n  - path: /a\n", ["bad.yaml:2:", "mounts[0] (/a)", "missing required key 'url'"]),
     ("unknown scheme", "mounts:\n  - path: /a\n    url: foo://b\n",
      ["bad.yaml:3:", "mounts[0] (/a).url", "unknown scheme 'foo://'"]),
+    ("unclosed variable", "mounts:\n  - path: /a\n    url: s3://b\n    options: {key: '${NOPE'}\n",
+     ["bad.yaml:4:", "mounts[0] (/a).options.key", "not a ${VAR}"]),
     # obstore panicked on it at the first request (a Rust backtrace and a traceback)
     ("space in bucket", "mounts:\n  - path: /a\n    url: 's3://my data/x'\n",
      ["bad.yaml:3:", "mounts[0] (/a).url", "bucket name 'my data' has ' ' in it"]),

@@ -131,6 +131,10 @@ class _Interpolation:
                 node[i] = self.apply(item, loc + (i,))
             return node
         if isinstance(node, str) and "$" in node:
+            if "${" in _VAR.sub("", node):  # `${NOPE` went through as text
+                self.problems.append((loc, "has a '${' that is not a ${VAR} or ${VAR:-default} reference "
+                                           "(unclosed brace? write $$ for a literal $)"))
+                return node
             whole = _VAR.fullmatch(node.strip())
             value = _VAR.sub(lambda m: self._value(m, loc), node)
             # credentials stay strings whatever they look like (a secret 0777123 is no number)

@@ -49,6 +49,8 @@ def parse_fuse_options(opts: tuple[str, ...]) -> dict:
             if not item:
                 continue
             k, eq, v = item.partition("=")
+            if k == "max_threads" and not (v.isdigit() and int(v) >= 1):
+                raise UserError(f"-o max_threads={v}: needs a whole number of threads, at least 1")
             if k in _RESERVED_OPTIONS:
                 hint = _RESERVED_OPTIONS[k]
                 raise UserError(f"-o {k}: set by unifs itself, not a mount option{'; ' + hint if hint else ''}")
@@ -244,7 +246,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
 
     def ready():
         mountinfo.write_state(mountpoint, {
-            "mountpoint": mountpoint, "pid": os.getpid(), "config": str(config_path),
+            "mountpoint": mountpoint, "pid": os.getpid(), "config": os.path.abspath(str(config_path)),
             "log_file": log_path, "started": time.time(), "staging_dir": staging,
             "control_socket": control_path, "cache_dir": cache.disk.directory if cache and cache.disk else None,
             "mounts": describe_table(table)["mounts"],
