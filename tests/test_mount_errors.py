@@ -215,3 +215,18 @@ def test_stopping_unifs_mount_while_its_daemon_starts_stops_the_daemon(mounter, 
     finally:
         silent.close()
         subprocess.run(["pkill", "-KILL", "-f", f"unifs mount {tmp_path / 'm'} --foreground"], capture_output=True)
+
+
+def test_a_broken_gcs_credentials_file_is_named(tmp_path):
+    # gcsfs failed with a bare "KeyError: 'refresh_token'"
+    from conftest import unifs
+
+    bad = tmp_path / "creds.json"
+    bad.write_text('{"type": "authorized_user", "client_id": "x"}')
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"mounts:\n  - path: /g\n    url: gs://bucket/x\n    options:\n      token: {bad}\n"
+                   "      endpoint_url: http://127.0.0.1:9\n")
+    (tmp_path / "mp").mkdir()
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "options.token" in res.stderr and "no usable credentials" in res.stderr and "refresh_token" in res.stderr

@@ -155,6 +155,17 @@ def _libfuse_major() -> int:
     return mfusepy.fuse_version_major
 
 
+def _credentials_file_problem(entry, exc: Exception) -> Optional[str]:
+    """gcsfs reads a credentials file named by `token` and fails with a bare KeyError on the
+    field it misses ("KeyError: 'refresh_token'")."""
+    token = (entry.options or {}).get("token")
+    if isinstance(exc, (KeyError, ValueError)) and isinstance(token, str) and os.path.isfile(token):
+        missing = f" (it has no {exc.args[0]!r})" if isinstance(exc, KeyError) and exc.args else ""
+        return (f"options.token names a file that holds no usable credentials{missing}: give a "
+                "service account key file or an authorized-user file from gcloud")
+    return None
+
+
 def _open_mounts(table: MountTable):
     from unifs.namespace import Mount
     from unifs.stores import open_store
@@ -168,7 +179,7 @@ def _open_mounts(table: MountTable):
         except Exception as e:  # noqa: BLE001 - backend constructors raise anything
             first = str(e).splitlines()[0] if str(e) else ""
             raise UserError(f"mount {entry.path} ({redact_url(entry.url)}): "
-                            + (_option_problem(entry.url, first) or
+                            + (_option_problem(entry.url, first) or _credentials_file_problem(entry, e) or
                                f"cannot create the store client: {type(e).__name__}: {first}")) from None
         mounts.append(Mount(entry, store))
 
