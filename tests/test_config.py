@@ -35,6 +35,10 @@ BAD = [
     ("missing url", "mounts:\n  - path: /a\n", ["bad.yaml:2:", "mounts[0] (/a)", "missing required key 'url'"]),
     ("unknown scheme", "mounts:\n  - path: /a\n    url: foo://b\n",
      ["bad.yaml:3:", "mounts[0] (/a).url", "unknown scheme 'foo://'"]),
+    ("fractional bytes", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 1.5B}\n",
+     ["bad.yaml:4:", "cache.ram", "not a whole number of bytes"]),
+    ("no RAM for mode ram", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 0}\n",
+     ["cache.mode", "cache.ram is 0"]),
     ("unclosed variable", "mounts:\n  - path: /a\n    url: s3://b\n    options: {key: '${NOPE'}\n",
      ["bad.yaml:4:", "mounts[0] (/a).options.key", "not a ${VAR}"]),
     # obstore panicked on it at the first request (a Rust backtrace and a traceback)

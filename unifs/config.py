@@ -825,6 +825,12 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
     if disk_modes and table.cache.disk == 0:
         problems.append((disk_modes[0], "needs a disk tier, but cache.disk is 0: give cache.disk a size "
                                         "(or use mode ram)"))
+    inherit = any(m.cache is None for m in table.mounts)
+    ram_modes = [("cache", "mode")] if inherit and table.cache.mode in ("ram", "tiered") else []
+    ram_modes += [("mounts", i, "cache") for i, m in enumerate(table.mounts) if m.cache in ("ram", "tiered")]
+    if ram_modes and table.cache.ram == 0:
+        problems.append((ram_modes[0], "needs a RAM tier, but cache.ram is 0: give cache.ram a size "
+                                       "(or use mode disk, or none)"))
     memory = physical_memory()
     if memory and table.cache.ram > memory:
         problems.append((("cache", "ram"), f"{format_size(table.cache.ram)} is more than this machine's memory "

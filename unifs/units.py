@@ -24,7 +24,10 @@ def parse_size(value) -> int:
     m = _NUM_UNIT.match(str(value))
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"expected a size like '512MiB' or '2GB', got {value!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if n != int(n):  # '1.5B' was 1 byte
+        raise ValueError(f"{value!r} is not a whole number of bytes")
+    return int(n)
 
 
 def parse_duration(value) -> float:
