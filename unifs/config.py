@@ -564,6 +564,10 @@ def check_option_names(scheme: str, options: dict) -> None:
         raise ValueError(unknown_option_hint(scheme, name))
 
 
+_OBSTORE_S3_NAMES = {"region", "region_name", "aws_access_key_id", "access_key_id", "aws_secret_access_key",
+                     "secret_access_key", "aws_session_token", "session_token"}
+
+
 def s3_option_problems(table: "MountTable") -> list[str]:
     """Misspelled s3fs options, for `unifs config check` (the mount itself fails on them when
     s3fs refuses the keyword; the check said OK and printed the table)."""
@@ -581,8 +585,10 @@ def s3_option_problems(table: "MountTable") -> list[str]:
     for i, m in enumerate(table.mounts):
         scheme = m.url.split("://", 1)[0].lower()
         if scheme in ("s3", "s3a"):
+            # the obstore client (client: auto or obstore) also takes region, access_key_id, ...
+            ok = known | (set() if m.client == "fsspec" else _OBSTORE_S3_NAMES)
             problems += [f"mounts[{i}] ({m.path}): {unknown_option_hint(scheme, name)}"
-                         for name in m.options if name not in known]
+                         for name in m.options if name not in ok]
     return problems
 
 
@@ -868,7 +874,10 @@ def is_secret_key(name: str) -> bool:
         return True
     words = [w for w in _SECRET_WORDS if len(w) >= 4]
     return any(difflib.get_close_matches(part, words, n=1, cutoff=0.8)
-               for part in re.split(r"[^a-z]+", n) if len(part) >= 4)
+               for part in re.split(r"[^a-z]+", n) if len(part) >= 4 and part not in _NOT_SECRET_WORDS)
+
+
+_NOT_SECRET_WORDS = {"secure", "sessions"}  # near a secret word, but no credential
 
 
 def redact(value: Any, key: str = "") -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -49,7 +50,7 @@ def parse_fuse_options(opts: tuple[str, ...]) -> dict:
             if not item:
                 continue
             k, eq, v = item.partition("=")
-            if k == "max_threads" and not (v.isdigit() and int(v) >= 1):
+            if k == "max_threads" and not (re.fullmatch(r"[0-9]+", v) and int(v) >= 1):
                 raise UserError(f"-o max_threads={v}: needs a whole number of threads, at least 1")
             if k in _RESERVED_OPTIONS:
                 hint = _RESERVED_OPTIONS[k]
@@ -202,8 +203,6 @@ def _open_mounts(table: MountTable):
 
 def _option_problem(url: str, message: str) -> Optional[str]:
     """A client's TypeError for an option it does not take, said in terms of the mount table."""
-    import re
-
     from unifs.config import unknown_option_hint
 
     m = re.search(r"unexpected keyword argument '(\w+)'", message or "")

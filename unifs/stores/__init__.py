@@ -20,13 +20,13 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
     from unifs.stores.fsspec_store import FsspecStore
 
     if scheme in ("s3", "s3a") and entry.client in ("auto", "obstore"):
-        from unifs.stores.obstore_s3 import ObstoreS3Store, map_s3_options
+        from unifs.stores.obstore_s3 import ObstoreS3Store, map_s3_options, s3fs_options
 
         cfg = map_s3_options(entry.options)
         if cfg is not None:
             log.debug("mount %s: S3 data path through obstore", entry.path)
             return ObstoreS3Store(entry.url, cfg, **common,
-                                  fallback=lambda: FsspecStore(entry.url, entry.options, **common))
+                                  fallback=lambda: FsspecStore(entry.url, s3fs_options(entry.options), **common))
         if entry.client == "obstore":
             from unifs.stores.obstore_s3 import unmappable_s3_option
 

@@ -470,6 +470,16 @@ class FsspecStore:
                     if meta.get("hdi_isfolder") == "true" and not name.endswith("/"):
                         name += "/"
                     out.append(name)
+                if path and f"{path[cut:]}/" not in out:  # the directory's own folder blob
+                    from azure.core.exceptions import ResourceNotFoundError
+
+                    try:
+                        props = await cc.get_blob_client(path).get_blob_properties()
+                    except ResourceNotFoundError:
+                        props = None
+                    meta = {k.lower(): v for k, v in ((props and props.metadata) or {}).items()}
+                    if meta.get("hdi_isfolder") == "true" and not props.size:
+                        out.append(f"{path[cut:]}/")
             return out
         return fsspec.asyn.sync(self.fs.loop, _walk, timeout=timeout)
 

@@ -42,6 +42,24 @@ def unmappable_s3_option(options: dict[str, Any]) -> Optional[str]:
     return _map_s3_options(options)[1]
 
 
+# names obstore's mapping takes that s3fs (and botocore's session) do not: the s3fs store of
+# such a mount (directory markers, keys obstore cannot parse) gets them under s3fs' names
+OBSTORE_ONLY_NAMES = {"aws_access_key_id": "key", "access_key_id": "key", "aws_secret_access_key": "secret",
+                      "secret_access_key": "secret", "aws_session_token": "token", "session_token": "token",
+                      "region": None, "region_name": None}
+
+
+def s3fs_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The same options as s3fs takes them (see OBSTORE_ONLY_NAMES)."""
+    out = {k: v for k, v in options.items() if k not in OBSTORE_ONLY_NAMES}
+    for k, v in options.items():
+        if k in ("region", "region_name"):
+            out["client_kwargs"] = {"region_name": v, **(out.get("client_kwargs") or {})}
+        elif k in OBSTORE_ONLY_NAMES:
+            out.setdefault(OBSTORE_ONLY_NAMES[k], v)
+    return out
+
+
 def _map_s3_options(options: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     cfg: dict[str, Any] = {}
     ck = dict(options.get("client_kwargs") or {})
@@ -261,9 +279,12 @@ class ObstoreS3Store:
 
     def remove_dir(self, key: str) -> None:
         # a directory marker ("key/", also what SeaweedFS and MinIO keep for an emptied
-        # prefix) would keep listing the removed directory. obstore normalises the trailing
-        # slash away, so only when no object "key" exists that this could hit instead.
-        if key and self.head(key) is None:
+        # prefix) would keep listing the removed directory. obstore lists it as an object
+        # "key" below "key/" and cannot address it; s3fs can (an object "key" is not touched)
+        if not key:
+            return
+        res = self._call(f"list {key}", obstore.list_with_delimiter, self.store, key)
+        if any(m["path"] == key for m in res["objects"]):
             self._s3fs().delete(key + "/")
 
     def close(self) -> None:
