@@ -22,10 +22,12 @@ Rule = Callable[[str, str, dict], Optional[int]]
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, rule: Optional[Rule] = None, get_delay: float = 0.0):
+    def __init__(self, upstream_port: int, rule: Optional[Rule] = None, get_delay: float = 0.0,
+                 delays: Optional[dict] = None):
         self.upstream_port = upstream_port
         self.rule = rule
         self.get_delay = get_delay  # seconds added to every GET: a store far away
+        self.delays = dict(delays or {})  # method -> seconds before it is forwarded (a slow DELETE)
         self.in_flight = 0
         self.max_in_flight = 0  # most requests served at the same time
         self.sent_bytes = 0  # request body bytes received, failed requests included
@@ -57,6 +59,8 @@ class FaultProxy:
                 try:
                     if self.command == "GET" and proxy.get_delay:
                         time.sleep(proxy.get_delay)
+                    if proxy.delays.get(self.command):
+                        time.sleep(proxy.delays[self.command])
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                     headers["Content-Length"] = str(len(body))
                     up.request(self.command, self.path, body=body, headers=headers)

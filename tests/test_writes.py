@@ -368,6 +368,33 @@ def test_a_file_unlinked_while_open_stays_gone_after_its_last_close(rw, seaweed)
     assert wait_for(lambda: _store_keys(seaweed, prefix) == {f"{prefix}/gh{i}" for i in range(10)})
 
 
+def test_a_name_reused_while_its_unlinked_object_is_being_deleted(mounter, seaweed, dataset):
+    # the last close of a file unlinked while open deletes its object; a new file of the same
+    # name written meanwhile was uploaded first and then deleted by that slower DELETE: gone
+    import re
+    import time
+
+    from faultproxy import FaultProxy
+
+    opts = seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    # obstore deletes with a POST ?delete (DeleteObjects); small uploads are one PUT
+    with FaultProxy(upstream, delays={"POST": 1.5, "DELETE": 1.5}) as proxy:
+        entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/reuse")
+        entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))
+        root = mounter.mount([entry]) / "w"
+        p = root / "ckpt"
+        p.write_bytes(b"old")
+        fd = os.open(p, os.O_RDONLY)
+        os.unlink(p)
+        os.close(fd)  # its object's DELETE now takes 1.5 s
+        time.sleep(0.3)
+        p.write_bytes(b"new")
+        assert p.read_bytes() == b"new"
+        time.sleep(2)  # past the DELETE
+        assert _store_bytes(seaweed, "reuse/ckpt") == b"new"
+
+
 def test_dot_entries_are_listed(rw):
     root, _ = rw
     (root / "x").write_bytes(b"x")

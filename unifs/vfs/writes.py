@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from unifs.config import WriteSettings
@@ -50,6 +50,9 @@ class _Hidden:
     staged: Optional[StagedFile]
     attr: Attr
     delete: bool  # the object is deleted from the store at the last close, unless the name was reused
+    # held while that delete is decided and made: a reuse of the name waits for it, or the delete,
+    # already on its way, removed the new object uploaded right after (seen under load)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 WRITE_BACK_QUIET = 1.0  # seconds without writes before a file still open is written back
 
 
@@ -79,6 +82,7 @@ class Writes:
         # which are gone for the mount while the object stays in the store until the last close
         # (open readers keep reading it; "" marks a directory removed around such a file)
         self._hidden: dict[str, _Hidden] = {}
+        self._finishing: dict[str, _Hidden] = {}  # hidden name -> file whose last close is being handled
         self._tombstones: dict[str, str] = {}
         self._lock = threading.RLock()
         self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
@@ -219,11 +223,13 @@ class Writes:
 
     def _revive(self, path: str) -> None:
         """A name unlinked while open is used again: the object under it will be replaced, so
-        the last close of the old file must not delete it."""
+        the last close of the old file must not delete it (or, if that delete is under way,
+        the new object is made only after it)."""
         with self._lock:
             hidden = self._tombstones.pop(path, None)
-            h = self._hidden.get(hidden) if hidden else None
-            if h is not None:
+            h = (self._hidden.get(hidden) or self._finishing.get(hidden)) if hidden else None
+        if h is not None:
+            with h.lock:
                 h.delete = False
 
     def create(self, path: str) -> StagedFile:
@@ -445,6 +451,8 @@ class Writes:
     def unlink(self, path: str) -> None:
         with self._lock:
             h = self._hidden.pop(path, None)
+            if h is not None:
+                self._finishing[path] = h
         if h is not None:  # libfuse's unlink at the last close of a file unlinked while open
             try:
                 self._finish_hidden(h)
@@ -452,6 +460,7 @@ class Writes:
                 # only now: a lookup while the object was still in the store would have found
                 # it, and cached the deleted file as present for the metadata TTL
                 with self._lock:
+                    self._finishing.pop(path, None)
                     if self._tombstones.get(h.old) == path:
                         del self._tombstones[h.old]
                 self.fs.changed(h.old, None)
@@ -610,13 +619,14 @@ class Writes:
         st = h.staged
         if st is not None and st.opens == 0:
             st.remove()
-        if h.delete:
-            try:
-                h.mount.store.delete(h.key)
-            except StoreError as e:
-                if e.errno != errno.ENOENT:
-                    log.warning("%s: unlinked while open; deleting %s at its last close failed: %s",
-                                h.old, h.key, e.strerror)
+        with h.lock:
+            if h.delete:
+                try:
+                    h.mount.store.delete(h.key)
+                except StoreError as e:
+                    if e.errno != errno.ENOENT:
+                        log.warning("%s: unlinked while open; deleting %s at its last close failed: %s",
+                                    h.old, h.key, e.strerror)
         with self._lock:
             # directories removed around it are gone for real now
             for d in [d for d, v in self._tombstones.items() if v == "" and _under(h.old, d)]:
