@@ -256,7 +256,10 @@ class FileSystem:
         # the kernel opens without asking for attributes while its own are valid: if the daemon's
         # expired and the store's answer now differs from its last, the kernel still has the old
         # size (a GETATTR or LOOKUP of the kernel's own would have refreshed the daemon's first)
-        prev = self.meta.previous(path) if self.meta.get(path) is None else None
+        # (compared with the entry found valid too: it can expire, and be refreshed from the
+        # store, between this look and getattr's, when a prefetch finds the object changed)
+        cached = self.meta.get(path)
+        prev = self.meta.previous(path) if cached is None else cached if isinstance(cached, Attr) else None
         attr = self.getattr(path)
         if attr.is_dir:
             raise _err(errno.EISDIR, path)
