@@ -279,8 +279,6 @@ class FsspecStore:
             url = getattr(client, "url", None) or getattr(self.fs, "account_url", None)
         elif self.scheme in ("s3", "s3a"):
             url = getattr(self.fs, "endpoint_url", None)
-        elif self.scheme in ("http", "https"):
-            url = self.url  # fsspec's http answers "not found" for a server that is not there
         else:
             return
         if url:

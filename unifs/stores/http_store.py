@@ -18,12 +18,12 @@ import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Optional
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import fsspec.asyn
 
 from unifs.config import redact_url
-from unifs.errors import ObjectChanged, ObjectNotFound, StoreRejected
+from unifs.errors import ObjectChanged, ObjectNotFound, StoreRejected, StoreUnavailable
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.fsspec_store import FsspecStore, info_to_object
 
@@ -51,8 +51,17 @@ class HttpStore(FsspecStore):
     def check(self) -> None:
         # fsspec lists a page that answers 404 as an empty directory: a mistyped URL would
         # mount as an empty directory instead of failing
-        self._probe_endpoint()
-        info = self._call(f"stat {redact_url(self.url)}", self.fs.info, self._path(""), _first=True)
+        try:
+            info = self._call(f"stat {redact_url(self.url)}", self.fs.info, self._path(""), _first=True)
+        except ObjectNotFound as e:
+            # fsspec's http says "not found" for a server it cannot reach too (the connection
+            # error is its cause); no probe of our own, which would bypass an HTTP proxy
+            reason = _connection_failure(e)
+            if reason:
+                host = urlsplit(self.url)
+                raise StoreUnavailable(f"cannot connect to {host.hostname}:{host.port or (443 if host.scheme == 'https' else 80)}"
+                                       f" ({reason})") from None
+            raise
         listing = self._names("") if info.get("type") == "file" else None
         if listing is not None and not listing.files and not listing.dirs:
             raise StoreRejected(f"{redact_url(self.url)} lists nothing: a file, or an empty index page; "
@@ -142,3 +151,20 @@ def _version(headers) -> Optional[str]:
 
 def _strong(version: str) -> str:
     return version[2:] if version.startswith("W/") else version
+
+
+def _connection_failure(exc: BaseException) -> str:
+    """The reason of a failed connection among exc's causes (aiohttp's ClientConnectorError,
+    a refused or reset connection, a name that does not resolve), else ''."""
+    import socket
+
+    exc = exc.__cause__
+    for _ in range(10):
+        if exc is None:
+            return ""
+        name = type(exc).__name__
+        if "Connector" in name or isinstance(exc, (ConnectionError, socket.gaierror)):
+            os_err = getattr(exc, "os_error", None) or exc
+            return getattr(os_err, "strerror", None) or str(os_err) or name
+        exc = exc.__cause__ or exc.__context__
+    return ""
