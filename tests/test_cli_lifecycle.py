@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -37,6 +38,9 @@ def test_mount_status_umount(mounter, dataset, tmp_path):
     assert not is_mounted(mp)
     assert wait_for(lambda: not pid_alive(row["pid"]), timeout=15)  # the daemon exits too
     assert str(mp) not in unifs("status", check=True).stdout
+    from unifs.mountinfo import state_file
+    left = list(state_file(str(mp)).parent.glob(state_file(str(mp)).stem + ".*"))
+    assert left == [], left  # a clean unmount leaves nothing of it in the run dir
     # unmounting again is an error with one line
     res = unifs("umount", str(mp))
     assert res.returncode != 0 and "not mounted" in res.stderr
@@ -399,4 +403,40 @@ def test_two_mounts_of_one_point_at_once_do_not_stack(mounter, dataset, tmp_path
             if rc:
                 assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
                 assert "being mounted by another unifs daemon" in err or "already mounted" in err, err
+        unifs("umount", str(mp), check=True)
+
+
+def test_a_lazily_unmounted_daemon_ending_while_the_next_one_starts(mounter, dataset, tmp_path):
+    # the next daemon writes its state file only once mounted: an old daemon ending before that
+    # took the shared log (and control socket) for its own and removed them
+    import re
+    import subprocess
+    import sys
+
+    from faultproxy import FaultProxy
+    from unifs.mountinfo import log_file, state_file
+
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    fast = mounter.write_table({"mounts": [mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)]})
+    unifs("mount", str(mp), "--config", str(fast), check=True)
+    old_pid = next(r["pid"] for r in json.loads(unifs("status", "--json", check=True).stdout)
+                   if r["mountpoint"] == str(mp))
+    held = open(mp / "data/images/class_0/img_00000.jpg", "rb")
+    unifs("umount", "--lazy", str(mp), check=True)
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    with FaultProxy(upstream, get_delay=2.0) as proxy:  # the next mount's store checks take seconds
+        entry = mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)
+        entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))
+        slow = mounter.write_table({"mounts": [entry]})
+        starting = subprocess.Popen([sys.executable, "-m", "unifs", "mount", str(mp), "--config", str(slow)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        held.close()  # the old daemon ends now, while the next one checks its store
+        assert wait_for(lambda: not pid_alive(old_pid), timeout=20)
+        out, err = starting.communicate(timeout=120)
+        assert starting.returncode == 0, err
+        assert log_file(str(mp)).exists() and state_file(str(mp)).with_suffix(".sock").exists()
+        assert unifs("cache", "stats", str(mp)).returncode == 0
         unifs("umount", str(mp), check=True)

@@ -569,7 +569,8 @@ def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, st
     try:
         serve(mountpoint, table, config_path, parse_fuse_options(opts), status_fd, log_file)
         if log_file and Path(log_file) == mountinfo.log_file(mountpoint) and not WARNINGS.count \
-                and not mountinfo.owned_by_other(mountpoint, os.getpid()):
+                and not mountinfo.owned_by_other(mountpoint, os.getpid()) \
+                and not mountinfo.open_elsewhere(log_file):  # a next daemon of the mount point starting
             # a clean unmount leaves nothing behind in the run dir; a run that logged a warning
             # (a failed upload still pending, a store that refused) keeps its log
             Path(log_file).unlink(missing_ok=True)

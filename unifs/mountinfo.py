@@ -200,12 +200,19 @@ def log_file(mountpoint: str) -> Path:
 
 
 class _MountingLock:
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, path: Path):
         self.fd: Optional[int] = fd
+        self.path = path
 
     def release(self) -> None:
+        """Removed while held (a run dir left clean): a daemon that opened it meanwhile finds,
+        once it gets the lock, that the file is no longer the one at the path, and tries again."""
         fd, self.fd = self.fd, None
         if fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             os.close(fd)
 
 
@@ -214,17 +221,25 @@ def lock_mounting(mountpoint: str) -> _MountingLock:
     mount` of one point at once (a slow store makes the window seconds long) both passed the
     "already mounted" check and stacked two mounts sharing one state file and staging dir."""
     path = state_file(mountpoint).with_suffix(".mounting")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise UserError(f"{mountpoint} is being mounted by another unifs daemon (pid {holder}); wait for it, "
-                        "or stop it") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return _MountingLock(fd)
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{mountpoint} is being mounted by another unifs daemon (pid {holder}); wait for "
+                            "it, or stop it") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return _MountingLock(fd, path)
+        os.close(fd)  # removed by the daemon that held it: take the new one
+    raise UserError(f"{mountpoint}: could not take its mount lock {path}")
 
 
 def write_state(mountpoint: str, data: dict) -> None:
@@ -262,11 +277,37 @@ def remove_state(mountpoint: str, owner: Optional[int] = None) -> None:
     unmounted lazily ends after the next daemon of its mount point has written its own."""
     if owner is not None and owned_by_other(mountpoint, owner):
         return
-    for path in (state_file(mountpoint), state_file(mountpoint).with_suffix(".sock")):
+    paths = [state_file(mountpoint)]
+    if owner is None:  # a daemon removes its own socket (ControlServer.stop), not a successor's
+        paths.append(state_file(mountpoint).with_suffix(".sock"))
+    for path in paths:
         try:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def open_elsewhere(path: str) -> bool:
+    """Some other process has path open (a daemon of the same mount point that shares its log
+    file name, or the `unifs mount` starting one)."""
+    me = str(os.getpid())
+    try:
+        target = os.path.realpath(path)
+        pids = [d for d in os.listdir("/proc") if d.isdigit() and d != me]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def owned_by_other(mountpoint: str, pid: int) -> bool:
