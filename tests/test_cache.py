@@ -549,3 +549,28 @@ def test_many_threads_read_correct_bytes_under_eviction(tmp_path):
         assert st["disk"]["bytes"] == dir_bytes(tmp_path) <= 20 * (BS + 200)
         assert st["disk"]["evictions"] > 0 and st["ram"]["evictions"] > 0
         assert st["mounts"]["m"]["bytes_from_cache"] > 0
+
+
+def test_a_bound_lowered_by_a_full_disk_comes_back_when_there_is_room(tmp_path, monkeypatch):
+    # one ENOSPC with a nearly empty cache set the bound to 0 until restart
+    import unifs.cache.disk as disk_mod
+
+    disk = DiskTier(tmp_path, 10 * (BS + 200), BS)
+    assert disk.put((oid(), 0), blob(BS, 0))
+    assert disk.make_room(str(tmp_path), 1 << 20)  # the staging dir, on the same file system
+    assert disk.limit == 0 and disk.stats()["blocks"] == 0
+    assert not disk.put((oid(), 1), blob(BS, 1))  # still full: checked again only later
+    monkeypatch.setattr(disk_mod, "REGROW_EVERY_S", 0.0)
+    disk._next_regrow = 0.0
+    assert disk.put((oid(), 2), blob(BS, 2))  # this file system has room again
+    assert disk.limit == disk.configured_limit and disk.get((oid(), 2)) == blob(BS, 2)
+
+    class Full:
+        f_bavail, f_frsize, f_blocks = 0, 4096, 1 << 20
+    disk._shrink(BS, "test")
+    disk._next_regrow = 0.0
+    monkeypatch.setattr(disk_mod.os, "statvfs", lambda p: Full)
+    low = disk.limit
+    disk.put((oid(), 3), blob(BS, 3))
+    assert disk.limit == low  # no room: the bound stays down
+    disk.close()

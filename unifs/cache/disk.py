@@ -56,6 +56,7 @@ import secrets
 import stat
 import struct
 import threading
+import time
 import zlib
 from typing import List, NamedTuple, Optional, Set, Tuple
 
@@ -73,6 +74,10 @@ _MAX_IDENTITY = 64 * 1024  # far above any store's key limit; a larger length is
 BLOCK_SUFFIX = ".blk"
 TEMP_SUFFIX = ".tmp"
 LOCK_NAME = "lock"
+# after a full disk lowered the bound: how often to look for room again, and how much of the
+# file system to leave free when raising it back
+REGROW_EVERY_S = 30.0
+REGROW_RESERVE = 0.05
 
 
 class CacheDirectoryBusy(UserError):
@@ -183,6 +188,8 @@ class DiskTier:
                              f"block_size={block_size}")
         self.directory = os.fspath(directory)
         self.limit = limit_bytes
+        self.configured_limit = limit_bytes  # `limit` drops below it while the disk is full
+        self._next_regrow = 0.0
         self.block_size = block_size
         self._lock = threading.Lock()
         # value: a commit number, so a reader that found a file missing or corrupt removes
@@ -312,6 +319,8 @@ class DiskTier:
         identity = _identity(bid[0])
         header = _encode_header(identity, bid[1], self.block_size, data)
         size = len(header) + len(data)
+        if self.limit < self.configured_limit:
+            self._maybe_regrow()
         while True:
             with self._lock:
                 if self._closed or bid in self._busy or size > self.limit:
@@ -412,11 +421,36 @@ class DiskTier:
             return False
         return self._shrink(nbytes + 2 * self.block_size, "the staging directory")
 
+    def _maybe_regrow(self) -> None:
+        """After a full disk lowered the bound: once the file system has room again (checked
+        every REGROW_EVERY_S), raise it back towards the configured one, keeping REGROW_RESERVE
+        of the file system free (or a block, whichever is more) for other writers."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_regrow:
+                return
+            self._next_regrow = now + REGROW_EVERY_S
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        reserve = max(2 * self.block_size, int(st.f_blocks * st.f_frsize * REGROW_RESERVE))
+        with self._lock:
+            used = self._index.bytes + self._outside
+            grown = min(self.configured_limit, used + max(0, free - reserve))
+            if grown <= self.limit:
+                return
+            old, self.limit = self.limit, grown
+        log.info("cache directory %s has room again: disk tier bound raised from %d to %d bytes",
+                 self.directory, old, grown)
+
     def _shrink(self, nbytes: int, who: str) -> bool:
         with self._lock:
             used = self._index.bytes + self._outside
             old = self.limit
             self.limit = max(0, min(self.limit, used) - nbytes)
+            self._next_regrow = time.monotonic() + REGROW_EVERY_S
             doomed = []
             while self._index.bytes + self._outside > self.limit and len(self._index):
                 victim, _, victim_size = self._index.pop_lru()

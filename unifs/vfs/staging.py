@@ -210,7 +210,12 @@ class StagingArea:
 
     def create(self, path: str, mount_path: str, key: str, url: str,
                base: Optional[Base] = None) -> StagedFile:
-        st = StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base)
+        try:
+            st = StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base)
+        except OSError as e:  # no room for one more file: the disk cache may have some
+            if e.errno != errno.ENOSPC or not self.make_room(0):
+                raise
+            st = StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base)
         self.write_sidecar(st, OPEN)
         return st
 
@@ -224,10 +229,19 @@ class StagingArea:
                # stops before the file's release leaves nothing to recover
                "clean": not st.dirty and st.base is None and not st.deleted}
         tmp = st.meta_path + ".tmp"
-        try:
+        text = json.dumps(doc)
+
+        def write():
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                json.dump(doc, f)
+                f.write(text)
             os.replace(tmp, st.meta_path)
+        try:
+            try:
+                write()
+            except OSError as e:
+                if e.errno != errno.ENOSPC or not self.make_room(len(text)):
+                    raise
+                write()
             # only once written: a sidecar still saying "clean" on disk must be rewritten at
             # the next change, or a recovery would drop bytes the store does not have
             st.recorded_clean = doc["clean"]
