@@ -92,3 +92,27 @@ def test_a_write_racing_the_clean_record_is_never_lost(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert _on_disk(st)["clean"] is False
     assert pending_files(area.directory, daemon_dead=True)[0]["size"] == len(b"v2 and more")
+
+
+def test_a_full_file_system_asks_the_disk_cache_for_room(tmp_path, monkeypatch):
+    # only the data writes did: a new file's sidecar failed with ENOSPC while the disk cache on
+    # the same file system held blocks it could have given back
+    area = StagingArea(str(tmp_path / "st"))
+    asked = []
+    area.room_maker = lambda directory, n: asked.append((directory, n)) or True
+    real = os.replace
+    failures = [OSError(errno.ENOSPC, "injected")]
+
+    def full_once(*a, **kw):
+        if failures:
+            raise failures.pop()
+        return real(*a, **kw)
+    monkeypatch.setattr(os, "replace", full_once)
+    st = area.create("/w/f", "/w", "f", "s3://b")
+    assert asked and asked[0][0] == area.directory and _on_disk(st)["path"] == "/w/f"
+    # no room to be had: the writer gets ENOSPC
+    area.room_maker = lambda directory, n: False
+    failures.append(OSError(errno.ENOSPC, "injected"))
+    with pytest.raises(OSError) as e:
+        area.create("/w/g", "/w", "g", "s3://b")
+    assert e.value.errno == errno.ENOSPC
