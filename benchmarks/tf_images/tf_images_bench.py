@@ -187,7 +187,12 @@ class EpochOrder:
 
 def torch_loader(files: list, mode: str, order: str, batch: int, workers: int, seed: int):
     """A started DataLoader (workers forked, nothing read yet)."""
+    import warnings
+
     import torch
+
+    # more workers than cores is the point here: they wait on reads, not on the CPU
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
 
     loader = torch.utils.data.DataLoader(
         ImageFiles(files, mode), batch_size=batch, sampler=EpochOrder(len(files), order == "shuffled", seed),
