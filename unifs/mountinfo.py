@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from unifs import pidlock
 from unifs.errors import UserError
 
 FSTYPE = "fuse.unifs"
@@ -222,21 +222,16 @@ def lock_mounting(mountpoint: str) -> _MountingLock:
     "already mounted" check and stacked two mounts sharing one state file and staging dir."""
     path = state_file(mountpoint).with_suffix(".mounting")
     for _ in range(20):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(f"{mountpoint} is being mounted by another unifs daemon (pid {holder}); wait for "
-                            "it, or stop it") from None
+            fd = pidlock.take(path)
+        except pidlock.Busy as e:
+            raise UserError(f"{mountpoint} is being mounted by another unifs daemon (pid {e.holder}); wait "
+                            "for it, or stop it") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return _MountingLock(fd, path)
         os.close(fd)  # removed by the daemon that held it: take the new one
     raise UserError(f"{mountpoint}: could not take its mount lock {path}")

@@ -18,7 +18,6 @@ restarted daemon can resume. Sidecar states:
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -192,21 +191,15 @@ class StagingArea:
         """Hold the directory for this daemon (the fd, kept open while it runs). A second daemon
         of the same mount point (the first one unmounted lazily, still serving open files) would
         resume and upload the first one's files while it writes them."""
+        from unifs import pidlock
         from unifs.errors import UserError
 
-        path = os.path.join(self.directory, LOCK_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
+            return pidlock.take(os.path.join(self.directory, LOCK_NAME))
+        except pidlock.Busy as e:
             raise UserError(f"staging directory {self.directory} is in use by another unifs daemon (pid "
-                            f"{holder}), e.g. an earlier mount of this mount point unmounted with --lazy that "
+                            f"{e.holder}), e.g. an earlier mount of this mount point unmounted with --lazy that "
                             "still serves open files: close them or stop that daemon first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
 
     def create(self, path: str, mount_path: str, key: str, url: str,
                base: Optional[Base] = None) -> StagedFile:
