@@ -440,3 +440,24 @@ def test_a_lazily_unmounted_daemon_ending_while_the_next_one_starts(mounter, dat
         assert log_file(str(mp)).exists() and state_file(str(mp)).with_suffix(".sock").exists()
         assert unifs("cache", "stats", str(mp)).returncode == 0
         unifs("umount", str(mp), check=True)
+
+
+def test_umount_names_a_mount_inside_the_mount_point(tmp_path):
+    import subprocess
+
+    store = tmp_path / "store"
+    (store / "inner").mkdir(parents=True)
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"mounts:\n  - path: /l\n    url: file://{store}\n"
+                   f"write: {{staging_dir: {tmp_path / 'staging'}}}\ncache: {{dir: {tmp_path / 'cache'}}}\n")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    inner = mp / "l" / "inner"
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inner)], check=True)
+        res = unifs("umount", str(mp))
+        assert res.returncode == 1 and f"{inner} is mounted inside it" in res.stderr, res.stderr
+    finally:
+        subprocess.run(["umount", str(inner)], capture_output=True)
+    unifs("umount", str(mp), check=True)

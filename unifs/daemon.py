@@ -519,6 +519,10 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         why = (res.stderr or res.stdout).strip().splitlines()
         why_line = why[-1] if why else f"exit {res.returncode}"
         if "busy" in why_line.lower():
+            inner = [m.mountpoint for m in mountinfo.mounted()
+                     if m.mountpoint.startswith(mountpoint.rstrip("/") + "/")]
+            if inner:
+                raise UserError(f"{mountpoint} is busy: {inner[0]} is mounted inside it; unmount that first")
             raise UserError(f"{mountpoint} is busy (files open or a shell inside it); close them, "
                             "or use 'unifs umount --lazy' to detach now")
         raise UserError(f"unmounting {mountpoint} failed: {why_line}")
