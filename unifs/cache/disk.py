@@ -412,8 +412,8 @@ class DiskTier:
     def make_room(self, path: str, nbytes: int) -> bool:
         """Another writer on the same file system (the staging directory) ran out of space:
         blocks are only a copy, so give back `nbytes` plus two blocks, and keep the bound
-        lowered until restart so the cache does not take the room again. False if this
-        directory is on another file system or holds nothing."""
+        lowered (see _maybe_regrow) so the cache does not take the room again at once. False
+        if this directory is on another file system or nothing was freed."""
         try:
             if os.stat(path).st_dev != os.stat(self.directory).st_dev:
                 return False
@@ -462,7 +462,7 @@ class DiskTier:
         self._delete(doomed)
         (log.warning if first else log.info)(
             "file system of cache directory %s is full (%s needed room): disk tier bound lowered "
-            "from %d to %d bytes until restart", self.directory, who, old, self.limit)
+            "from %d to %d bytes until there is room again", self.directory, who, old, self.limit)
         return bool(doomed)
 
     # ------------------------------------------------------------------ deletes
