@@ -382,7 +382,7 @@ class FsspecStore:
                     leaf = item.name[len(prefix):].rstrip("/")
                     if not leaf or "/" in leaf:
                         continue  # the directory's own marker blob
-                    meta = {k.lower(): v for k, v in (getattr(item, "metadata", None) or {}).items()}
+                    meta = _az_meta(getattr(item, "metadata", None))
                     if isinstance(item, BlobPrefix) or item.name.endswith("/") \
                             or meta.get("hdi_isfolder") == "true" or meta.get("is_directory") == "true":
                         out.dirs.add(leaf)
@@ -463,9 +463,8 @@ class FsspecStore:
             out = []
             async with self.fs.service_client.get_container_client(container) as cc:
                 async for item in cc.list_blobs(name_starts_with=start or None, include=["metadata"]):
-                    meta = {k.lower(): v for k, v in (item.metadata or {}).items()}
                     name = item.name[cut:]
-                    if meta.get("hdi_isfolder") == "true" and not name.endswith("/"):
+                    if _az_meta(item.metadata).get("hdi_isfolder") == "true" and not name.endswith("/"):
                         name += "/"
                     out.append(name)
                 if path and f"{path[cut:]}/" not in out:  # the directory's own folder blob
@@ -475,8 +474,7 @@ class FsspecStore:
                         props = await cc.get_blob_client(path).get_blob_properties()
                     except ResourceNotFoundError:
                         props = None
-                    meta = {k.lower(): v for k, v in ((props and props.metadata) or {}).items()}
-                    if meta.get("hdi_isfolder") == "true" and not props.size:
+                    if _az_folder_blob(props):
                         out.append(f"{path[cut:]}/")
             return out
         return fsspec.asyn.sync(self.fs.loop, _walk, timeout=timeout)
@@ -516,8 +514,7 @@ class FsspecStore:
                     props = await bc.get_blob_properties()
                 except ResourceNotFoundError:
                     return
-                meta = {k.lower(): v for k, v in (props.metadata or {}).items()}
-                if meta.get("hdi_isfolder") == "true" and not props.size:
+                if _az_folder_blob(props):
                     try:
                         await bc.delete_blob()
                     except ResourceNotFoundError:
@@ -526,6 +523,17 @@ class FsspecStore:
 
     def close(self) -> None:
         pass
+
+
+def _az_meta(metadata) -> dict:
+    """Blob metadata with lower-case names (Azure keeps the case they were written in)."""
+    return {k.lower(): v for k, v in (metadata or {}).items()}
+
+
+def _az_folder_blob(props) -> bool:
+    """The zero-length blob "dir" (no slash) with hdi_isfolder=true that ADLS tools make for a
+    directory; None (no such blob) is not one."""
+    return props is not None and _az_meta(props.metadata).get("hdi_isfolder") == "true" and not props.size
 
 
 def _atomic_local_copy(src: str, dst: str) -> None:

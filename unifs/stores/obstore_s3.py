@@ -161,8 +161,7 @@ class ObstoreS3Store:
             return None
         if self._fallback is None:
             log.warning("%s: a key obstore cannot parse; listing this store through s3fs", self.url)
-            self._fallback = self._fallback_factory()
-        return self._fallback
+        return self._s3fs()
 
     @_s3fs_for_unparseable_keys
     def check(self) -> None:

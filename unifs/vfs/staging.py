@@ -107,13 +107,7 @@ class StagedFile:
         self.load()
         with self.lock:
             try:
-                try:
-                    n = os.pwrite(self.fd, data, offset)
-                except OSError as e:
-                    # a disk cache on the same file system gives room back, once
-                    if e.errno != errno.ENOSPC or not self.area.make_room(len(data)):
-                        raise
-                    n = os.pwrite(self.fd, data, offset)
+                n = self.area.with_room(len(data), os.pwrite, self.fd, data, offset)
             except OSError as e:
                 self.write_error = e.errno
                 raise
@@ -176,7 +170,8 @@ class StagedFile:
 class StagingArea:
     def __init__(self, directory: str):
         self.directory = directory
-        # make_room(nbytes) -> bool: free that much on this file system (the disk cache), if it can
+        # room_maker(directory, nbytes) -> bool: the disk cache frees that much on the directory's
+        # file system, if it can (see with_room)
         self.room_maker: Optional[Callable[[str, int], bool]] = None
         parent = os.path.dirname(directory.rstrip("/"))
         if parent and not os.path.isdir(parent):
@@ -184,8 +179,15 @@ class StagingArea:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)  # an existing directory may have been created looser
 
-    def make_room(self, nbytes: int) -> bool:
-        return self.room_maker is not None and self.room_maker(self.directory, nbytes)
+    def with_room(self, nbytes: int, fn, *args):
+        """fn(*args); on ENOSPC, once more after the disk cache on the same file system (if
+        any) gave back nbytes."""
+        try:
+            return fn(*args)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or self.room_maker is None or not self.room_maker(self.directory, nbytes):
+                raise
+        return fn(*args)
 
     def lock(self) -> int:
         """Hold the directory for this daemon (the fd, kept open while it runs). A second daemon
@@ -203,12 +205,7 @@ class StagingArea:
 
     def create(self, path: str, mount_path: str, key: str, url: str,
                base: Optional[Base] = None) -> StagedFile:
-        try:
-            st = StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base)
-        except OSError as e:  # no room for one more file: the disk cache may have some
-            if e.errno != errno.ENOSPC or not self.make_room(0):
-                raise
-            st = StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base)
+        st = self.with_room(0, lambda: StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base))
         self.write_sidecar(st, OPEN)
         return st
 
@@ -229,12 +226,7 @@ class StagingArea:
                 f.write(text)
             os.replace(tmp, st.meta_path)
         try:
-            try:
-                write()
-            except OSError as e:
-                if e.errno != errno.ENOSPC or not self.make_room(len(text)):
-                    raise
-                write()
+            self.with_room(len(text), write)
             # only once written: a sidecar still saying "clean" on disk must be rewritten at
             # the next change, or a recovery would drop bytes the store does not have
             st.recorded_clean = doc["clean"]
