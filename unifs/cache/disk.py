@@ -333,13 +333,12 @@ class DiskTier:
                     break
                 if not len(self._index):
                     return False  # the room is held by other threads' writes and deletes
+                # popping lowers the index's bytes; the victims count again as `_outside`
+                # until their files are gone
                 victims = []
-                freeing = 0
-                while (self._index.bytes + self._outside - freeing + size > self.limit
-                       and len(self._index)):
+                while self._index.bytes + self._outside + size > self.limit and len(self._index):
                     victim, _, victim_size = self._index.pop_lru()
                     victims.append((victim, victim_size))
-                    freeing += victim_size
                 self._evictions += len(victims)
                 doomed = self._doom_locked(victims)
             self._delete(doomed)  # then try again: another thread may have taken the room
