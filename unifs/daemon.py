@@ -124,6 +124,10 @@ def fuse_kwargs(table: MountTable, user_opts: dict, round_trip: Optional[float] 
             log.info("-o %s: not a libfuse 3 option (it behaves that way already); ignored", k)
             continue
         kw[k] = v
+    if libfuse3 and "max_idle_threads" not in kw:
+        # libfuse 3.14 sets its "unset" value and then logs "Ignoring invalid max threads value
+        # 4294967295" at every mount; as many idle threads as threads is what unset means
+        kw["max_idle_threads"] = kw.get("max_threads", 10)
     if kw.get("allow_other"):
         # without it the kernel checks no permissions at all: every local user could delete and
         # overwrite objects with the daemon's credentials. With it, the modes unifs shows

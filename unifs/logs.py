@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Optional
 
 _NOISY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "azure", "adlfs", "gcsfs",
@@ -50,3 +51,11 @@ class _ScrubbingFormatter(logging.Formatter):
         from unifs.config import scrub
 
         return scrub(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # file names come from users: one with a newline in it would start a forged log line
+        record.message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        return super().formatMessage(record)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")

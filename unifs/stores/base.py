@@ -32,6 +32,10 @@ class Store(Protocol):
     url: str
     has_dirs: bool  # real directories (file://, memory://) rather than key prefixes
 
+    def name_problem(self, key: str) -> Optional[str]:
+        """Why the store's client would address another object than `key` (it parses part
+        of the name as something else), or None."""
+
     def check(self) -> None:
         """Raise AccessDenied / StoreUnavailable / ObjectNotFound if the root is unusable."""
 

@@ -236,10 +236,29 @@ class FsspecStore:
         if self._async and getattr(self.fs, "loop", None) is not None:
             _quiet_orphan_tasks(self.fs.loop)
         self.has_dirs = self.scheme not in _BUCKET_SCHEMES
+        self._hidden: set[str] = set()  # names not listed (name_problem), each logged once
 
     # -- helpers ---------------------------------------------------------
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
+
+    def name_problem(self, key: str) -> Optional[str]:
+        # adlfs reads a URL query and fragment out of a path ("x?" and "x#" lose their last
+        # character, "a?versionid=1" is "a"), s3fs "?versionId=": that name would write,
+        # read or delete another object
+        if self.scheme in _LOCAL_SCHEMES or ("?" not in key and "#" not in key):
+            return None
+        split = getattr(self.fs, "split_path", None)
+        if split is None:
+            return None
+        path = self._path(key)
+        try:
+            bucket, obj = split(path)[:2]
+        except Exception:  # noqa: BLE001 - a client that cannot parse it cannot address it
+            return f"{self.scheme}:// client cannot parse this name"
+        if f"{bucket}/{obj}" != path:
+            return f"the {self.scheme}:// client would take this name for {obj.rpartition('/')[2]!r}"
+        return None
 
     def _call(self, what: str, fn, *args, _timeout: Optional[float] = None, _retries: Optional[int] = None,
               _first: bool = False, **kwargs):
@@ -303,6 +322,22 @@ class FsspecStore:
         return info.get("type") == "directory"
 
     def list_dir(self, key: str) -> Listing:
+        return self._addressable(key, self._list_dir(key))
+
+    def _addressable(self, key: str, listing: Listing) -> Listing:
+        """The listing without objects this client would mistake for others (see name_problem):
+        stat, read and delete of them would act on another object."""
+        for leaf in [leaf for leaf in listing.files if "?" in leaf or "#" in leaf]:
+            child = f"{key}/{leaf}" if key else leaf
+            problem = self.name_problem(child)
+            if problem:
+                del listing.files[leaf]
+                if child not in self._hidden:
+                    self._hidden.add(child)
+                    log.warning("not shown: %r (%s)", child, problem)
+        return listing
+
+    def _list_dir(self, key: str) -> Listing:
         if self.scheme in _AZ_SCHEMES:
             return self._call(f"list {key or '/'}", self._az_list_dir, key)
         path = self._path(key)
@@ -423,22 +458,49 @@ class FsspecStore:
         except ObjectNotFound:
             pass  # GCS and Azure fail here, S3 does not: deleting nothing succeeds everywhere
 
+    # fsspec's copy() and mv() take ?, * and [ in a path as a glob pattern (a rename of 'a?b'
+    # also took 'axb', and put both in a new directory): only single-path calls here
     def copy(self, src: str, dst: str) -> None:
         if self.scheme in _LOCAL_SCHEMES:
             self._call(f"copy {src} to {dst}", _atomic_local_copy, self._path(src), self._path(dst))
         else:
             # server-side copies of big objects take longer than one request
-            self._call(f"copy {src} to {dst}", self.fs.copy, self._path(src), self._path(dst),
+            self._call(f"copy {src} to {dst}", self.fs.cp_file, self._path(src), self._path(dst),
                        _timeout=self.timeout * 10)
 
     def move(self, src: str, dst: str) -> None:
         if self.scheme in _LOCAL_SCHEMES:
             self._call(f"rename {src} to {dst}", os.replace, self._path(src), self._path(dst))
         elif self.has_dirs:
-            self._call(f"rename {src} to {dst}", self.fs.mv, self._path(src), self._path(dst), recursive=True)
+            self._call(f"rename {src} to {dst}", self._move_path, self._path(src), self._path(dst))
         else:
             self.copy(src, dst)
             self.delete(src)
+
+    def _move_path(self, src: str, dst: str, timeout=None) -> None:
+        """A file or a whole directory of a store with real directories (memory://, hdfs://):
+        its own rename where it has one (pyarrow's HDFS, sftp), else file by file."""
+        if type(self.fs).mv is not fsspec.AbstractFileSystem.mv:
+            self.fs.mv(src, dst)
+            return
+        if not self.fs.isdir(src):
+            self.fs.cp_file(src, dst)
+            self.fs.rm_file(src)
+            return
+        found = self.fs.find(src, withdirs=True, detail=True)  # find() takes no patterns
+        below = {p: info for p, info in found.items() if p.rstrip("/") != src.rstrip("/")}
+        dirs = sorted(p for p, info in below.items() if info["type"] == "directory")
+        self.fs.makedirs(dst, exist_ok=True)
+        for d in dirs:
+            self.fs.makedirs(dst + d[len(src):], exist_ok=True)
+        files = [p for p in below if p not in dirs]
+        for f in files:
+            self.fs.cp_file(f, dst + f[len(src):])
+        for f in files:
+            self.fs.rm_file(f)
+        for d in reversed(dirs):
+            self.fs.rmdir(d)
+        self.fs.rmdir(src)
 
     def list_keys(self, prefix: str) -> list[str]:
         if self.scheme in _AZ_SCHEMES:

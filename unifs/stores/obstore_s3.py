@@ -251,6 +251,9 @@ class ObstoreS3Store:
         self._call(f"delete {key}", obstore.delete, self.store, key)
 
     @_s3fs_for_unparseable_keys
+    def name_problem(self, key: str) -> Optional[str]:
+        return None
+
     def copy(self, src: str, dst: str) -> None:
         self._call(f"copy {src} to {dst}", obstore.copy, self.store, src, dst)
 

@@ -196,6 +196,9 @@ class Writes:
             raise _err(errno.ENAMETOOLONG, path, f"file names are at most {NAME_MAX} bytes")
         if self.fs.ns.is_virtual_dir(path) and key == "" and not self.fs.ns.is_mount_point(path):
             raise _err(errno.EROFS, path)
+        problem = mount.store.name_problem(key) if key else None
+        if problem:
+            raise _err(errno.EINVAL, path, f"a name this store cannot keep: {problem}")
         return mount, key
 
     def _parent_is_dir(self, path: str) -> None:

@@ -1,0 +1,31 @@
+"""The daemon's log: one line per record, whatever names users give their files."""
+
+from __future__ import annotations
+
+import logging
+
+from unifs.logs import setup_logging
+
+
+def test_a_file_name_cannot_forge_a_log_line(tmp_path):
+    log_file = tmp_path / "d.log"
+    before = logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        setup_logging("info", str(log_file))
+        name = "run/x\n2026-01-01 00:00:00,000 ERROR unifs: forged\r\x1b[2J"
+        logging.getLogger("unifs.test").info("%s: uploaded 4 bytes", name)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("unifs.test").exception("upload of %s failed", "a\tb")
+    finally:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.close()
+        logging.getLogger().handlers[:], level = before
+        logging.getLogger().setLevel(level)
+    lines = log_file.read_text().splitlines()
+    assert lines[0].endswith(r"unifs.test: run/x\x0a2026-01-01 00:00:00,000 ERROR unifs: forged\x0d\x1b[2J: uploaded 4 bytes")
+    assert lines[1].endswith(r"upload of a\x09b failed")
+    assert lines[2] == "Traceback (most recent call last):"  # tracebacks keep their lines
+    assert lines[-1] == "ValueError: boom"
