@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from unifs.cache import BlockCache, ObjectId
@@ -134,6 +134,23 @@ class FileSystem:
         if attr is None:
             raise _err(errno.ENOENT, path)
         return attr
+
+    def kernel_attr(self, path: str, attr: Attr) -> Attr:
+        """The attributes to tell the kernel: while readers of an older, longer version of the
+        file are open, its size. The kernel answers a read past the size it knows with
+        end-of-file without asking the daemon, so once it learnt a smaller size (any stat, an
+        `ls -l`, another open) an old reader got its file silently cut there instead of ESTALE.
+        Readers of the new version bypass the page cache meanwhile (see open) and read to its
+        real end."""
+        if attr.is_dir or not self._handles:
+            return attr
+        longest = attr.size
+        with self._lock:
+            for h in self._handles.values():
+                if (h.path == path and h.reader is not None and h.version is not None
+                        and h.version != attr.etag and h.reader.size > longest):
+                    longest = h.reader.size
+        return attr if longest == attr.size else replace(attr, size=longest)
 
     def _lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
         try:
