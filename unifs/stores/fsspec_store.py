@@ -8,6 +8,7 @@ import email.utils
 import logging
 import os
 import posixpath
+import re
 from typing import Any, Optional
 
 import fsspec
@@ -25,6 +26,8 @@ _GCS_SCHEMES = {"gs", "gcs"}
 _AZ_SCHEMES = {"az", "abfs", "abfss"}
 _LOCAL_SCHEMES = {"file", "local"}
 UPLOAD_PART = 8 * 1024 * 1024
+_EMPTY_SEGMENT = "a key with an empty, '.' or '..' path segment cannot be a file name"
+_MISREAD = re.compile(r"[?#\t\n\r]")  # characters some clients parse out of a path (name_problem)
 
 
 def _to_ts(v) -> float:
@@ -244,9 +247,9 @@ class FsspecStore:
 
     def name_problem(self, key: str) -> Optional[str]:
         # adlfs reads a URL query and fragment out of a path ("x?" and "x#" lose their last
-        # character, "a?versionid=1" is "a"), s3fs "?versionId=": that name would write,
-        # read or delete another object
-        if self.scheme in _LOCAL_SCHEMES or ("?" not in key and "#" not in key):
+        # character, "a?versionid=1" is "a") and urllib drops tabs and newlines from it; s3fs
+        # takes "?versionId=": that name would write, read or delete another object
+        if self.scheme in _LOCAL_SCHEMES or not _MISREAD.search(key):
             return None
         split = getattr(self.fs, "split_path", None)
         if split is None:
@@ -327,15 +330,22 @@ class FsspecStore:
     def _addressable(self, key: str, listing: Listing) -> Listing:
         """The listing without objects this client would mistake for others (see name_problem):
         stat, read and delete of them would act on another object."""
-        for leaf in [leaf for leaf in listing.files if "?" in leaf or "#" in leaf]:
-            child = f"{key}/{leaf}" if key else leaf
-            problem = self.name_problem(child)
-            if problem:
-                del listing.files[leaf]
-                if child not in self._hidden:
-                    self._hidden.add(child)
-                    log.warning("not shown: %r (%s)", child, problem)
+        for names in (listing.files, listing.dirs):
+            for leaf in [leaf for leaf in names if _MISREAD.search(leaf)]:
+                child = f"{key}/{leaf}" if key else leaf
+                problem = self.name_problem(child)
+                if problem:
+                    if isinstance(names, set):
+                        names.discard(leaf)
+                    else:
+                        del names[leaf]
+                    self._hide(child, problem)
         return listing
+
+    def _hide(self, key: str, why: str) -> None:
+        if key not in self._hidden:
+            self._hidden.add(key)
+            log.warning("not shown: %r (%s)", key, why)
 
     def _list_dir(self, key: str) -> Listing:
         if self.scheme in _AZ_SCHEMES:
@@ -345,11 +355,15 @@ class FsspecStore:
         out = Listing()
         base = path.rstrip("/")
         for e in entries:
-            name = str(e.get("name", "")).rstrip("/")
+            raw = str(e.get("name", ""))
+            name = raw.rstrip("/")
             if name == base or not name:
+                if e.get("type") == "directory":  # gcsfs lists the prefix "dir//" as "dir" itself
+                    self._hide(f"{key}//..." if key else "/...", _EMPTY_SEGMENT)
                 continue
             leaf = posixpath.basename(name)
-            if not leaf:
+            if leaf in ("", ".", ".."):
+                self._hide(f"{key}/{leaf}" if key else leaf, _EMPTY_SEGMENT)
                 continue
             child = f"{key}/{leaf}" if key else leaf
             if e.get("type") == "directory":
@@ -415,8 +429,10 @@ class FsspecStore:
                 async for item in cc.walk_blobs(name_starts_with=prefix or None, include=["metadata"],
                                                 delimiter="/"):
                     leaf = item.name[len(prefix):].rstrip("/")
-                    if not leaf or "/" in leaf:
-                        continue  # the directory's own marker blob
+                    if not leaf or "/" in leaf or leaf in (".", ".."):
+                        if item.name != prefix:  # not the directory's own marker blob
+                            self._hide(item.name, _EMPTY_SEGMENT)
+                        continue
                     meta = _az_meta(getattr(item, "metadata", None))
                     if isinstance(item, BlobPrefix) or item.name.endswith("/") \
                             or meta.get("hdi_isfolder") == "true" or meta.get("is_directory") == "true":
