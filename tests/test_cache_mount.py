@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 
 import obstore
 import pytest
@@ -244,6 +245,34 @@ def test_warmup_warns_when_the_data_outgrows_the_cache(mounter, objects, tmp_pat
     assert "warmed 4 file(s)" in res.stdout
     assert "warning:" in res.stderr and "48.0 MiB to warm" in res.stderr and "holds 8.0 MiB" in res.stderr, \
         res.stderr
+
+
+def test_warmup_warns_first_and_stops_on_ctrl_c(mounter, seaweed, objects, tmp_path):
+    # the warning came after all the reads, and Ctrl-C waited for every queued file
+    import re
+    import signal
+    import sys
+
+    from faultproxy import FaultProxy
+
+    opts = seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    with FaultProxy(upstream, delays={"GET": 0.3}) as proxy:
+        mp = _mount(mounter, tmp_path, cache={"mode": "ram", "ram": "8MiB"}, options=dict(
+            opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port))))
+        names = sorted(os.listdir(mp / "c/imgs"))
+        before = gets(mp)
+        proc = subprocess.Popen([sys.executable, "-m", "unifs", "warmup", "--threads", "1", str(mp / "c")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stderr.readline()  # printed before the reads start
+        assert "warning:" in line and "holds 8.0 MiB" in line, line
+        assert wait_for(lambda: gets(mp) > before + 2, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+        time.sleep(1)
+        done = gets(mp) - before
+        assert done < len(names), f"{done} GETs: the warmup went on after Ctrl-C"
 
 
 @pytest.mark.parametrize("prefetch", [True, False])

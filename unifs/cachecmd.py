@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Optional
+from typing import Callable, Optional
 
 from unifs import control, mountinfo
 from unifs.errors import UserError
@@ -120,9 +121,11 @@ def _capacity(mp: str, sock: str) -> Optional[int]:
     return tier.get("limit")
 
 
-def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[int, int, list[str]]:
+def warmup(paths: list[str], threads: int = 16, progress: bool = True,
+           warn: Callable[[str], None] = lambda w: None) -> tuple[int, int]:
     """Read every file under paths through the mount, so the daemon caches their blocks
-    (RAM and disk tier). Returns (files, bytes, warnings). A directory that cannot be listed or
+    (RAM and disk tier). Returns (files, bytes); `warn` hears of a cache too small before the
+    reads start, while the user can still stop them. A directory that cannot be listed or
     a file that cannot be read is an error at the end (after warming the rest): a warmup that
     silently skipped a directory would leave the cold reads for training."""
     from tqdm import tqdm
@@ -156,20 +159,22 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[
         except OSError as e:
             failed(e)
     total = sum(sizes.values())
-    warnings = []
     for mp, sock in daemons.items():
         cap = _capacity(mp, sock)
         if cap == 0:
-            warnings.append(f"{mp} runs with the block cache off (cache: none): nothing stays warm")
+            warn(f"{mp} runs with the block cache off (cache: none): nothing stays warm")
         elif cap is not None and total > cap:
-            warnings.append(f"{format_size(total)} to warm, but the cache of {mp} holds {format_size(cap)}: "
-                            "the first files are evicted again (raise cache.disk or cache.ram)")
+            warn(f"{format_size(total)} to warm, but the cache of {mp} holds {format_size(cap)}: "
+                 "the first files are evicted again (raise cache.disk or cache.ram)")
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"warming {len(sizes)} files", disable=not progress)
+    stop = threading.Event()
 
     def read(f):
+        if stop.is_set():
+            return
         fd = os.open(f, os.O_RDONLY)
         try:
-            while True:
+            while not stop.is_set():
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     break
@@ -178,7 +183,8 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         futures = {pool.submit(read, f): f for f in sizes}
         for fut in as_completed(futures):
             e = fut.exception()
@@ -186,8 +192,13 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True) -> tuple[
                 errors.append(f"{futures[fut]}: {e.strerror}")
             elif e is not None:
                 errors.append(f"{futures[fut]}: {e}")
-    bar.close()
+    finally:
+        # Ctrl-C: the queued files are dropped and the running reads end after their chunk
+        # (leaving the pool's `with` waited for every queued file: a minute and more)
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UserError(f"{errors[0]}{more}: could not be listed or read; the rest was warmed")
-    return len(sizes), total, warnings
+    return len(sizes), total

@@ -245,10 +245,9 @@ def warmup(paths, threads):
     """Load files or directories under a unifs mount into the block cache (RAM and disk)."""
     from unifs import cachecmd
 
-    n, total, warnings = cachecmd.warmup(list(paths), threads, progress=sys.stderr.isatty())
+    n, total = cachecmd.warmup(list(paths), threads, progress=sys.stderr.isatty(),
+                               warn=lambda w: click.echo(f"unifs: warning: {w}", err=True))
     from unifs.units import format_size
-    for w in warnings:
-        click.echo(f"unifs: warning: {w}", err=True)
     click.echo(f"unifs: warmed {n} file(s), {format_size(total)}")
 
 
