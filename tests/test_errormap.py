@@ -62,3 +62,24 @@ def test_an_azure_conflict_is_retried_and_names_its_code():
     bad.error_code = "InvalidBlobOrBlock"
     out = normalise(bad, "upload a.bin")
     assert isinstance(out, StoreRejected) and "HTTP 400 InvalidBlobOrBlock" in out.strerror, out.strerror
+
+
+def test_a_response_cut_short_is_a_broken_connection_not_a_refusal():
+    # aiohttp's ContentLengthError carries code=400: a GCS upload whose response was cut
+    # was "rejected by the store (HTTP 400), not retried" and never reached the store
+    import aiohttp
+    from aiohttp import http_exceptions
+
+    for cause in (http_exceptions.ContentLengthError("Not enough data to satisfy content length header."),
+                  http_exceptions.TransferEncodingError("Not enough data to satisfy transfer length header.")):
+        try:
+            try:
+                raise cause
+            except http_exceptions.HttpProcessingError as e:
+                raise aiohttp.ClientPayloadError("Response payload is not completed") from e
+        except aiohttp.ClientPayloadError as e:
+            err = normalise(e, "upload ckpt/model.pt")
+        assert isinstance(err, StoreUnavailable), err
+        assert "400" not in str(err) and "rejected" not in str(err)
+    err = normalise(aiohttp.ServerDisconnectedError(), "list data")
+    assert isinstance(err, StoreUnavailable)

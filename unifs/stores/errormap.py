@@ -32,6 +32,11 @@ def _status(exc: BaseException):
 
 
 def _own_status(exc: BaseException):
+    if type(exc).__module__.startswith("aiohttp.http_exceptions"):
+        # aiohttp's parser errors (a body cut short: ContentLengthError under a
+        # ClientPayloadError) carry code=400 as if the server had said so: a broken
+        # connection, not a refusal
+        return None
     for attr in ("status_code", "status", "code"):
         v = getattr(exc, attr, None)
         if isinstance(v, int):
