@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import time
 
 import pytest
@@ -463,3 +464,47 @@ def test_umount_names_a_mount_inside_the_mount_point(tmp_path):
     finally:
         subprocess.run(["umount", str(inner)], capture_output=True)
     unifs("umount", str(mp), check=True)
+
+
+@pytest.mark.parametrize("which", ["cache", "staging"])
+def test_cache_and_staging_dirs_other_users_can_swap_are_refused(mounter, dataset, tmp_path, which):
+    # a root daemon followed a symlink another user put in place of its cache subdirectory,
+    # made the target 0700 and wrote blocks into it
+    import pwd
+    import shutil
+
+    nobody = pwd.getpwnam("nobody")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    mine = tmp_path / "mine"
+    entry = mounter.s3_entry("/d", f"s3://{BUCKET}", read_only=which == "cache")
+    cache = {"mode": "tiered", "dir": str(mine / "cache"), "disk": "64MiB"}
+    write = {"staging_dir": str(mine / "staging")}
+
+    def mount(root):
+        if which == "cache":
+            cache["dir"] = str(root)
+        else:
+            write["staging_dir"] = str(root)
+        cfg = mounter.write_table({"mounts": [entry], "cache": cache, "write": write})
+        mp = tmp_path / "mp"
+        mp.mkdir(exist_ok=True)
+        return mp, unifs("mount", str(mp), "--config", str(cfg))
+    mp, res = mount(theirs)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "other users can change" in res.stderr and str(theirs) in res.stderr, res.stderr
+    # a root of our own, whose per-mount subdirectory was replaced by a link
+    mp, res = mount(mine / which)
+    assert res.returncode == 0, res.stderr
+    unifs("umount", str(mp), check=True)
+    sub = next(p for p in (mine / which).iterdir() if p.is_dir())
+    shutil.rmtree(sub)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    os.chmod(victim, 0o755)
+    sub.symlink_to(victim)
+    mp, res = mount(mine / which)
+    assert res.returncode == 1 and "not a plain directory" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755 and list(victim.iterdir()) == []

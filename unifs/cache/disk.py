@@ -53,7 +53,6 @@ import hashlib
 import logging
 import os
 import secrets
-import stat
 import struct
 import threading
 import time
@@ -63,6 +62,7 @@ from typing import List, NamedTuple, Optional, Set, Tuple
 from unifs.cache.ids import BlockId, ObjectId
 from unifs.cache.lru import LruIndex
 from unifs.errors import UserError
+from unifs.privdir import private_directory
 
 log = logging.getLogger("unifs.cache")
 
@@ -148,13 +148,7 @@ def _read_header(f) -> _Header:
 
 
 def _private_directory(path: str) -> None:
-    """Create `path` as 0700, or tighten it to 0700; refuse one owned by someone else."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.geteuid():
-        raise PermissionError(errno.EPERM, f"cache directory is owned by uid {st.st_uid}", path)
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
+    private_directory(path, "cache directory")
 
 
 def _lock_directory(path: str) -> int:

@@ -27,6 +27,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from unifs.privdir import private_directory
+
 LOCK_NAME = ".lock"  # held by the daemon using the directory
 
 log = logging.getLogger("unifs.staging")
@@ -173,11 +175,7 @@ class StagingArea:
         # room_maker(directory, nbytes) -> bool: the disk cache frees that much on the directory's
         # file system, if it can (see with_room)
         self.room_maker: Optional[Callable[[str, int], bool]] = None
-        parent = os.path.dirname(directory.rstrip("/"))
-        if parent and not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)  # an existing directory may have been created looser
+        private_directory(directory.rstrip("/"), "staging directory")
 
     def with_room(self, nbytes: int, fn, *args):
         """fn(*args); on ENOSPC, once more after the disk cache on the same file system (if

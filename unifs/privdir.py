@@ -1,0 +1,33 @@
+"""Private directories for data only the daemon may touch (cache blocks, staged uploads)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+def private_directory(path: str, what: str) -> None:
+    """Create `path` as 0700, or tighten it to 0700. Refuse a symbolic link, a directory owned
+    by someone else, and one inside a directory other users could swap it in: a root daemon
+    followed a link another user had put there, made its target 0700 and wrote into it, and a
+    directory of theirs would feed readers their blocks."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    me = os.geteuid()
+    pst = os.stat(parent)
+    if pst.st_uid not in (0, me) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
+        raise PermissionError(errno.EPERM, f"{what} is inside {parent}, which other users can change "
+                              f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o}): use a "
+                              "directory only you (or root) can write to", path)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(errno.EPERM, f"{what} is not a plain directory (a symbolic link?)", path)
+    if st.st_uid != me:
+        raise PermissionError(errno.EPERM, f"{what} is owned by uid {st.st_uid}", path)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700, follow_symlinks=False)
