@@ -93,6 +93,9 @@ def test_missing_bucket_and_unreachable_store_fail_mount(mounter, dataset, tmp_p
     res = unifs("mount", str(tmp_path / "m3"), "--config", str(cfg))
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "cannot connect to 127.0.0.1:9" in res.stderr and "not found" not in res.stderr, res.stderr
+    from unifs.mountinfo import state_file
+    for m in ("m1", "m2", "m3"):  # a failed mount leaves no lock file behind (hundreds piled up)
+        assert not state_file(str(tmp_path / m)).with_suffix(".mounting").exists(), m
 
 
 class _Silent:

@@ -245,18 +245,22 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
     from unifs.vfs import FileSystem
 
     starting = mountinfo.lock_mounting(mountpoint)  # until mounted: two mounts at once would stack
-    mountinfo.check_mountpoint(mountpoint, nonempty=bool(user_opts.get("nonempty")))
-    mountinfo.check_dev_fuse()
-    _tune_malloc()
-    mounts, round_trip = _open_mounts(table)
-    staging = mountinfo.mountpoint_dir(table.write.staging_dir, mountpoint)
-    cache = open_cache(table, mountpoint)
-    fs = FileSystem(Namespace(mounts), table.read, table.write, staging, cache, table.cache.mode)
-    control_path = str(mountinfo.state_file(mountpoint).with_suffix(".sock"))
-    control = ControlServer(control_path, {
-        "stats": lambda req: fs.stats(),
-        "clear": lambda req: {"mounts": fs.clear_cache(req.get("path") or "/")},
-    }).start()
+    try:
+        mountinfo.check_mountpoint(mountpoint, nonempty=bool(user_opts.get("nonempty")))
+        mountinfo.check_dev_fuse()
+        _tune_malloc()
+        mounts, round_trip = _open_mounts(table)
+        staging = mountinfo.mountpoint_dir(table.write.staging_dir, mountpoint)
+        cache = open_cache(table, mountpoint)
+        fs = FileSystem(Namespace(mounts), table.read, table.write, staging, cache, table.cache.mode)
+        control_path = str(mountinfo.state_file(mountpoint).with_suffix(".sock"))
+        control = ControlServer(control_path, {
+            "stats": lambda req: fs.stats(),
+            "clear": lambda req: {"mounts": fs.clear_cache(req.get("path") or "/")},
+        }).start()
+    except BaseException:
+        starting.release()  # a failed mount (store refused, bad directory) leaves no lock file
+        raise
 
     def ready():
         mountinfo.write_state(mountpoint, {
