@@ -168,6 +168,32 @@ def test_sigterm_to_a_background_daemon_unmounts_it(mounter, dataset, tmp_path):
     assert not log_file(str(mp)).exists()  # kept only when the daemon fails
 
 
+def test_sigterm_with_a_file_being_written_says_what_it_left(mounter, dataset, tmp_path):
+    # the daemon unmounted at once, kept the staged file, logged nothing at WARNING and so
+    # deleted its log: nobody learnt that a checkpoint was not in the store
+    from unifs.mountinfo import log_file
+
+    table = {"mounts": [mounter.s3_entry("/w", f"s3://{BUCKET}/sigterm")],
+             "write": {"staging_dir": str(tmp_path / "staging")}}
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    unifs("mount", str(mp), "--config", str(mounter.write_table(table)), check=True)
+    pid = next(r["pid"] for r in json.loads(unifs("status", "--json", check=True).stdout)
+               if r["mountpoint"] == str(mp))
+    f = open(mp / "w/ckpt.bin", "wb")
+    f.write(os.urandom(1 << 20))
+    f.flush()
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not pid_alive(pid), timeout=30)
+    with pytest.raises(OSError):
+        f.close()
+    text = log_file(str(mp)).read_text()
+    assert "1 file(s) not in the store (/w/ckpt.bin)" in text and str(tmp_path / "staging") in text, text
+    staged = [p for p in (tmp_path / "staging").rglob("*") if p.is_file() and p.stat().st_size == 1 << 20]
+    assert len(staged) == 1
+    unifs("umount", str(mp))
+
+
 def test_unknown_fuse_option_and_missing_local_dir_are_explained(tmp_path):
     cfg = tmp_path / "m.yaml"
     cfg.write_text(f"mounts:\n  - path: /l\n    url: file://{tmp_path}/nope\n")
