@@ -77,7 +77,9 @@ class FaultProxy:
                     if k.lower() == "location":
                         v = v.replace(f":{proxy.upstream_port}", f":{proxy.port}")
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD's length is the object's, not that of its (empty) body
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

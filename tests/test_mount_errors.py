@@ -233,3 +233,37 @@ def test_a_broken_gcs_credentials_file_is_named(tmp_path):
     res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "options.token" in res.stderr and "no usable credentials" in res.stderr and "refresh_token" in res.stderr
+
+
+def test_a_failed_lookup_is_not_asked_of_the_store_again_at_once(mounter, dataset, tmp_path):
+    # the kernel follows a failed revalidation of a name it knew with a fresh lookup: with the
+    # store down a stat of a known file took two rounds of timeouts and retries
+    import re
+    import threading
+    import time
+
+    from conftest import SCRATCH
+    from faultproxy import FaultProxy
+
+    mounter.seaweed.put_many(SCRATCH, {"lookup-twice/f": b"1"})
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    broken = threading.Event()
+
+    def rule(method, path, headers):
+        return 503 if broken.is_set() and "lookup-twice" in path else None
+    with FaultProxy(upstream, rule=rule) as proxy:
+        entry = mounter.s3_entry("/d", f"s3://{SCRATCH}/lookup-twice", read_only=True, metadata_ttl="1s",
+                                 options=dict(opts, endpoint_url=opts["endpoint_url"].replace(
+                                     str(upstream), str(proxy.port))))
+        mp = mounter.mount([entry], extra={"store": {"timeout": "2s", "connect_timeout": "1s", "retries": 1}})
+        assert os.stat(mp / "d/f").st_size == 1
+        time.sleep(1.5)
+        broken.set()
+        assert errno_of(os.stat, mp / "d/never-seen") == errno.EIO
+        one_lookup = len(proxy.failed)
+        assert one_lookup > 0
+        assert errno_of(os.stat, mp / "d/f") == errno.EIO  # known to the kernel: revalidated first
+        assert len(proxy.failed) == 2 * one_lookup, proxy.failed
+        assert errno_of(os.stat, mp / "d/f") == errno.EIO  # at once again: no new requests
+        assert len(proxy.failed) == 2 * one_lookup, proxy.failed

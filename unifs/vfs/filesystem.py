@@ -36,6 +36,8 @@ from unifs.vfs.writes import NAME_MAX, Writes
 
 log = logging.getLogger("unifs.vfs")
 
+# a lookup the store failed (EIO after its retries) answers the same for this long
+FAILED_LOOKUP_S = 2.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -103,6 +105,7 @@ class FileSystem:
         self._open_seq: dict[str, int] = {}  # read-opens per path, see _repin
         self._forget_queue: Optional[queue.SimpleQueue] = None  # see forget_in_kernel
         self._stale_kernel: dict[str, float] = {}  # see _kernel_may_hold
+        self._failed: dict[str, tuple[float, int, str]] = {}  # path -> (until, errno, why): see getattr
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
         self.prefetcher = Prefetcher(self._prefetch, self.budget)
@@ -130,7 +133,22 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         if hit is not None:
             return hit
-        attr = self._flights.do(("stat", path), lambda: self._lookup(path, mount, key))
+        if self._failed:
+            failed = self._failed.get(path)
+            if failed is not None and failed[0] > time.monotonic():
+                raise _err(failed[1], path, failed[2])
+        try:
+            attr = self._flights.do(("stat", path), lambda: self._lookup(path, mount, key))
+        except OSError as e:
+            if e.errno in (errno.EIO, errno.ETIMEDOUT):
+                # the kernel follows a failed revalidation of a name it knew with a fresh lookup
+                # of it: without this answer that took a second round of timeouts and retries
+                now = time.monotonic()
+                with self._lock:
+                    if len(self._failed) > 1000:
+                        self._failed = {p: f for p, f in self._failed.items() if f[0] > now}
+                    self._failed[path] = (now + FAILED_LOOKUP_S, e.errno, e.strerror)
+            raise
         if attr is None:
             raise _err(errno.ENOENT, path)
         return attr
@@ -647,6 +665,8 @@ class FileSystem:
         everything at or below path; returns how many mounts' blocks it dropped."""
         path = "/" + "/".join(p for p in path.split("/") if p)
         touched = 0
+        with self._lock:
+            self._failed.clear()
         if self.cache is not None:
             for m in self.ns.mounts:
                 if path == "/" or m.path == path or m.path.startswith(path.rstrip("/") + "/"):
@@ -697,6 +717,9 @@ class FileSystem:
             self._last_etag.pop(path, None)
 
     def changed(self, path: str, attr: Optional[Attr], subtree: bool = False) -> None:
+        if self._failed:
+            with self._lock:
+                self._failed.pop(path, None)
         if subtree:
             self.meta.invalidate_tree(path)
         self.meta.invalidate(path)
