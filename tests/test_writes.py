@@ -459,3 +459,38 @@ def test_files_appended_to_while_their_directory_is_listed_keep_every_byte(mount
         os.close(fd)
     assert {(base / n).read_bytes() for n in names} == {b"abc-1234567890END"}
     assert {(d / n).read_bytes() for n in names} == {b"abc-1234567890END"}
+
+
+def test_a_directory_rename_the_store_breaks_off_shows_both_halves_at_once(mounter, dataset):
+    # after a directory rename failed half-way the mount listed every name under the old
+    # directory (reads of the moved ones: ESTALE) and the new one was ENOENT, until the TTL
+    import re
+
+    from faultproxy import FaultProxy
+
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+
+    def rule(method, path, headers):  # the copy of one object fails, every time
+        return 403 if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} \
+            and path.endswith("/f3") else None
+    with FaultProxy(upstream, rule=rule) as proxy:
+        entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/halfmove", metadata_ttl="10m",
+                                 options=dict(opts, endpoint_url=opts["endpoint_url"].replace(
+                                     str(upstream), str(proxy.port))))
+        root = mounter.mount([entry]) / "w"
+        os.makedirs(root / "src")
+        for i in range(8):
+            (root / f"src/f{i}").write_bytes(b"%d" % i)
+        assert len(os.listdir(root / "src")) == 8
+        assert _errno_of(os.rename, root / "src", root / "dst") in (errno.EACCES, errno.EIO)
+        in_store = _store_keys(mounter.seaweed, "halfmove/")
+        under = {d: sorted(k.rsplit("/", 1)[1] for k in in_store if k.startswith(f"halfmove/{d}/"))
+                 for d in ("src", "dst")}
+        assert "f3" in under["src"] and under["dst"], under
+        assert sorted(os.listdir(root / "src")) == under["src"]
+        # the kernel keeps its negative entry of "dst" (looked up before the rename) up to 1 s
+        assert wait_for(lambda: os.path.isdir(root / "dst"), timeout=5)
+        assert sorted(os.listdir(root / "dst")) == under["dst"]
+        for name in under["dst"]:
+            assert (root / "dst" / name).read_bytes() == name[1:].encode()

@@ -580,7 +580,14 @@ class Writes:
                 self.fs.meta.invalidate(new)
                 if self.fs.readdir(new):
                     raise _err(errno.ENOTEMPTY, new)
-            self._rename_dir(m1, old, k1, new, k2)
+            try:
+                self._rename_dir(m1, old, k1, new, k2)
+            except BaseException:
+                # half done (store gone mid-way): both trees hold some of the objects now, which
+                # the cached listings of either do not show
+                self.fs.changed(old, None, subtree=True)
+                self.fs.changed(new, None, subtree=True)
+                raise
         else:
             if dst is not None and dst.is_dir:
                 raise _err(errno.EISDIR, new)
