@@ -205,6 +205,23 @@ def test_directory_markers_left_by_other_tools(mounter, _providers, kind):
     assert os.listdir(fresh()) == []
 
 
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
+def test_a_name_that_is_object_and_prefix_is_a_directory_without_a_listing(mounter, _providers, kind):
+    # "the directory wins" held only within the TTL of a listing of the parent: a job opening
+    # files from a manifest got ENOTDIR for everything under "a/"
+    p = _providers(kind)
+    prefix = f"confboth/{kind}"
+    _put_markers(p, {f"{prefix}/a": b"FILE", f"{prefix}/a/b": b"UNDER",
+                     f"{prefix}/m/": b"xyz", f"{prefix}/m/child": b"C", f"{prefix}/plain": b"P"})
+    root = mounter.mount([p.entry("/r", prefix, read_only=True)]) / "r"
+    assert (root / "a/b").read_bytes() == b"UNDER"  # no listing of the parent first
+    assert (root / "m/child").read_bytes() == b"C"  # a "dir/" marker with data (GCS took it for a file)
+    assert (root / "plain").read_bytes() == b"P" and os.path.isfile(root / "plain")
+    root2 = mounter.mount([p.entry("/r", prefix, read_only=True)]) / "r"
+    assert os.path.isdir(root2 / "a") and os.path.isdir(root2 / "m")  # stat first, on a fresh mount
+    assert sorted(os.listdir(root2)) == ["a", "m", "plain"] and os.listdir(root2 / "a") == ["b"]
+
+
 def test_adls_folder_blobs(mounter, _providers):
     # ADLS tools mark a directory with a zero-length blob "dir" whose metadata says hdi_isfolder
     p = _providers("azure")

@@ -311,13 +311,17 @@ class FsspecStore:
             info = self._call(f"stat {key}", self.fs.info, self._path(key))
         except ObjectNotFound:
             return None
-        if info.get("type") == "directory":
-            return None
+        if info.get("type") == "directory" or str(info.get("name", "")).endswith("/"):
+            return None  # gcsfs answers with the "key/" marker object when there is no "key"
         return info_to_object(key, info)
 
     def is_dir(self, key: str) -> bool:
         if not key:
             return True
+        if self.scheme in _BUCKET_SCHEMES:
+            # the clients' info() answers "file" when an object of that name exists too (and
+            # gcsfs for a "dir/" marker with data): ask for one key below the prefix instead
+            return self._call(f"stat {key}/", self._has_children, key)
         try:
             info = self._call(f"stat {key}/", self.fs.info, self._path(key))
         except ObjectNotFound:
@@ -390,6 +394,33 @@ class FsspecStore:
             from unifs.stores.gcs_http import GcsRangeReader
             self._gcs = GcsRangeReader(self.fs, self.timeout, self.connect_timeout)
         return self._gcs
+
+    def _has_children(self, key, timeout=None) -> bool:
+        bucket, k, _ = self.fs.split_path(self._path(key))
+        prefix = k.rstrip("/") + "/"
+
+        async def _probe():
+            if self.scheme in _GCS_SCHEMES:
+                res = await self.fs._call("GET", "b/{}/o", bucket, json_out=True, prefix=prefix, maxResults=1)
+                return bool(res.get("items") or res.get("prefixes"))
+            if self.scheme in _AZ_SCHEMES:
+                from azure.core.exceptions import ResourceNotFoundError
+
+                async with self.fs.service_client.get_container_client(bucket) as cc:
+                    async def folder_blob():  # an ADLS folder: a zero-length blob with hdi_isfolder
+                        try:
+                            return _az_folder_blob(await cc.get_blob_client(k.rstrip("/")).get_blob_properties())
+                        except ResourceNotFoundError:
+                            return False
+
+                    async def children():
+                        async for _ in cc.list_blobs(name_starts_with=prefix, results_per_page=1):
+                            return True
+                        return False
+                    return any(await asyncio.gather(folder_blob(), children()))
+            res = await self.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            return res.get("KeyCount", len(res.get("Contents", []))) > 0
+        return fsspec.asyn.sync(self.fs.loop, _probe, timeout=timeout)
 
     def _s3_get_if_match(self, key, start, end, etag, timeout=None):
         async def _get():

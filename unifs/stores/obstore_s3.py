@@ -250,10 +250,10 @@ class ObstoreS3Store:
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", obstore.delete, self.store, key)
 
-    @_s3fs_for_unparseable_keys
     def name_problem(self, key: str) -> Optional[str]:
         return None
 
+    @_s3fs_for_unparseable_keys
     def copy(self, src: str, dst: str) -> None:
         self._call(f"copy {src} to {dst}", obstore.copy, self.store, src, dst)
 

@@ -108,6 +108,8 @@ class FileSystem:
         self._failed: dict[str, tuple[float, int, str]] = {}  # path -> (until, errno, why): see getattr
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
+        # a lookup asks for the object and for keys below its name at once (see _lookup)
+        self._probes = ThreadPoolExecutor(8, thread_name_prefix="unifs-lookup")
         self.prefetcher = Prefetcher(self._prefetch, self.budget)
         write = write or WriteSettings()
         self.writes = Writes(self, write, staging_dir or os.path.join(write.staging_dir, "default"))
@@ -171,11 +173,21 @@ class FileSystem:
         return attr if longest == attr.size else replace(attr, size=longest)
 
     def _lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
+        """A name that is both an object and a prefix ("a" and "a/b") is a directory, as in a
+        listing: so the keys below it are asked for too, at the same time as the object
+        (asked only when there was no object, the answer depended on whether the parent had
+        been listed within the TTL, and files under "a/" were ENOTDIR without one)."""
+        probe = None if mount.store.has_dirs else self._probes.submit(mount.store.is_dir, key)
         try:
-            info = mount.store.head(key)
-            if info is not None:
+            try:
+                info = mount.store.head(key)
+            finally:
+                is_dir = probe.result() if probe is not None else None
+            if is_dir:
+                attr = Attr.directory(mount.read_only)
+            elif info is not None:
                 attr = Attr.from_object(info, mount.read_only)
-            elif mount.store.is_dir(key):
+            elif is_dir is None and mount.store.is_dir(key):
                 attr = Attr.directory(mount.read_only)
             else:
                 attr = None
@@ -811,6 +823,7 @@ class FileSystem:
                 h.reader.close()
         self.writes.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._probes.shutdown(wait=False, cancel_futures=True)
         if self.cache is not None:
             self.cache.close()
         for m in self.ns.mounts:
