@@ -32,6 +32,7 @@ class FaultProxy:
         self.max_in_flight = 0  # most requests served at the same time
         self.sent_bytes = 0  # request body bytes received, failed requests included
         self.failed: list[tuple[str, str]] = []
+        self.answered: list[tuple[str, str]] = []  # (method, path) of requests forwarded, once answered
         self.lock = threading.Lock()
         proxy = self
 
@@ -83,6 +84,9 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                self.wfile.flush()
+                with proxy.lock:
+                    proxy.answered.append((self.command, self.path))
 
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -32,6 +32,21 @@ class MetaCache:
         self._listings: OrderedDict[str, tuple[float, dict[str, Attr]]] = OrderedDict()
         self.max_entries = max_entries
         self.max_listings = max_listings
+        # directory -> local changes in it so far: an answer the store gave before a change
+        # (a listing or HEAD started before a create) is not cached after it (see `changes`)
+        self._changes: dict[str, int] = {}
+        self._trees = 0  # whole subtrees changed (directory renames, clears): rare, so counted once
+
+    def changes(self, directory: str) -> tuple[int, int]:
+        """Pass to put/put_listing what this said before asking the store."""
+        with self._lock:
+            return self._changes.get(directory, 0), self._trees
+
+    def _changed(self, *dirs: str) -> None:  # lock held
+        if len(self._changes) > 100_000:
+            self._changes.clear()  # a later put compares unequal once: not cached, no harm
+        for d in dirs:
+            self._changes[d] = self._changes.get(d, 0) + 1
 
     def get(self, path: str) -> Lookup:
         """An Attr, NEGATIVE for a known-missing path, or None when unknown.
@@ -84,10 +99,12 @@ class MetaCache:
             if listing is not None:
                 self._listings[parent] = (0.0, listing[1])
 
-    def put(self, path: str, attr: Optional[Attr], ttl: float) -> None:
+    def put(self, path: str, attr: Optional[Attr], ttl: float, since: Optional[tuple] = None) -> None:
         if ttl <= 0:
             return
         with self._lock:
+            if since is not None and (self._changes.get(posixpath.dirname(path), 0), self._trees) != since:
+                return  # asked before a local change in its directory: maybe stale already
             self._entries[path] = (time.monotonic() + ttl, attr)
             self._entries.move_to_end(path)
             while len(self._entries) > self.max_entries:
@@ -102,10 +119,12 @@ class MetaCache:
             self._listings.move_to_end(path)
             return hit[1]
 
-    def put_listing(self, path: str, children: dict[str, Attr], ttl: float) -> None:
+    def put_listing(self, path: str, children: dict[str, Attr], ttl: float, since: Optional[tuple] = None) -> None:
         if ttl <= 0:
             return
         with self._lock:
+            if since is not None and (self._changes.get(path, 0), self._trees) != since:
+                return  # listed before a local change in it: the change may be missing
             self._listings[path] = (time.monotonic() + ttl, children)
             self._listings.move_to_end(path)
             # entries cached before the listing may be staler than it
@@ -120,6 +139,7 @@ class MetaCache:
         self.put(path, attr, ttl)
         parent, name = posixpath.split(path)
         with self._lock:
+            self._changed(parent, path)
             listing = self._listings.get(parent)
             if listing is not None:
                 # copy on write: readers may be iterating the old dict
@@ -141,6 +161,8 @@ class MetaCache:
     def invalidate_tree(self, path: str) -> None:
         prefix = path.rstrip("/") + "/"
         with self._lock:
+            self._changed(path, posixpath.dirname(path))
+            self._trees += 1
             for table in (self._entries, self._listings):
                 for p in [p for p in table if p.startswith(prefix)]:
                     del table[p]
@@ -161,11 +183,13 @@ class MetaCache:
 
     def invalidate(self, path: str) -> None:
         with self._lock:
+            self._changed(path, posixpath.dirname(path))
             self._entries.pop(path, None)
             self._listings.pop(path, None)
             self._listings.pop(posixpath.dirname(path), None)
 
     def clear(self) -> None:
         with self._lock:
+            self._trees += 1
             self._entries.clear()
             self._listings.clear()

@@ -1,0 +1,30 @@
+"""The metadata cache never keeps an answer the store gave before a local change."""
+
+from __future__ import annotations
+
+from unifs.vfs.attrs import Attr
+from unifs.vfs.metacache import MetaCache
+
+
+def test_a_listing_or_lookup_started_before_a_local_change_is_not_cached():
+    # a background listing of a directory raced with creates in it: cached after them, it
+    # hid the new files for the whole TTL
+    m = MetaCache()
+    f = Attr(is_dir=False, size=1)
+    since = m.changes("/w/d")
+    m.put_child("/w/d/new", f, 60)  # a create while the listing was on its way
+    m.put_listing("/w/d", {"old": f}, 60, since)
+    assert m.get_listing("/w/d") is None and m.get("/w/d/new") == f
+    since = m.changes("/w/d")
+    m.put_listing("/w/d", {"old": f, "new": f}, 60, since)  # nothing changed meanwhile
+    assert set(m.get_listing("/w/d")) == {"old", "new"}
+
+    since = m.changes("/w/d")  # a HEAD that found nothing, answered after a create
+    m.invalidate("/w/d/late")
+    m.put("/w/d/late", None, 60, since)
+    assert m.get("/w/d/late") is None  # unknown, not "missing"
+
+    since = m.changes("/w/d/sub")
+    m.invalidate_tree("/w/d")  # a directory rename above it
+    m.put_listing("/w/d/sub", {"x": f}, 60, since)
+    assert m.get_listing("/w/d/sub") is None
