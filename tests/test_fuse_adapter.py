@@ -28,9 +28,6 @@ class _Fs:
         self.calls += 1
         return list(self.entries)
 
-    def kernel_attr(self, path, attr):
-        return attr  # no readers of older versions open
-
     def known_attr(self, path):
         """Now: what the daemon knows (a later readdir call must send this, not the snapshot)."""
         name = path.rsplit("/", 1)[1]

@@ -28,3 +28,13 @@ def test_a_listing_or_lookup_started_before_a_local_change_is_not_cached():
     m.invalidate_tree("/w/d")  # a directory rename above it
     m.put_listing("/w/d/sub", {"x": f}, 60, since)
     assert m.get_listing("/w/d/sub") is None
+
+
+def test_a_stamp_from_before_the_changes_table_was_reset_never_matches():
+    m = MetaCache()
+    since = m.changes("/w/d")  # (0, 0): never changed
+    m.invalidate("/w/d/new")  # changed while a listing was on its way
+    for i in range(100_001):  # many directories written: the table is reset, "/w/d" back to 0
+        m.invalidate(f"/w/x{i}/f")
+    m.put_listing("/w/d", {}, 60, since)
+    assert m.get_listing("/w/d") is None

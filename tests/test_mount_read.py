@@ -246,35 +246,3 @@ def test_a_file_is_not_a_terminal(data_mount, dataset):
         os.close(fd)
     with open(data_mount / "data/shards/big.bin", "rb") as f:  # buffered: the isatty check
         assert f.read(10) == dataset["big"][:10]
-
-
-def test_files_opened_by_name_in_a_directory_not_listed_get_it_listed(mounter, dataset):
-    # a job reading files from a manifest (no listing) paid a HEAD and a probe for keys below
-    # every name: after a few such lookups in one directory it is listed once, and the rest
-    # of its names are answered from that listing
-    import re
-    import time
-
-    from conftest import SCRATCH, wait_for
-    from faultproxy import FaultProxy
-
-    files = {f"manifest/d/f{i:03d}": os.urandom(1000 + i) for i in range(40)}
-    mounter.seaweed.put_many(SCRATCH, files)
-    opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
-    with FaultProxy(upstream) as proxy:
-        entry = mounter.s3_entry("/m", f"s3://{SCRATCH}/manifest", read_only=True, prefetch=False,
-                                 options=dict(opts, endpoint_url=opts["endpoint_url"].replace(
-                                     str(upstream), str(proxy.port))))
-        root = mounter.mount([entry]) / "m"
-        names = sorted(files)[::-1]  # not the listing's order
-        for key in names[:10]:
-            assert (root / key.split("/", 1)[1]).read_bytes() == files[key]
-        assert wait_for(lambda: any(m == "GET" and "delimiter" in p and "manifest%2Fd%2F" in p
-                                    for m, p in proxy.answered), timeout=30)
-        time.sleep(0.5)  # the listing's reply goes into the daemon's cache
-        before = len(proxy.answered)
-        for key in names[10:]:
-            assert (root / key.split("/", 1)[1]).read_bytes() == files[key]
-        heads = [p for m, p in proxy.answered[before:] if m == "HEAD"]
-        assert len(heads) <= 2, heads

@@ -112,7 +112,7 @@ class FuseOps(fuse.Operations):
     def getattr(self, path, fh=None):
         if path is None or fh is not None:  # fstat(); path None: a file unlinked while open
             return self.fs.handle_attr(fh.fh).to_stat(self.uid, self.gid)
-        return self.fs.kernel_attr(path, self.fs.getattr(path)).to_stat(self.uid, self.gid)
+        return self.fs.getattr(path).to_stat(self.uid, self.gid)
 
     @_errno_guard
     def readdir(self, path, fh):
@@ -339,7 +339,6 @@ class UnifsFUSE(fuse.FUSE):
                 else:
                     plus = FILL_DIR_PLUS if want_plus else 0
                 if plus:
-                    attr = ops.fs.kernel_attr(dirpath.rstrip("/") + "/" + name, attr)
                     fuse.set_st_attrs(st, attr.to_stat(ops.uid, ops.gid), use_ns=use_ns)
                 else:
                     st.st_mode = attr.mode

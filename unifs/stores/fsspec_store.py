@@ -545,9 +545,11 @@ class FsspecStore:
             self.fs.cp_file(f, dst + f[len(src):])
         for f in files:
             self.fs.rm_file(f)
-        for d in reversed(dirs):
-            self.fs.rmdir(d)
-        self.fs.rmdir(src)
+        for d in list(reversed(dirs)) + [src]:
+            try:
+                self.fs.rmdir(d)
+            except FileNotFoundError:
+                pass  # implicit (memory:// makes no directory for a file written by path)
 
     def list_keys(self, prefix: str) -> list[str]:
         if self.scheme in _AZ_SCHEMES:

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from unifs.cache import BlockCache, ObjectId
@@ -38,7 +38,6 @@ log = logging.getLogger("unifs.vfs")
 
 # a lookup the store failed (EIO after its retries) answers the same for this long
 FAILED_LOOKUP_S = 2.0
-LIST_AFTER_MISSES = 8  # lookups in a directory not listed before it is listed (see _missed)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -107,12 +106,11 @@ class FileSystem:
         self._forget_queue: Optional[queue.SimpleQueue] = None  # see forget_in_kernel
         self._stale_kernel: dict[str, float] = {}  # see _kernel_may_hold
         self._failed: dict[str, tuple[float, int, str]] = {}  # path -> (until, errno, why): see getattr
-        self._misses: dict[str, int] = {}  # directory -> lookups not answered from a listing (_missed)
-        self._listing_for_lookups: set[str] = set()
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
-        # a lookup asks for the object and for keys below its name at once (see _lookup)
-        self._probes = ThreadPoolExecutor(8, thread_name_prefix="unifs-lookup")
+        # a lookup asks for the object and for keys below its name at once (see _lookup): one
+        # worker per FUSE thread that may be looking up (threads are made only when needed)
+        self._probes = ThreadPoolExecutor(64, thread_name_prefix="unifs-lookup")
         self.prefetcher = Prefetcher(self._prefetch, self.budget)
         write = write or WriteSettings()
         self.writes = Writes(self, write, staging_dir or os.path.join(write.staging_dir, "default"))
@@ -158,60 +156,14 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         return attr
 
-    def _missed(self, path: str) -> None:
-        """Lookups of files in a directory not listed (opened from a manifest) cost a HEAD and
-        a probe for keys below each name; after LIST_AFTER_MISSES files found that way in one
-        directory, it is listed once in the background, and its other names are answered
-        from the listing (1,000 x 20 KB files in 10 directories, 8 readers, 2 cores: about
-        1,000 files/s without a listing, 2,000 with one)."""
-        parent = posixpath.dirname(path)
-        with self._lock:
-            n = self._misses.get(parent, 0) + 1
-            if n < LIST_AFTER_MISSES or parent in self._listing_for_lookups:
-                if len(self._misses) > 10_000:
-                    self._misses.clear()
-                self._misses[parent] = n
-                return
-            self._misses.pop(parent, None)
-            self._listing_for_lookups.add(parent)
-
-        def list_parent():
-            try:
-                self.readdir(parent)
-            except OSError:
-                pass  # the lookups go on asking the store one by one
-            finally:
-                with self._lock:
-                    self._listing_for_lookups.discard(parent)
-        try:
-            self._probes.submit(list_parent)
-        except RuntimeError:  # shut down
-            with self._lock:
-                self._listing_for_lookups.discard(parent)
-
-    def kernel_attr(self, path: str, attr: Attr) -> Attr:
-        """The attributes to tell the kernel: while readers of an older, longer version of the
-        file are open, its size. The kernel answers a read past the size it knows with
-        end-of-file without asking the daemon, so once it learnt a smaller size (any stat, an
-        `ls -l`, another open) an old reader got its file silently cut there instead of ESTALE.
-        Readers of the new version bypass the page cache meanwhile (see open) and read to its
-        real end."""
-        if attr.is_dir or not self._handles:
-            return attr
-        longest = attr.size
-        with self._lock:
-            for h in self._handles.values():
-                if (h.path == path and h.reader is not None and h.version is not None
-                        and h.version != attr.etag and h.reader.size > longest):
-                    longest = h.reader.size
-        return attr if longest == attr.size else replace(attr, size=longest)
-
     def _lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
         """A name that is both an object and a prefix ("a" and "a/b") is a directory, as in a
         listing: so the keys below it are asked for too, at the same time as the object
         (asked only when there was no object, the answer depended on whether the parent had
         been listed within the TTL, and files under "a/" were ENOTDIR without one)."""
         since = self.meta.changes(posixpath.dirname(path))
+        if mount.store.name_problem(key):
+            return None  # the client would answer for another object (not listed either)
         probe = None if mount.store.has_dirs else self._probes.submit(mount.store.is_dir, key)
         try:
             try:
@@ -230,8 +182,6 @@ class FileSystem:
             raise self.store_error(e, path) from None
         self.meta.put(path, attr, mount.ttl, since)
         self._note_versions({path: attr})
-        if attr is not None and not attr.is_dir and not mount.store.has_dirs:
-            self._missed(path)
         return attr
 
     def _kernel_may_hold(self, paths: list, ttl: float) -> None:

@@ -44,7 +44,8 @@ class MetaCache:
 
     def _changed(self, *dirs: str) -> None:  # lock held
         if len(self._changes) > 100_000:
-            self._changes.clear()  # a later put compares unequal once: not cached, no harm
+            self._changes.clear()
+            self._trees += 1  # so no stamp taken before the clear compares equal after it
         for d in dirs:
             self._changes[d] = self._changes.get(d, 0) + 1
 
