@@ -291,18 +291,23 @@ def open_elsewhere(path: str) -> bool:
         pids = [d for d in os.listdir("/proc") if d.isdigit() and d != me]
     except OSError:
         return False
-    for pid in pids:
+    return any(target in (open_files(pid) or ()) for pid in pids)
+
+
+def open_files(pid) -> Optional[list[str]]:
+    """What the descriptors of process `pid` point at (/proc/PID/fd links: paths, "socket:[N]"),
+    or None where /proc does not tell (gone, another user's, not Linux)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    out = []
+    for fd in fds:
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    return True
-            except OSError:
-                continue
-    return False
+            continue  # closed meanwhile
+    return out
 
 
 def owned_by_other(mountpoint: str, pid: int) -> bool:

@@ -147,10 +147,6 @@ def _read_header(f) -> _Header:
     return _Header(identity, index, block_size, data_len, data_crc, size)
 
 
-def _private_directory(path: str) -> None:
-    private_directory(path, "cache directory")
-
-
 def _lock_directory(path: str) -> int:
     fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -196,7 +192,7 @@ class DiskTier:
         self._disk_full = 0
         self._closed = False
         self._remake_lock = threading.Lock()
-        _private_directory(self.directory)
+        private_directory(self.directory, "cache directory")
         self._lock_fd = _lock_directory(self.directory)
         try:
             self._scan()
@@ -382,7 +378,7 @@ class DiskTier:
             if self._lock_fd is None:
                 return False  # closed
             gone = not os.path.isdir(self.directory)
-            _private_directory(self.directory)
+            private_directory(self.directory, "cache directory")
             try:
                 fd = _lock_directory(self.directory)
             except CacheDirectoryBusy:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from unifs.mountinfo import open_files
+
 
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -58,18 +60,10 @@ def pid_listens(pid: int, port: int) -> Optional[bool]:
     inodes = _listening_inodes(port)
     if not inodes:
         return False
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+    targets = open_files(pid)
+    if targets is None:
         return None
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
+    return any(t.startswith("socket:[") and t[8:-1] in inodes for t in targets)
 
 
 def stop_process_group(proc: Optional[subprocess.Popen], grace: float) -> None:

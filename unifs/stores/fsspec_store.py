@@ -334,16 +334,13 @@ class FsspecStore:
     def _addressable(self, key: str, listing: Listing) -> Listing:
         """The listing without objects this client would mistake for others (see name_problem):
         stat, read and delete of them would act on another object."""
-        for names in (listing.files, listing.dirs):
-            for leaf in [leaf for leaf in names if _MISREAD.search(leaf)]:
-                child = f"{key}/{leaf}" if key else leaf
-                problem = self.name_problem(child)
-                if problem:
-                    if isinstance(names, set):
-                        names.discard(leaf)
-                    else:
-                        del names[leaf]
-                    self._hide(child, problem)
+        for leaf in [n for n in (*listing.files, *listing.dirs) if _MISREAD.search(n)]:
+            child = f"{key}/{leaf}" if key else leaf
+            problem = self.name_problem(child)
+            if problem:
+                listing.files.pop(leaf, None)
+                listing.dirs.discard(leaf)
+                self._hide(child, problem)
         return listing
 
     def _hide(self, key: str, why: str) -> None:

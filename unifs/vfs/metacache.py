@@ -40,7 +40,10 @@ class MetaCache:
     def changes(self, directory: str) -> tuple[int, int]:
         """Pass to put/put_listing what this said before asking the store."""
         with self._lock:
-            return self._changes.get(directory, 0), self._trees
+            return self._stamp(directory)
+
+    def _stamp(self, directory: str) -> tuple[int, int]:  # lock held
+        return self._changes.get(directory, 0), self._trees
 
     def _changed(self, *dirs: str) -> None:  # lock held
         if len(self._changes) > 100_000:
@@ -104,7 +107,7 @@ class MetaCache:
         if ttl <= 0:
             return
         with self._lock:
-            if since is not None and (self._changes.get(posixpath.dirname(path), 0), self._trees) != since:
+            if since is not None and self._stamp(posixpath.dirname(path)) != since:
                 return  # asked before a local change in its directory: maybe stale already
             self._entries[path] = (time.monotonic() + ttl, attr)
             self._entries.move_to_end(path)
@@ -124,7 +127,7 @@ class MetaCache:
         if ttl <= 0:
             return
         with self._lock:
-            if since is not None and (self._changes.get(path, 0), self._trees) != since:
+            if since is not None and self._stamp(path) != since:
                 return  # listed before a local change in it: the change may be missing
             self._listings[path] = (time.monotonic() + ttl, children)
             self._listings.move_to_end(path)
