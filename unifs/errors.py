@@ -61,3 +61,9 @@ class StoreRejected(StoreError):
 
     def __init__(self, message: str = "store rejected the request"):
         super().__init__(errno.EIO, message)
+
+
+def object_root_error(size) -> StoreError:
+    what = f"an object ({size} bytes)" if size is not None else "an object"
+    return StoreError(errno.ENOTDIR, f"the URL names {what}, not a directory: mount the directory "
+                                     "that holds it (its parent prefix) instead")

@@ -119,3 +119,35 @@ def test_an_object_replaced_since_it_was_listed(mounter, _providers, kind):
         # the kernel forgets the old size (in the background): the next open reads it whole
         assert wait_for(lambda: os.stat(root / "sizes" / name).st_size == len(want), timeout=10), name
         assert (root / "sizes" / name).read_bytes() == want
+
+
+@pytest.mark.parametrize("kind,extra", [("s3", {}), ("s3", {"client": "fsspec"}), ("gcs", {}), ("azure", {}),
+                                        ("memory", {}), ("file", {})],
+                         ids=["s3", "s3-s3fs", "gcs", "azure", "memory", "file"])
+def test_a_url_naming_an_object_fails_the_mount(mounter, _providers, tmp_path, kind, extra):
+    # s3://bucket/train.tfrecord mounted as an empty directory, and nothing said why
+    from conftest import unifs
+    from unifs.config import load_config
+    from unifs.daemon import _open_mounts
+    from unifs.errors import UserError
+
+    p = _providers(kind)
+    entry = p.entry("/d", "conf/shards/medium.bin", **extra)
+    cfg = mounter.write_table({"mounts": [entry]})
+    if p.inprocess:  # the memory store lives in this process only
+        with pytest.raises(UserError) as err:
+            _open_mounts(load_config(str(cfg))[0])
+        message = str(err.value)
+    else:
+        mp = tmp_path / "mp-object"
+        mp.mkdir()
+        res = unifs("mount", str(mp), "--config", str(cfg))
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not os.path.ismount(mp)
+        message = res.stderr
+    assert "mount /d" in message and "not a directory" in message, message
+    assert kind == "file" or "names an object" in message, message
+    # a prefix that is not there yet, or holds objects, still mounts
+    p.make_root("conf/not-there-yet")
+    mounter.mount([p.entry("/d", "conf/not-there-yet", **extra)], inprocess=p.inprocess)
+    mounter.mount([p.entry("/d", "conf/shards", **extra)], inprocess=p.inprocess)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import fsspec
 from fsspec.core import url_to_fs
 
-from unifs.errors import ObjectNotFound
+from unifs.errors import ObjectNotFound, object_root_error
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import backoff_s, call_store, call_store_first, is_transient
@@ -282,7 +282,9 @@ class FsspecStore:
             return
         self._probe_endpoint()
         try:
-            self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False, _first=True)
+            names = self._call(f"list {self.url}", self.fs.ls, self._path(""), detail=False, _first=True)
+            if all(str(n).rstrip("/") == self.root for n in names):
+                self._refuse_object_root()
         except ObjectNotFound:
             if self.scheme in _BUCKET_SCHEMES:
                 bucket = self.root.split("/", 1)[0]
@@ -290,6 +292,18 @@ class FsspecStore:
                     self._call(f"list {self.scheme}://{bucket}", self.fs.ls, bucket, detail=False)
                 except ObjectNotFound:
                     raise ObjectNotFound(f"bucket or container '{bucket}' does not exist") from None
+
+    def _refuse_object_root(self) -> None:
+        """A URL naming an object (s3://bucket/train.tfrecord) would mount as an empty
+        directory; nothing would say why the file is missing."""
+        if "/" not in self.root and self.scheme in _BUCKET_SCHEMES:
+            return
+        try:
+            info = self._call(f"stat {self.url}", self.fs.info, self.root)
+        except ObjectNotFound:
+            return
+        if info.get("type") == "file":
+            raise object_root_error(info.get("size"))
 
     def _probe_endpoint(self) -> None:
         """Left to themselves, gcsfs and the Azure SDK would retry each call for half a minute

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import obstore
 from obstore.store import S3Store
 
-from unifs.errors import ObjectNotFound, StoreRejected
+from unifs.errors import ObjectNotFound, StoreRejected, object_root_error
 from unifs.stores.base import Listing, ObjectInfo
 from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import call_store, call_store_first
@@ -134,6 +134,8 @@ class ObstoreS3Store:
                           "connect_timeout": f"{int(connect_timeout * 1000)}ms",
                           "allow_http": endpoint.startswith("http://"),
                           "pool_max_idle_per_host": "64"}
+        self.prefix = prefix
+        self._client_config = (client_options, config)
         self.store = S3Store(bucket, prefix=prefix or None, client_options=client_options,
                              retry_config={"max_retries": 0, "retry_timeout": _dt.timedelta(seconds=timeout)},
                              virtual_hosted_style_request=False, **config)
@@ -150,6 +152,12 @@ class ObstoreS3Store:
         self.retries = retries
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+
+    def _bucket_store(self):
+        client_options, config = self._client_config
+        return S3Store(self.bucket, client_options=client_options, virtual_hosted_style_request=False,
+                       retry_config={"max_retries": 0, "retry_timeout": _dt.timedelta(seconds=self.timeout)},
+                       **config)
 
     def _call(self, what, fn, *args, **kwargs):
         return call_store(self.retries, what, fn, *args, **kwargs)
@@ -168,11 +176,17 @@ class ObstoreS3Store:
         if self.endpoint:
             probe_endpoint(self.endpoint, self.connect_timeout)
         try:
-            call_store_first(self.retries, f"list {self.url}", self.timeout, obstore.list_with_delimiter,
-                             self.store, None)
+            top = call_store_first(self.retries, f"list {self.url}", self.timeout, obstore.list_with_delimiter,
+                                   self.store, None)
         except ObjectNotFound:
             where = f" at {self.endpoint} (or that is not the S3 API's port)" if self.endpoint else ""
             raise ObjectNotFound(f"bucket '{self.bucket}' does not exist{where}") from None
+        if self.prefix and not top["objects"] and not top["common_prefixes"]:
+            try:  # the prefix itself, which the prefixed client cannot name
+                meta = self._call(f"stat {self.url}", obstore.head, self._bucket_store(), self.prefix)
+            except ObjectNotFound:
+                return
+            raise object_root_error(meta["size"])
 
     @_s3fs_for_unparseable_keys
     def head(self, key: str) -> Optional[ObjectInfo]:
