@@ -118,6 +118,11 @@ def test_killed_daemon_resumes_pending_uploads(mounter, flaky, tmp_path):
         res = unifs("umount", str(mp))  # the stale mount of the dead daemon
         assert res.returncode == 0, res.stderr
         assert "2 file(s) not in the store are kept in" in res.stdout, res.stdout
+        # and `unifs status` still names them once the mount is gone
+        row = _status(mp)
+        assert row["state"] == "unmounted" and row["pid"] is None, row
+        assert {p["path"]: p["state"] for p in row["pending"]} == left, row
+        assert "not mounted: mounting it again" in unifs("status").stdout
         try:
             os.close(held)
         except OSError:
@@ -165,6 +170,14 @@ def test_umount_force_leaves_staged_files_and_says_where(mounter, flaky):
     assert staging in res.stdout and "1 file(s)" in res.stdout
     found = [os.path.join(d, f) for d, _, fs in os.walk(staging) for f in fs if f.endswith(".data")]
     assert [open(p, "rb").read() for p in found] == [b"precious"]
+    row = _status(mp)  # the mount is gone; status still says what is left, and where
+    assert row["state"] == "unmounted" and [p["path"] for p in row["pending"]] == ["/c/abandoned.bin"], row
+    assert row["pending"][0]["data"] == found[0]
+    for p in found:  # recovered by hand: then nothing is left to report
+        os.remove(p)
+        os.remove(p[:-len(".data")] + ".json")
+    rows = json.loads(unifs("status", "--json", check=True).stdout)
+    assert not [r for r in rows if r["mountpoint"] == str(mp)], rows
 
 
 def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):

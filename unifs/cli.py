@@ -180,7 +180,10 @@ def status(as_json):
             err = f"; last error: {p['error']}" if p.get("error") else ""
             click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}"
                        f"  local copy: {p['data']}{err}")
-        if r["state"] == "stale":
+        if r["state"] == "unmounted":
+            click.echo("  not mounted: mounting it again with its mount table uploads the pending files; "
+                       "orphaned and failed ones stay until you delete them")
+        elif r["state"] == "stale":
             click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
         elif r["state"] == "hung":
             click.echo(f"  the daemon does not answer (stopped or stuck): 'unifs umount --force "

@@ -306,7 +306,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         starting.release()
         sd_notify("STOPPING=1")
         control.stop()
-        mountinfo.remove_state(mountpoint, owner=os.getpid())
+        retire_state(mountpoint, owner=os.getpid())
     log.info("unmounted %s", mountpoint)
 
 
@@ -499,7 +499,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     pid = state.get("pid") if state else None
     if live is None:
         if state is not None:
-            mountinfo.remove_state(mountpoint)
+            retire_state(mountpoint)
         raise UserError(f"{mountpoint} is not mounted")
     if live.fstype != mountinfo.FSTYPE:
         raise UserError(f"{mountpoint} is mounted by {live.fstype}, not by unifs")
@@ -543,7 +543,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             os.kill(pid, signal.SIGTERM)
     if health == "hung" and force and pid and mountinfo.pid_alive(pid):
         os.kill(pid, signal.SIGKILL)  # stopped or stuck: SIGTERM would not be seen
-    mountinfo.remove_state(mountpoint)
+    retire_state(mountpoint)
     report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "") + \
         (f" (aborted the connection of its hung daemon, pid {pid}, and killed it)" if health == "hung" and force
          else f" (detached; its daemon, pid {pid}, does not answer)" if health == "hung" else "")
@@ -571,9 +571,31 @@ def status() -> list[dict]:
                      "mounts": st.get("mounts", []), "staging_dir": staging,
                      "pending": pending_files(staging, daemon_dead=stale) if staging else []})
     for mp, st in states.items():
-        if not mountinfo.pid_alive(st.get("pid")):
+        if mountinfo.pid_alive(st.get("pid")):
+            continue  # starting, or detached lazily and serving its open files
+        staging = st.get("staging_dir")
+        left = pending_files(staging, daemon_dead=True) if staging else []
+        if not left:
             mountinfo.remove_state(mp)
+            continue
+        rows.append({"mountpoint": mp, "pid": None, "state": "unmounted", "config": st.get("config"),
+                     "log_file": st.get("log_file"), "mounts": st.get("mounts", []),
+                     "staging_dir": staging, "pending": left})
     return rows
+
+
+def retire_state(mountpoint: str, owner: Optional[int] = None) -> None:
+    """Drop a mount's state, but keep it (without a pid) while its staging directory holds
+    files not in the store: `unifs status` then still names them, and where they are, after
+    the mount is gone (a crash, `umount --force`), until a new mount of it uploads them."""
+    st = mountinfo.read_state(mountpoint) or {}
+    if owner is not None and st.get("pid") not in (None, owner):
+        return  # a later daemon of this mount point wrote its own
+    staging = st.get("staging_dir")
+    left = pending_files(staging, daemon_dead=True) if staging else []
+    mountinfo.remove_state(mountpoint, owner)
+    if left:
+        mountinfo.write_state(mountpoint, {**st, "pid": None})
 
 
 def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, status_fd) -> None:

@@ -104,7 +104,7 @@ def probe(mountpoint: str, timeout: float = HUNG_AFTER_S) -> str:
     """"live", "stale" (the daemon is gone) or "hung" (alive, but no answer within timeout:
     stopped, deadlocked, or stuck on something). Never blocks longer than timeout."""
     state = read_state(mountpoint)
-    if state and not pid_alive(state.get("pid")):
+    if state and state.get("pid") and not pid_alive(state["pid"]):  # pid None: a record of files left
         return "stale"
     box: list = []
 
