@@ -180,6 +180,35 @@ def test_umount_force_leaves_staged_files_and_says_where(mounter, flaky):
     assert not [r for r in rows if r["mountpoint"] == str(mp)], rows
 
 
+def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mounter, flaky, tmp_path):
+    # remounted with another table: the old daemon's pending file cannot be uploaded, and
+    # `unifs umount` waited for it forever (systemd: a stop hung for TimeoutStopSec)
+    mp = tmp_path / "mnt-strand"
+    _mount_bg(mounter, flaky, mp)
+    data = os.urandom(50_000)
+    _write_across_outage(mp / "c/stranded.bin", data, flaky)
+    assert unifs("umount", "--force", str(mp)).returncode == 0
+    flaky.restart()
+    other = _table(mounter, flaky)
+    other["mounts"][0]["path"] = "/elsewhere"
+    cfg = mounter.write_table(other)
+    unifs("mount", str(mp), "--config", str(cfg), check=True)
+    try:
+        left = {p["path"]: p["state"] for p in _status(mp)["pending"]}
+        assert left == {"/c/stranded.bin": "stranded"}, left
+        assert "the mount table no longer maps this path" in unifs("status").stdout
+        res = unifs("umount", str(mp), timeout=60)
+        assert res.returncode == 0 and "1 file(s) not in the store are kept" in res.stdout, (res.stdout, res.stderr)
+        # the original table again: uploaded after all
+        unifs("mount", str(mp), "--config", str(mounter.write_table(_table(mounter, flaky))), check=True)
+        assert wait_for(lambda: _in_store(flaky, "run/stranded.bin") is not None, timeout=30)
+        assert sha256(_in_store(flaky, "run/stranded.bin")) == sha256(data)
+        assert wait_for(lambda: not _status(mp)["pending"], timeout=10), _status(mp)
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", str(mp))
+
+
 def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):
     mp = _mount(mounter, flaky)
     with open(mp / "c/events.out.tfevents", "wb") as f:

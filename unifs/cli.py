@@ -175,7 +175,8 @@ def status(as_json):
             click.echo(f"  {m['path']:<24} -> {m['url']}{ro}")
         for p in r.get("pending", []):
             what = {"pending": "upload pending", "open": "upload failed, file still open",
-                    "failed": "rejected by the store, not retried"}.get(
+                    "failed": "rejected by the store, not retried",
+                    "stranded": "not uploaded: the mount table no longer maps this path to its store"}.get(
                 p.get("state"), "not uploaded (was open when a daemon stopped)")
             err = f"; last error: {p['error']}" if p.get("error") else ""
             click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}"

@@ -28,7 +28,7 @@ from unifs.errors import StoreError, UserError
 from unifs.logs import WARNINGS, setup_logging
 from unifs.stopsignal import SignalStop
 from unifs import bdi, mountinfo
-from unifs.vfs.staging import pending_files
+from unifs.vfs.staging import NOT_WAITED_FOR, pending_files
 
 log = logging.getLogger("unifs.daemon")
 
@@ -462,7 +462,7 @@ def wait_for_uploads(staging: str, progress: bool = True, poll: float = 0.5) -> 
     from tqdm import tqdm
 
     def count():
-        return [d for d in pending_files(staging) if d.get("state") not in ("orphaned", "failed")]
+        return [d for d in pending_files(staging) if d.get("state") not in NOT_WAITED_FOR]
 
     left = count()
     if not left:

@@ -13,6 +13,9 @@ restarted daemon can resume. Sidecar states:
   uploaded in the background with backoff, also after a restart.
 - "failed": the store rejected the upload as such (a 4xx such as KeyTooLong): kept and
   listed, never retried.
+- "stranded": pending, but the mount table of the daemon that found it no longer maps its
+  path to the same store and key: kept and listed, not waited for; a later daemon whose
+  table matches again uploads it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ LOCK_NAME = ".lock"  # held by the daemon using the directory
 
 log = logging.getLogger("unifs.staging")
 
-OPEN, PENDING, ORPHANED, FAILED = "open", "pending", "orphaned", "failed"
+OPEN, PENDING, ORPHANED, FAILED, STRANDED = "open", "pending", "orphaned", "failed", "stranded"
+NOT_WAITED_FOR = (ORPHANED, FAILED, STRANDED)  # states no daemon will upload by itself now
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -262,6 +266,16 @@ class StagingArea:
                 os.unlink(os.path.join(self.directory, name))
         return found
 
+    def strand(self, doc: dict, sid: str) -> None:
+        """Mark a pending file whose destination left the mount table (see STRANDED)."""
+        if doc.get("state") == STRANDED:
+            return
+        doc = {**doc, "state": STRANDED}
+        tmp = os.path.join(self.directory, sid + ".json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, os.path.join(self.directory, sid + ".json"))
+
     def adopt(self, doc: dict, sid: str) -> StagedFile:
         """A pending file from an earlier daemon, to be uploaded again."""
         st = StagedFile(self, sid, doc["path"], doc["mount"], doc["key"], doc["url"], gen=1)
@@ -280,7 +294,7 @@ def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:
             continue  # in the store already, exactly
         if daemon_dead and doc.get("state") == OPEN:  # also one whose write-back had failed
             out.append({**doc, "state": ORPHANED})
-        elif doc.get("state") in (PENDING, ORPHANED, FAILED) or doc.get("error"):
+        elif doc.get("state") in (PENDING, ORPHANED, FAILED, STRANDED) or doc.get("error"):
             out.append(doc)
     return out
 

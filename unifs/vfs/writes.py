@@ -25,7 +25,7 @@ from unifs.config import WriteSettings
 from unifs.errors import AccessDenied, StoreError, StoreRejected
 from unifs.namespace import Mount
 from unifs.vfs.attrs import Attr
-from unifs.vfs.staging import Base, StagedFile, StagingArea
+from unifs.vfs.staging import PENDING, STRANDED, Base, StagedFile, StagingArea
 
 if TYPE_CHECKING:
     from unifs.vfs.filesystem import FileSystem
@@ -412,18 +412,28 @@ class Writes:
         """Adopt pending uploads of an earlier daemon; returns how many."""
         n = 0
         for doc, sid in docs:
-            if doc.get("state") != "pending":
+            if doc.get("state") not in (PENDING, STRANDED):
                 continue
             mount, key = self.fs.ns.resolve(doc["path"])
             if mount is None or mount.read_only or key != doc["key"] or \
                     mount.entry_url_redacted != doc["url"]:
-                log.warning("%s: a pending upload from an earlier run no longer matches the mount table; "
-                            "its data stays at %s", doc["path"], doc.get("data"))
+                log.warning("%s: a pending upload from an earlier run no longer matches the mount table "
+                            "(it was for %s/%s); not uploaded, its data stays at %s", doc["path"], doc["url"],
+                            doc["key"], doc.get("data"))
+                try:
+                    self.area.strand(doc, sid)  # `umount` must not wait for it
+                except OSError as e:
+                    log.warning("cannot record staged file %s: %s", doc.get("data"), e.strerror)
                 continue
             with self._lock:
                 if doc["path"] in self._staged:
                     continue
-                self._staged[doc["path"]] = self.area.adopt(doc, sid)
+                st = self._staged[doc["path"]] = self.area.adopt(doc, sid)
+            if doc.get("state") == STRANDED:
+                try:
+                    st.save()  # pending again: its mount is back
+                except OSError as e:
+                    log.warning("cannot record staged file %s: %s", st.data_path, e.strerror)
             n += 1
         if n:
             log.info("resuming %d pending upload(s) from an earlier run", n)
