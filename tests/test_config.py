@@ -170,6 +170,34 @@ def test_url_secrets_never_printed(tmp_path):
     assert "PW_SECRET_1" not in res.stderr and "SIG_SECRET_2" not in res.stderr
 
 
+def test_credentials_in_an_s3_or_gs_url_are_refused_without_being_printed(tmp_path):
+    # "bucket name 'AKIA:SECRETURL@bucket' has ':' in it" printed the password
+    cfg = tmp_path / "m.yaml"
+    for url in ("s3://AKIA:URL_SECRET_1@bucket/x", "gs://u:URL_SECRET_1@bucket"):
+        cfg.write_text(f"mounts:\n  - path: /w\n    url: '{url}'\n")
+        res = unifs("config", "check", "--config", str(cfg))
+        assert res.returncode == 1 and "credentials in it" in res.stderr, res.stderr
+        assert "URL_SECRET_1" not in res.stdout + res.stderr
+
+
+def test_numbers_yaml_would_read_into_credentials_stay_as_written():
+    # YAML 1.1 reads 0x1F as 31, 0777 as 511, 1e3 as 1000.0 and 12:30:00 as 45000
+    from unifs.config import parse_table
+
+    t = parse_table("mounts:\n  - path: /a\n    url: s3://b\n    options: {key: 0x1F, secret: 0777, "
+                    "token: 1e3, password: 1_000, sas_token: 12:30:00, retries: 0x10}\n")
+    assert t.mounts[0].options == {"key": "0x1F", "secret": "0777", "token": "1e3", "password": "1_000",
+                                   "sas_token": "12:30:00", "retries": 16}
+
+
+def test_a_misspelled_s3_option_is_named_with_its_line(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /d\n    url: s3://bucket/x\n    options:\n      key: k\n      other: 1\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1 and res.stderr.strip() == \
+        f"unifs: error: {cfg}:6: mounts[0] (/d): options.other is not an option of s3fs", res.stderr
+
+
 def test_config_check_refuses_misspelled_options_and_never_shows_their_values(tmp_path):
     # `secert:` passed `unifs config check`, which printed its value; the mount refused it later
     from unifs.config import redact
@@ -216,6 +244,14 @@ MORE_BAD = [
     ("bool retries", "mounts:\n  - path: /a\n    url: s3://b\nstore: {retries: true}\n", ["store.retries"]),
     ("odd kernel read-ahead", "mounts:\n  - path: /a\n    url: s3://b\nread: {kernel_read_ahead: 1000}\n",
      ["read.kernel_read_ahead", "multiple of 4KiB"]),
+    ("huge kernel read-ahead", "mounts:\n  - path: /a\n    url: s3://b\nread: {kernel_read_ahead: 1GiB}\n",
+     ["read.kernel_read_ahead", "at most 256MiB"]),
+    ("dot-dot in a prefix", "mounts:\n  - path: /a\n    url: s3://data/../data\n", ["bad.yaml:3:", "url", "'..'"]),
+    ("empty part in a prefix", "mounts:\n  - path: /a\n    url: gs://data//x\n", ["bad.yaml:3:", "url", "empty"]),
+    ("query in a url", "mounts:\n  - path: /a\n    url: s3://data/dir?x=1\n", ["bad.yaml:3:", "url", "query"]),
+    ("fragment in a url", "mounts:\n  - path: /a\n    url: abfs://c/dir#f\n", ["bad.yaml:3:", "url", "fragment"]),
+    ("empty gcs token", "mounts:\n  - path: /a\n    url: gs://b\n    options: {token: ''}\n",
+     ["mounts[0] (/a)", "options.token is empty"]),
 ]
 
 

@@ -269,9 +269,9 @@ def config_check(config_file):
     if config_file is not None and not config_file.strip():
         raise UserError("--config needs a file name (it was empty)")
     table, path = load_config(config_file)
-    problems = s3_option_problems(table)
+    problems = s3_option_problems(table, str(path))
     if problems:
-        raise UserError("\n".join(f"{path}: {p}" for p in problems))
+        raise UserError("\n".join(problems))
     click.echo(f"# {path}: OK, {len(table.mounts)} mount(s)")
     click.echo(yaml.safe_dump(describe_table(table), sort_keys=False).rstrip())
 

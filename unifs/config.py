@@ -61,7 +61,13 @@ def _construct_mapping(loader, node):
         if key in result:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
-        result[key] = loader.construct_object(value_node, deep=True)
+        value = loader.construct_object(value_node, deep=True)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                isinstance(value_node, yaml.ScalarNode) and (key in _TEXT_OPTIONS or is_secret_key(str(key))):
+            # YAML 1.1 reads 0x1F, 0777, 1_000, 1e3 and 12:30:00 as numbers: a credential is
+            # the text as written, not str(31)
+            value = value_node.value
+        result[key] = value
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
 
@@ -323,6 +329,8 @@ class ReadSettings(BaseModel):
         s = _size(v)
         if s < 0 or s % 4096:
             raise ValueError(f"must be a multiple of 4KiB (0: the kernel's default), got {v!r}")
+        if s > 256 * 1024 * 1024:  # the kernel would take it, and read that far ahead of every reader
+            raise ValueError(f"must be at most 256MiB (the default is 1MiB), got {v!r}")
         return s
 
 
@@ -449,6 +457,18 @@ def check_url(url: str) -> str:
     bucket = rest.split("/", 1)[0]
     if scheme in _BUCKET_SCHEMES and not bucket:
         raise ValueError(f"needs a bucket or container, e.g. {scheme}://my-bucket/prefix")
+    if scheme in _NAMED_BUCKETS and "@" in bucket:  # never echo it: the part before '@' is a secret
+        raise ValueError("has credentials in it (user:password@); put them under options: "
+                         "(key and secret for s3, token for gs)")
+    if scheme in _BUCKET_SCHEMES:
+        if "?" in rest or "#" in rest:
+            raise ValueError(f"has {'?' if '?' in rest else '#'!r} in it: store URLs take no query or fragment "
+                             "(put settings under options:)")
+        prefix = rest.split("/", 1)[1].rstrip("/") if "/" in rest else ""
+        bad_seg = next((p for p in prefix.split("/") if p in ("", ".", "..")), None) if prefix else None
+        if bad_seg is not None:
+            raise ValueError(f"has an empty, '.' or '..' part in its path ({bad_seg or '//'!r}); write the "
+                             "prefix plainly, e.g. s3://bucket/a/b")
     if scheme in _NAMED_BUCKETS and not re.fullmatch(r"[A-Za-z0-9._-]+", bucket):
         bad = next(c for c in bucket if not re.fullmatch(r"[A-Za-z0-9._-]", c))
         raise ValueError(f"bucket name {bucket!r} has {bad!r} in it; bucket names are letters, digits, "
@@ -568,10 +588,19 @@ _OBSTORE_S3_NAMES = {"region", "region_name", "aws_access_key_id", "access_key_i
                      "secret_access_key", "aws_session_token", "session_token"}
 
 
-def s3_option_problems(table: "MountTable") -> list[str]:
+def s3_option_problems(table: "MountTable", source: str = "mounts.yaml") -> list[str]:
     """Misspelled s3fs options, for `unifs config check` (the mount itself fails on them when
-    s3fs refuses the keyword; the check said OK and printed the table)."""
+    s3fs refuses the keyword; the check said OK and printed the table), each as
+    "source:line: problem"."""
     import inspect
+
+    def where(i, name):
+        try:  # the table no longer has its lines: the file has
+            with open(source, encoding="utf-8") as f:
+                line = yaml.load(f, Loader=_Loader)["mounts"][i]["options"].key_lines[name]
+            return f"{source}:{line}"
+        except Exception:  # noqa: BLE001 - changed since, or not a file: the name alone
+            return source
 
     problems = []
     try:
@@ -587,7 +616,7 @@ def s3_option_problems(table: "MountTable") -> list[str]:
         if scheme in ("s3", "s3a"):
             # the obstore client (client: auto or obstore) also takes region, access_key_id, ...
             ok = known | (set() if m.client == "fsspec" else _OBSTORE_S3_NAMES)
-            problems += [f"mounts[{i}] ({m.path}): {unknown_option_hint(scheme, name)}"
+            problems += [f"{where(i, name)}: mounts[{i}] ({m.path}): {unknown_option_hint(scheme, name)}"
                          for name in m.options if name not in ok]
     return problems
 
@@ -599,6 +628,9 @@ def check_gcs_token(options: dict) -> None:
     """gcsfs takes a token that is no mode and no existing file as a raw access token, so a
     mistyped key file path failed later as a network error at Google's token endpoint."""
     token = options.get("token")
+    if isinstance(token, str) and not token.strip():
+        raise ValueError("options.token is empty: leave it out for the default credentials, or give a "
+                         "service-account file, anon, google_default or cloud")
     if not isinstance(token, str) or token in GCS_TOKEN_MODES or token.startswith("ya29."):
         return
     if not ("/" in token or token.endswith(".json")):

@@ -185,7 +185,8 @@ def _open_mounts(table: MountTable):
             first = str(e).splitlines()[0] if str(e) else ""
             raise UserError(f"mount {entry.path} ({redact_url(entry.url)}): "
                             + (_option_problem(entry.url, first) or _credentials_file_problem(entry, e) or
-                               f"cannot create the store client: {type(e).__name__}: {first}")) from None
+                               f"cannot create the store client: {type(e).__name__}"
+                               + (f": {first}" if first else " (the client gave no reason)"))) from None
         mounts.append(Mount(entry, store))
 
     def _check(m):
