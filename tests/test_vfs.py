@@ -152,6 +152,27 @@ def test_a_stream_starting_at_an_unaligned_seek_gets_back_to_whole_blocks():
     assert len(unaligned) <= 2, unaligned  # the seek's own demand, and the part up to the boundary
 
 
+def test_a_late_request_behind_the_reader_keeps_the_read_ahead():
+    """The kernel's parallel read requests arrive out of order under load; one whose bytes were
+    already dropped behind the reader was taken for a seek: the read-ahead in flight was
+    cancelled and the window started over (a cold 20 MiB file fetched 36 MiB)."""
+    blob = _Blob(64 << 20)
+    with ThreadPoolExecutor(8) as pool:
+        r = _reader(blob, ReadBudget(256 << 20), pool)
+        for off in range(0, 24 << 20, 1 << 20):
+            assert r.read(off, 1 << 20) == blob.data[off:off + (1 << 20)]
+        ahead = [(s.start, s.end) for s in r.segments if s.start >= 24 << 20]
+        assert ahead  # read-ahead in flight
+        late = (24 << 20) - (5 << 20)  # dropped behind the reader already
+        assert r.read(late, 1 << 20) == blob.data[late:late + (1 << 20)]
+        assert [(s.start, s.end) for s in r.segments if s.start >= 24 << 20] == ahead
+        for off in range(24 << 20, len(blob.data), 1 << 20):
+            assert r.read(off, 1 << 20) == blob.data[off:off + (1 << 20)]
+        r.close()
+    fetched = sum(e - s for s, e in blob.calls)
+    assert fetched <= len(blob.data) + (1 << 20), fetched  # the late MiB once more, nothing else
+
+
 def test_small_object_is_one_get():
     blob = _Blob(100_000)
     with ThreadPoolExecutor(2) as pool:
