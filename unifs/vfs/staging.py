@@ -79,6 +79,7 @@ class StagedFile:
         self.rejected = False  # the store refused the upload as such: retrying cannot help
         self.write_error = 0  # errno of a failed local write (ENOSPC): never upload a torn file
         self.recorded_clean = False  # the sidecar says the store holds exactly the data file
+        self._final_size = 0  # size when its descriptor was closed (see removed)
 
     # -- content ---------------------------------------------------------------
     @property
@@ -86,10 +87,18 @@ class StagedFile:
         return self.gen != self.uploaded_gen
 
     @property
+    def removed(self) -> bool:
+        """Discarded (uploaded and closed, or unlinked): a lookup or rename that found it a
+        moment before must not use its descriptor, nor put it back."""
+        return self.fd < 0
+
+    @property
     def size(self) -> int:
         with self.lock:
             if self.base is not None:
                 return self.base.size
+            if self.fd < 0:
+                return self._final_size
             return os.fstat(self.fd).st_size
 
     def load(self) -> None:
@@ -157,6 +166,11 @@ class StagedFile:
     def close_fd(self) -> None:
         # once only: a second close() could hit a descriptor number reused by another thread
         with self.lock:
+            if self.fd >= 0:
+                try:
+                    self._final_size = os.fstat(self.fd).st_size
+                except OSError:
+                    pass
             fd, self.fd = self.fd, -1
         if fd >= 0:
             try:

@@ -17,7 +17,7 @@ import posixpath
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -440,15 +440,13 @@ class Writes:
         return n
 
     def truncate(self, path: str, length: int, st: Optional[StagedFile]) -> None:
-        if st is None:
-            st = self._staged.get(path)
-        if st is not None:
+        if st is not None:  # an open handle's: held open by it
             self.writable(path)
             st.truncate(length)
-            if st.opens == 0:
-                self.flush(st)
-                self.release_if_idle(st)
             return
+        # truncate(path): opened for the call, so a close finishing on another thread cannot
+        # discard the staged copy under it (ftruncate of a closed descriptor: EBADF, or EIO
+        # with "writes lost" logged)
         st = self.open(path, truncate=False)
         try:
             st.truncate(length)
@@ -671,6 +669,9 @@ class Writes:
             with self._lock:
                 self._staged.pop(old, None)
                 st.path, st.key = new, k2
+                if st.removed:
+                    return  # closed and uploaded meanwhile (the kernel's release comes after close()
+                    # returns, so often after the rename began): moved in the store, nothing staged
                 self._staged[new] = st
             st.save()
 
@@ -688,6 +689,8 @@ class Writes:
                     self._staged.pop(st.path, None)
                     st.path = new + st.path[len(old):]
                     st.key = k2 + st.key[len(k1):]
+                    if st.removed:
+                        continue  # closed and uploaded meanwhile: its object moves with the rest
                     st.uploaded_gen = -1  # upload again under the new name
                     self._staged[st.path] = st
                 st.save()
@@ -702,8 +705,14 @@ class Writes:
                 self._store(old, mount.store.put_marker, dst.rstrip("/"))
             else:
                 self._store(old, mount.store.move, k, dst)
-        # each object is copied before its original is deleted: a crash leaves both
-        list(self.pool.map(move, keys))
+        # each object is copied before its original is deleted: a crash leaves both. Every
+        # move ends before an error is raised: the failed rename's caller (and the cached
+        # listings dropped on the way out) must see the store as it stays, not moves still
+        # landing behind them
+        moves = [self.pool.submit(move, k) for k in keys]
+        futures_wait(moves)
+        for f in moves:
+            f.result()
         # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list
         # them, and markers would too
         dirs = {k1}
