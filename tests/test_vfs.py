@@ -434,3 +434,50 @@ def test_a_memory_store_moves_a_directory_whose_directories_are_implicit():
     store.fs.pipe_file("/implicit-dirs/d/sub/b", b"B")
     store.move("d", "e")
     assert sorted(store.fs.find("/implicit-dirs")) == ["/implicit-dirs/e/a", "/implicit-dirs/e/sub/b"]
+
+
+def test_a_lookup_between_the_two_calls_of_a_rename_over_an_open_file_finds_a_file(memfs, tmp_path):
+    """libfuse renames over an open file in two calls from one thread: hide the target (a
+    rename to .fuse_hidden*), then rename the new file onto its name. A lookup from another
+    thread in between answered ENOENT; it now waits for the second call (a short while: after
+    an unlink no second call comes, and the name is gone)."""
+    import os
+
+    from unifs.vfs.writes import HIDE_GRACE_S
+
+    entry = MountEntry(path="/w", url=f"memory://{memfs}/w")
+    fs = FileSystem(Namespace([Mount(entry, open_store(entry, StoreSettings()))]),
+                    staging_dir=str(tmp_path / "staging"))
+    for name, data in (("final", b"old"), ("tmp", b"new!")):
+        fh = fs.create(f"/w/{name}")
+        fs.write(fh, data, 0)
+        fs.flush(fh)
+        fs.release(fh)
+    reader, _ = fs.open("/w/final", os.O_RDONLY)  # what makes libfuse hide it
+    fs.rename("/w/final", "/w/.fuse_hidden0000000100000001")
+    seen = []
+    lookup = threading.Thread(target=lambda: seen.append(fs.getattr("/w/final").size))
+    lookup.start()
+    lookup.join(HIDE_GRACE_S / 4)
+    assert lookup.is_alive() and not seen  # waiting, not ENOENT
+    fs.rename("/w/tmp", "/w/final")
+    lookup.join(10)
+    assert seen == [4]
+    fs.release(reader)  # the last close: the hidden file goes
+    assert fs.getattr("/w/final").size == 4 and bytes(fs.read_buffer(fs.open("/w/final", os.O_RDONLY)[0], 10, 0)) == b"new!"
+
+    # an unlink of an open file: the name is gone once the grace has passed
+    reader, _ = fs.open("/w/final", os.O_RDONLY)
+    fs.rename("/w/final", "/w/.fuse_hidden0000000100000002")
+    errors = []
+
+    def look():
+        try:
+            fs.getattr("/w/final")
+        except OSError as e:
+            errors.append(e.errno)
+    t = threading.Thread(target=look)
+    t.start()
+    t.join(10)
+    assert errors == [errno.ENOENT]
+    fs.release(reader)

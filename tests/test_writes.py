@@ -547,3 +547,43 @@ def test_calls_racing_the_close_of_a_written_file_see_no_closed_descriptor(rw, s
     assert not errors, errors[:5]
     for n in ("final0", "final1"):  # what the mount shows is what the store holds
         assert sha256((root / "d" / n).read_bytes()) == sha256(_store_bytes(seaweed, f"{prefix}/d/{n}"))
+
+
+def test_a_file_replaced_while_a_reader_has_it_open_never_goes_missing(rw, seaweed):
+    # os.replace(tmp, final) with final open: libfuse hides final first, then renames tmp onto
+    # it, and a lookup in between got ENOENT (a reader polling a checkpoint saw it vanish)
+    root, prefix = rw
+    (root / "ckpt").write_bytes(b"v0" * 1000)
+    stop = threading.Event()
+    missing, opened = [], []
+
+    def writer():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            (root / ".tmp").write_bytes(b"v%d" % k * 1000)
+            os.replace(root / ".tmp", root / "ckpt")
+
+    def reader():
+        while not stop.is_set():
+            try:
+                fd = os.open(root / "ckpt", os.O_RDONLY)
+            except FileNotFoundError:
+                missing.append(1)
+                continue
+            try:
+                os.read(fd, 100_000)
+            except OSError:
+                pass  # replaced under an open descriptor: ESTALE is documented
+            os.close(fd)
+            opened.append(1)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(5)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert opened and not missing, (len(missing), len(opened))
+    assert (root / "ckpt").read_bytes() == _store_bytes(seaweed, f"{prefix}/ckpt")

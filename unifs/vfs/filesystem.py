@@ -130,7 +130,12 @@ class FileSystem:
         if local is not None:
             return local
         if self.writes.is_tombstoned(path):  # unlinked while open: gone, though still in the store
-            raise _err(errno.ENOENT, path)
+            self.writes.settle_hidden(path)  # unless a rename onto it is under way
+            if self.writes.is_tombstoned(path):
+                raise _err(errno.ENOENT, path)
+            local = self.writes.attr(path)
+            if local is not None:
+                return local
         hit = self.meta.get(path)
         if hit is NEGATIVE:
             raise _err(errno.ENOENT, path)
@@ -285,6 +290,17 @@ class FileSystem:
     def open(self, path: str, flags: int, owner: Optional[int] = None) -> tuple[int, bool]:
         """(file handle, keep_cache): keep_cache when the object is unchanged since the last open.
         owner: the opening process, whose close() uploads (see flush)."""
+        try:
+            return self._open(path, flags, owner)
+        except FileNotFoundError:
+            if self.writes.was_hidden(path):
+                # the kernel resolved the name to a file replaced or unlinked since, whose last
+                # holder closed it before this open arrived: ESTALE makes the kernel look the
+                # name up again and retry the open (the new file, or ENOENT), as on NFS
+                raise _err(errno.ESTALE, path) from None
+            raise
+
+    def _open(self, path: str, flags: int, owner: Optional[int]) -> tuple[int, bool]:
         if opens_for_writing(flags):
             st = self.writes.open(path, bool(flags & os.O_TRUNC))
             return self._new_handle(Handle(path, staged=st, writable=True, owner=owner)), False

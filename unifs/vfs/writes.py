@@ -38,6 +38,7 @@ MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
 NAME_MAX = 255
 # libfuse renames a file that is unlinked (or renamed over) while open to this name and
 # unlinks that at the last close
+HIDE_GRACE_S = 0.1  # see Writes.settle_hidden
 _HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse: node id and counter, 8 hex digits each
 
 
@@ -85,6 +86,9 @@ class Writes:
         self._finishing: dict[str, _Hidden] = {}  # hidden name -> file whose last close is being handled
         self._tombstones: dict[str, str] = {}
         self._lock = threading.RLock()
+        # names hidden a moment ago, and by which thread (see settle_hidden)
+        self._hid_at: dict[str, tuple[float, int]] = {}
+        self._revived = threading.Condition(self._lock)
         self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -224,6 +228,28 @@ class Writes:
     def is_tombstoned(self, path: str) -> bool:
         return bool(self._tombstones) and path in self._tombstones
 
+    def was_hidden(self, path: str) -> bool:
+        """A name of libfuse's for a file unlinked while open, that file gone since."""
+        return bool(_HIDDEN.fullmatch(posixpath.basename(path))) and path not in self._hidden
+
+    def settle_hidden(self, path: str) -> None:
+        """A rename over a file that is open reaches the daemon as two calls from one thread:
+        libfuse first hides the open target (as for an unlink), then renames the new file onto
+        its name. A lookup from another thread in between found no file at all, where rename()
+        promises the old one or the new one (a reader polling a checkpoint replaced with
+        os.replace got ENOENT). A lookup of a name hidden within HIDE_GRACE_S waits for that
+        second call; after an unlink none comes, and the name is gone as before."""
+        with self._lock:
+            while True:
+                hid = self._hid_at.get(path)
+                if hid is None or path not in self._tombstones or hid[1] == threading.get_ident():
+                    return
+                left = hid[0] + HIDE_GRACE_S - time.monotonic()
+                if left <= 0:
+                    self._hid_at.pop(path, None)
+                    return
+                self._revived.wait(left)
+
     def _revive(self, path: str) -> None:
         """A name unlinked while open is used again: the object under it will be replaced, so
         the last close of the old file must not delete it (or, if that delete is under way,
@@ -231,6 +257,8 @@ class Writes:
         with self._lock:
             hidden = self._tombstones.pop(path, None)
             h = (self._hidden.get(hidden) or self._finishing.get(hidden)) if hidden else None
+            if self._hid_at.pop(path, None) is not None:
+                self._revived.notify_all()
         if h is not None:
             with h.lock:
                 h.delete = False
@@ -630,6 +658,10 @@ class Writes:
         with self._lock:
             self._hidden[new] = _Hidden(old, mount, key, st, attr, delete=in_store)
             self._tombstones[old] = new
+            now = time.monotonic()
+            for name in [n for n, (t, _) in self._hid_at.items() if now - t > HIDE_GRACE_S]:
+                del self._hid_at[name]  # unlinked, not replaced: nothing left to wait for
+            self._hid_at[old] = (now, threading.get_ident())
         self._keep_parent(mount, old)  # its object goes at the last close; the directory stays
         self.fs.forget_name(old)
 
