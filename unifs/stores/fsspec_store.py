@@ -249,6 +249,10 @@ class FsspecStore:
         # adlfs reads a URL query and fragment out of a path ("x?" and "x#" lose their last
         # character, "a?versionid=1" is "a") and urllib drops tabs and newlines from it; s3fs
         # takes "?versionId=": that name would write, read or delete another object
+        if self.scheme in _AZ_SCHEMES and "\\" in key:
+            # Azure Blob Storage (and Azurite) store a backslash as '/': "a\b" became file b in
+            # directory a, and the name written was gone
+            return "Azure Blob Storage turns '\\' in a name into '/'"
         if self.scheme in _LOCAL_SCHEMES or not _MISREAD.search(key):
             return None
         split = getattr(self.fs, "split_path", None)
