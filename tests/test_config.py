@@ -190,6 +190,16 @@ def test_numbers_yaml_would_read_into_credentials_stay_as_written():
                                    "sas_token": "12:30:00", "retries": 16}
 
 
+def test_config_check_shows_client_for_s3_mounts_only(tmp_path):
+    import yaml
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /g\n    url: gs://bucket\n  - path: /s\n    url: s3://bucket\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    shown = yaml.safe_load(res.stdout.split("\n", 1)[1])["mounts"]
+    assert "client" not in shown[0] and shown[1]["client"] == "auto", shown
+
+
 def test_a_misspelled_s3_option_is_named_with_its_line(tmp_path):
     cfg = tmp_path / "m.yaml"
     cfg.write_text("mounts:\n  - path: /d\n    url: s3://bucket/x\n    options:\n      key: k\n      other: 1\n")

@@ -974,6 +974,8 @@ def describe_table(table: MountTable) -> dict:
     """The resolved table as plain data, secrets redacted (for `config check` and status)."""
     data = table.model_dump()
     for m in data["mounts"]:
+        if m["url"].split("://", 1)[0].lower() not in ("s3", "s3a"):
+            m.pop("client", None)  # applies to s3:// only
         m["url"] = redact_url(m["url"])
         m["options"] = redact(m["options"])
     return data
