@@ -233,6 +233,17 @@ def test_a_broken_gcs_credentials_file_is_named(tmp_path):
     res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "options.token" in res.stderr and "no usable credentials" in res.stderr and "refresh_token" in res.stderr
+    # a service account key without its private key was "no 'refresh_token'" too
+    bad.write_text('{"type": "service_account", "client_email": "a@b.iam.gserviceaccount.com"}')
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "service account key without 'private_key'" in res.stderr, res.stderr
+    # token: cloud off Google Cloud was "cannot create the store client: ValueError: " and nothing
+    cfg.write_text("mounts:\n  - path: /g\n    url: gs://bucket/x\n    options:\n      token: cloud\n"
+                   "      endpoint_url: http://127.0.0.1:9\n")
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "metadata server" in res.stderr, res.stderr
 
 
 def test_a_failed_lookup_is_not_asked_of_the_store_again_at_once(mounter, dataset, tmp_path):

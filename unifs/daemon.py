@@ -8,6 +8,7 @@ The parent waits on a status pipe and returns only once the mount is live.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -164,8 +165,20 @@ def _credentials_file_problem(entry, exc: Exception) -> Optional[str]:
     """gcsfs reads a credentials file named by `token` and fails with a bare KeyError on the
     field it misses ("KeyError: 'refresh_token'")."""
     token = (entry.options or {}).get("token")
+    if isinstance(token, str) and token == "cloud" and not str(exc).strip():
+        return ("options.token 'cloud' takes credentials from the Google Compute Engine metadata "
+                "server, which did not give any (not on Google Cloud?)")
     if isinstance(exc, (KeyError, ValueError)) and isinstance(token, str) and os.path.isfile(token):
         missing = f" (it has no {exc.args[0]!r})" if isinstance(exc, KeyError) and exc.args else ""
+        try:
+            with open(token, encoding="utf-8") as f:
+                info = json.load(f)
+            if isinstance(info, dict) and info.get("type") == "service_account":
+                lacks = [k for k in ("private_key", "client_email") if not info.get(k)]
+                missing = f" (a service account key without {' and '.join(map(repr, lacks))})" if lacks \
+                    else missing
+        except (OSError, ValueError):
+            pass
         return (f"options.token names a file that holds no usable credentials{missing}: give a "
                 "service account key file or an authorized-user file from gcloud")
     return None
