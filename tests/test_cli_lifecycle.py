@@ -188,7 +188,9 @@ def test_sigterm_with_a_file_being_written_says_what_it_left(mounter, dataset, t
     with pytest.raises(OSError):
         f.close()
     text = log_file(str(mp)).read_text()
-    assert "1 file(s) not in the store (/w/ckpt.bin)" in text and str(tmp_path / "staging") in text, text
+    # still open: kept, and not uploaded at the next mount (it said it would be)
+    assert "1 file(s) still open for writing (/w/ckpt.bin)" in text and "not uploaded" in text, text
+    assert str(tmp_path / "staging") in text and "uploaded when this mount point" not in text, text
     staged = [p for p in (tmp_path / "staging").rglob("*") if p.is_file() and p.stat().st_size == 1 << 20]
     assert len(staged) == 1
     unifs("umount", str(mp))
@@ -327,8 +329,8 @@ def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_pat
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("writable", [True, False])
-def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, tmp_path, writable):
+@pytest.mark.parametrize("writable,mode", [(True, "ram"), (False, "ram"), (False, "tiered")])
+def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, tmp_path, writable, mode):
     # `umount --lazy` detaches the mount; its daemon serves open files until they close. A new
     # mount of the same point must not share that daemon's staging directory (both would resume
     # and upload the same files), and the old daemon's exit must not remove the new one's
@@ -336,7 +338,8 @@ def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, 
     from unifs.mountinfo import log_file, state_file
 
     entry = mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=not writable)
-    table = {"mounts": [entry], "write": {"staging_dir": str(tmp_path / "staging")}}
+    table = {"mounts": [entry], "write": {"staging_dir": str(tmp_path / "staging")},
+             "cache": {"mode": mode, "dir": str(tmp_path / "cache"), "ram": "64MiB", "disk": "256MiB"}}
     cfg = mounter.write_table(table)
     mp = tmp_path / "mp"
     mp.mkdir()
@@ -348,10 +351,11 @@ def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, 
         unifs("umount", "--lazy", str(mp), check=True)
         assert not is_mounted(mp) and pid_alive(old_pid)
         res = unifs("mount", str(mp), "--config", str(cfg))
-        if writable:
+        if writable or mode == "tiered":  # the disk tier's directory is the old daemon's too
             assert res.returncode != 0 and not is_mounted(mp)
             assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-            assert "staging directory" in res.stderr and str(old_pid) in res.stderr
+            held_dir = "staging directory" if writable else "cache directory"
+            assert held_dir in res.stderr and f"pid {old_pid}" in res.stderr, res.stderr
             held.close()
             assert wait_for(lambda: not pid_alive(old_pid), timeout=20)
             unifs("mount", str(mp), "--config", str(cfg), check=True)

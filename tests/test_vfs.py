@@ -481,3 +481,23 @@ def test_a_lookup_between_the_two_calls_of_a_rename_over_an_open_file_finds_a_fi
     t.join(10)
     assert errors == [errno.ENOENT]
     fs.release(reader)
+
+
+def test_per_path_records_stay_bounded(memfs, monkeypatch):
+    # every name ever opened kept two entries for the daemon's life (~380 bytes a name)
+    import os
+
+    import unifs.vfs.filesystem as filesystem
+
+    monkeypatch.setattr(filesystem, "PER_PATH_LIMIT", 10)
+    fsspec.filesystem("memory").pipe({f"{memfs}/many/f{i:03d}": b"%d" % i for i in range(60)})
+    fs = make_fs(memfs)
+    held, _ = fs.open("/m/many/f000", os.O_RDONLY)
+    for i in range(1, 60):
+        fh, _ = fs.open(f"/m/many/f{i:03d}", os.O_RDONLY)
+        assert bytes(fs.read_buffer(fh, 10, 0)) == b"%d" % i
+        fs.release(fh)
+    assert len(fs._open_seq) <= 11 and len(fs._last_etag) <= 11
+    assert "/m/many/f000" in fs._open_seq and "/m/many/f000" in fs._last_etag  # still open: kept
+    assert bytes(fs.read_buffer(held, 10, 0)) == b"0"
+    fs.release(held)

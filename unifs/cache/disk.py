@@ -48,7 +48,6 @@ id being written or deleted is `_busy`: nobody else writes it meanwhile.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -60,6 +59,7 @@ import zlib
 from typing import List, NamedTuple, Optional, Set, Tuple
 
 from unifs.cache.ids import BlockId, ObjectId
+from unifs import pidlock
 from unifs.cache.lru import LruIndex
 from unifs.errors import UserError
 from unifs.privdir import private_directory
@@ -148,13 +148,12 @@ def _read_header(f) -> _Header:
 
 
 def _lock_directory(path: str) -> int:
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CacheDirectoryBusy(f"cache directory {path} is in use by another process") from None
-    return fd
+        return pidlock.take(os.path.join(path, LOCK_NAME))
+    except pidlock.Busy as e:
+        raise CacheDirectoryBusy(f"cache directory {path} is in use by another unifs daemon (pid {e.holder}), "
+                                 "e.g. an earlier mount of this mount point unmounted with --lazy that still "
+                                 "serves open files: close them or stop that daemon first") from None
 
 
 def _private_opener(path: str, flags: int) -> int:

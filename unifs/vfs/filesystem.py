@@ -38,6 +38,7 @@ log = logging.getLogger("unifs.vfs")
 
 # a lookup the store failed (EIO after its retries) answers the same for this long
 FAILED_LOOKUP_S = 2.0
+PER_PATH_LIMIT = 100_000  # see _forget_closed_paths
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -327,6 +328,8 @@ class FileSystem:
             keep = attr.etag is not None and last == attr.etag
             self._last_etag[path] = attr.etag
             seq = self._open_seq[path] = self._open_seq.get(path, 0) + 1
+            if len(self._open_seq) > PER_PATH_LIMIT or len(self._last_etag) > PER_PATH_LIMIT:
+                self._forget_closed_paths(path)
             # readers of an older version share the kernel's page cache of this inode: filling it
             # with the new version would feed them new bytes, so this reader bypasses it, and the
             # next open (None != ETag) drops what is cached
@@ -346,6 +349,16 @@ class FileSystem:
                 self.prefetcher.opened(path, listing, self.cache.block_size)
                 handle.prefetch_counted = True
         return self._new_handle(handle), keep and not direct
+
+    def _forget_closed_paths(self, opening: str) -> None:
+        """Per-path records (open counts, the version the kernel may cache) of every name ever
+        opened grew for the daemon's life (about 380 bytes per name: new checkpoint and log
+        names, regenerated datasets). Paths without open handles lose theirs: their next open
+        drops the kernel's pages and reads from the block cache, nothing worse. Called with
+        the lock held."""
+        busy = {h.path for h in self._handles.values()} | {opening}
+        self._open_seq = {p: n for p, n in self._open_seq.items() if p in busy}
+        self._last_etag = {p: e for p, e in self._last_etag.items() if p in busy}
 
     def _new_reader(self, path: str, mount: Mount, key: str, attr: Attr, source: "Source",
                     drop_old: bool) -> HandleReader:
@@ -724,6 +737,8 @@ class FileSystem:
         with self._lock:
             # the kernel's pages for this file hold what was just uploaded
             self._last_etag[path] = attr.etag
+            if len(self._last_etag) > PER_PATH_LIMIT:
+                self._forget_closed_paths(path)
 
     def forget_name(self, path: str) -> None:
         """A name removed while open: its metadata goes, its cached blocks stay for the open

@@ -771,19 +771,26 @@ class Writes:
     def close(self) -> None:
         self._stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
-        left = []
+        pending, still_open = [], []
         for st in self.all_staged():
             if st.opens > 0 and st.dirty:
                 st.save()
             if st.dirty and not st.deleted:
-                left.append(st)
+                (still_open if st.opens > 0 else pending).append(st)
             st.close_fd()
-        if left:
-            # a stop signal or an unmount with files still open or not uploaded: say so (which
-            # also keeps the log), or the data would sit in the staging directory unmentioned
-            log.warning("stopping with %d file(s) not in the store (%s%s); kept in %s, uploaded when "
-                        "this mount point is mounted again", len(left), ", ".join(st.path for st in left[:5]),
-                        ", ..." if len(left) > 5 else "", self.staging_dir)
+
+        def names(files):
+            return ", ".join(st.path for st in files[:5]) + (", ..." if len(files) > 5 else "")
+        # a stop signal or an unmount with files still open or not uploaded: say so (which
+        # also keeps the log), or the data would sit in the staging directory unmentioned
+        if pending:
+            log.warning("stopping with %d closed file(s) not in the store (%s); kept in %s, uploaded when "
+                        "this mount point is mounted again", len(pending), names(pending), self.staging_dir)
+        if still_open:
+            # possibly half-written: an upload could replace a good object with a torn one
+            log.warning("stopping with %d file(s) still open for writing (%s); their data is kept in %s "
+                        "and not uploaded (copy it back yourself if it is complete)", len(still_open),
+                        names(still_open), self.staging_dir)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
