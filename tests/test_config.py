@@ -200,6 +200,29 @@ def test_config_check_shows_client_for_s3_mounts_only(tmp_path):
     assert "client" not in shown[0] and shown[1]["client"] == "auto", shown
 
 
+def test_yaml_merge_keys_override_and_x_keys_hold_anchors():
+    # a written key next to `<<: *base` was "duplicate key"; an anchor had nowhere to live
+    from unifs.config import parse_table
+
+    t = parse_table("x-base: &b\n  url: memory://x\n  read_only: true\nmounts:\n  - <<: *b\n    path: /a\n"
+                    "  - {<<: *b, path: /b, read_only: false}\n")
+    assert [(m.path, m.url, m.read_only) for m in t.mounts] == [("/a", "memory://x", True),
+                                                                ("/b", "memory://x", False)]
+    with pytest.raises(Exception, match="duplicate key 'path'"):
+        parse_table("mounts:\n  - path: /a\n    path: /b\n    url: memory://x\n")
+
+
+def test_docs_example_with_anchors_validates():
+    import re
+
+    from unifs.config import parse_table
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "config.md")).read()
+    example = re.search(r"```yaml\n(x-s3:.*?)```", text, re.S).group(1)
+    t = parse_table(example, env={"S3_KEY": "k", "S3_SECRET": "s"})
+    assert [m.path for m in t.mounts] == ["/train", "/ckpt"] and t.mounts[1].options["key"] == "k"
+
+
 def test_a_misspelled_s3_option_is_named_with_its_line(tmp_path):
     cfg = tmp_path / "m.yaml"
     cfg.write_text("mounts:\n  - path: /d\n    url: s3://bucket/x\n    options:\n      key: k\n      other: 1\n")

@@ -49,18 +49,27 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader, node):
+    # keys written in this mapping, as opposed to those a merge (`<<: *base`) brings in: a
+    # written key overrides a merged one (YAML's merge rule); written twice, it is a mistake
+    own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)
     result = _LineDict()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
+    written = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if isinstance(key, (list, dict)):
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain name, not a list or mapping", key_node.start_mark)
-        if key in result:
+        mine = id(key_node) in own
+        if key in result and (not mine or key in written):
+            if not mine:
+                continue  # merged twice: the first merge wins
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
+        if mine:
+            written.add(key)
         value = loader.construct_object(value_node, deep=True)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and \
                 isinstance(value_node, yaml.ScalarNode) and (key in _TEXT_OPTIONS or is_secret_key(str(key))):
@@ -808,6 +817,8 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: top level must be a mapping with a 'mounts:' list"])
 
+    for k in [k for k in raw if isinstance(k, str) and k.startswith("x-")]:
+        del raw[k]  # a place for YAML anchors shared by mounts (as in docker compose files)
     if _expanded_size(raw, {}) > MAX_VALUES:
         raise ConfigError([f"{source}: more than {MAX_VALUES} values once YAML aliases are expanded; "
                            "a mount table needs far fewer (an alias bomb?)"])
