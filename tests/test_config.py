@@ -170,6 +170,13 @@ def test_url_secrets_never_printed(tmp_path):
     assert "PW_SECRET_1" not in res.stderr and "SIG_SECRET_2" not in res.stderr
 
 
+def test_s3_and_gcs_prefixes_may_hold_question_marks_and_hashes():
+    from unifs.config import parse_table
+
+    t = parse_table("mounts:\n  - {path: /a, url: 's3://data/run#3'}\n  - {path: /b, url: 'gs://data/q?a/b'}\n")
+    assert [m.url for m in t.mounts] == ["s3://data/run#3", "gs://data/q?a/b"]
+
+
 def test_credentials_in_an_s3_or_gs_url_are_refused_without_being_printed(tmp_path):
     # "bucket name 'AKIA:SECRETURL@bucket' has ':' in it" printed the password
     cfg = tmp_path / "m.yaml"
@@ -281,7 +288,7 @@ MORE_BAD = [
      ["read.kernel_read_ahead", "at most 256MiB"]),
     ("dot-dot in a prefix", "mounts:\n  - path: /a\n    url: s3://data/../data\n", ["bad.yaml:3:", "url", "'..'"]),
     ("empty part in a prefix", "mounts:\n  - path: /a\n    url: gs://data//x\n", ["bad.yaml:3:", "url", "empty"]),
-    ("query in a url", "mounts:\n  - path: /a\n    url: s3://data/dir?x=1\n", ["bad.yaml:3:", "url", "query"]),
+    ("query in an azure url", "mounts:\n  - path: /a\n    url: az://data/dir?x=1\n", ["bad.yaml:3:", "url", "query"]),
     ("fragment in a url", "mounts:\n  - path: /a\n    url: abfs://c/dir#f\n", ["bad.yaml:3:", "url", "fragment"]),
     ("empty gcs token", "mounts:\n  - path: /a\n    url: gs://b\n    options: {token: ''}\n",
      ["mounts[0] (/a)", "options.token is empty"]),

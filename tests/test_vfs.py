@@ -173,6 +173,20 @@ def test_a_late_request_behind_the_reader_keeps_the_read_ahead():
     assert fetched <= len(blob.data) + (1 << 20), fetched  # the late MiB once more, nothing else
 
 
+def test_a_file_read_footer_first_then_from_the_start_gets_read_ahead():
+    # parquet, zip, HDF5: the footer, then the file from its start; the start lay within the
+    # late-read distance behind the footer, and every read became an exact GET of its own
+    blob = _Blob(12 << 20)
+    with ThreadPoolExecutor(8) as pool:
+        r = _reader(blob, ReadBudget(256 << 20), pool)
+        size = len(blob.data)
+        assert r.read(size - (64 << 10), 64 << 10) == blob.data[-(64 << 10):]
+        for off in range(0, size, 128 << 10):
+            assert r.read(off, 128 << 10) == blob.data[off:off + (128 << 10)]
+        r.close()
+    assert len(blob.calls) <= 8, blob.calls  # the footer, then a growing window (was 1 + 96)
+
+
 def test_small_object_is_one_get():
     blob = _Blob(100_000)
     with ThreadPoolExecutor(2) as pool:

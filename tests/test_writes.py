@@ -587,3 +587,21 @@ def test_a_file_replaced_while_a_reader_has_it_open_never_goes_missing(rw, seawe
         t.join(60)
     assert opened and not missing, (len(missing), len(opened))
     assert (root / "ckpt").read_bytes() == _store_bytes(seaweed, f"{prefix}/ckpt")
+
+
+def test_truncate_by_path_while_a_writer_has_the_file_open_waits_for_its_close(rw, seaweed):
+    # truncate(2) of a file another descriptor is writing must not upload half of the new
+    # version over the stored one; the writer's close does
+    root, prefix = rw
+    (root / "model.ckpt").write_bytes(b"GOOD" * 1000)
+    with open(root / "model.ckpt", "r+b") as w:
+        w.write(b"half")
+        w.flush()
+        os.truncate(root / "model.ckpt", 2000)
+        assert _store_bytes(seaweed, f"{prefix}/model.ckpt") == b"GOOD" * 1000
+        w.seek(0)
+        w.write(b"done")
+    assert _store_bytes(seaweed, f"{prefix}/model.ckpt") == b"done" + b"GOOD" * 499
+    # with nobody else writing, truncate(2) is a change of its own, uploaded at once
+    os.truncate(root / "model.ckpt", 4)
+    assert _store_bytes(seaweed, f"{prefix}/model.ckpt") == b"done"

@@ -182,8 +182,8 @@ def status(as_json):
             click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}"
                        f"  local copy: {p['data']}{err}")
         if r["state"] == "unmounted":
-            click.echo("  not mounted: mounting it again with its mount table uploads the pending files; "
-                       "orphaned and failed ones stay until you delete them")
+            click.echo("  not mounted: mounting it again with a mount table that maps these paths uploads "
+                       "the pending and stranded files; orphaned and failed ones stay until you delete them")
         elif r["state"] == "stale":
             click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
         elif r["state"] == "hung":

@@ -470,9 +470,10 @@ def check_url(url: str) -> str:
         raise ValueError("has credentials in it (user:password@); put them under options: "
                          "(key and secret for s3, token for gs)")
     if scheme in _BUCKET_SCHEMES:
-        if "?" in rest or "#" in rest:
-            raise ValueError(f"has {'?' if '?' in rest else '#'!r} in it: store URLs take no query or fragment "
-                             "(put settings under options:)")
+        if ("?" in rest or "#" in rest) and scheme in _AZURE:
+            # adlfs parses a path as a URL (S3 and GCS keys may hold both characters)
+            raise ValueError(f"has {'?' if '?' in rest else '#'!r} in it, which the Azure client reads as a "
+                             "URL query or fragment (put settings under options:)")
         prefix = rest.split("/", 1)[1].rstrip("/") if "/" in rest else ""
         bad_seg = next((p for p in prefix.split("/") if p in ("", ".", "..")), None) if prefix else None
         if bad_seg is not None:

@@ -565,7 +565,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     left = pending_files(staging, daemon_dead=gone) if staging else []
     if left:
         report += (f"; {len(left)} file(s) not in the store are kept in {staging} "
-                   "(pending ones upload on the next mount of this mount point)")
+                   "(pending ones upload at the next mount of this mount point whose table still maps them)")
     return report
 
 

@@ -147,7 +147,11 @@ def test_a_url_naming_an_object_fails_the_mount(mounter, _providers, tmp_path, k
         message = res.stderr
     assert "mount /d" in message and "not a directory" in message, message
     assert kind == "file" or "names an object" in message, message
-    # a prefix that is not there yet, or holds objects, still mounts
+    # a prefix that is not there yet, or holds objects, or is an empty object (a folder of
+    # old s3fs-fuse), still mounts
     p.make_root("conf/not-there-yet")
+    if kind != "file":
+        p.put_many({"confobj/old-folder": b""})  # not under conf/: other tests list that
+        mounter.mount([p.entry("/d", "confobj/old-folder", **extra)], inprocess=p.inprocess)
     mounter.mount([p.entry("/d", "conf/not-there-yet", **extra)], inprocess=p.inprocess)
     mounter.mount([p.entry("/d", "conf/shards", **extra)], inprocess=p.inprocess)

@@ -306,7 +306,7 @@ class FsspecStore:
             info = self._call(f"stat {self.url}", self.fs.info, self.root)
         except ObjectNotFound:
             return
-        if info.get("type") == "file":
+        if info.get("type") == "file" and info.get("size"):  # zero bytes: an old tool's folder
             raise object_root_error(info.get("size"))
 
     def _probe_endpoint(self) -> None:

@@ -186,7 +186,8 @@ class ObstoreS3Store:
                 meta = self._call(f"stat {self.url}", obstore.head, self._bucket_store(), self.prefix)
             except ObjectNotFound:
                 return
-            raise object_root_error(meta["size"])
+            if meta["size"]:  # zero bytes: a folder object of an old tool (s3fs-fuse), fine
+                raise object_root_error(meta["size"])
 
     @_s3fs_for_unparseable_keys
     def head(self, key: str) -> Optional[ObjectInfo]:

@@ -89,7 +89,10 @@ class HandleReader:
         with self._lock:
             self._recent_failure(offset, end)
             sequential = abs(offset - self.next_offset) <= self.first_request or self._covered(offset)
-            straggler = not sequential and self.next_offset - STRAGGLER_BYTES <= offset < self.next_offset
+            # only while read-ahead is in flight: a file read footer first (parquet, zip) and
+            # then from its start is a seek, whose stream must get read-ahead of its own
+            straggler = not sequential and self.next_offset - STRAGGLER_BYTES <= offset < self.next_offset \
+                and any(seg.budgeted for seg in self.segments)
             if not sequential and not straggler:
                 self._drop_all()
                 self.window = self.first_request

@@ -38,7 +38,7 @@ MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
 NAME_MAX = 255
 # libfuse renames a file that is unlinked (or renamed over) while open to this name and
 # unlinks that at the last close
-HIDE_GRACE_S = 0.1  # see Writes.settle_hidden
+HIDE_GRACE_S = 0.05  # see Writes.settle_hidden
 _HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse: node id and counter, 8 hex digits each
 
 
@@ -346,10 +346,10 @@ class Writes:
             self.fs.forget_in_kernel([st.path])
 
     def _discard(self, st: StagedFile) -> None:
-        with self._lock:
+        with self._lock:  # removed before anyone can find it gone from _staged (see rename)
             if self._staged.get(st.path) is st:
                 del self._staged[st.path]
-        st.remove()
+            st.remove()
 
     def _upload(self, st: StagedFile, write_back: bool = False) -> None:
         with st.upload_lock:
@@ -478,7 +478,10 @@ class Writes:
         st = self.open(path, truncate=False)
         try:
             st.truncate(length)
-            self.flush(st)
+            if st.opens == 1:
+                # a change of its own; while a writer has the file open, its close uploads
+                # (never half of a new version over the stored one)
+                self.flush(st)
         finally:
             self.release(st)
 
