@@ -496,6 +496,17 @@ def test_a_directory_rename_the_store_breaks_off_shows_both_halves_at_once(mount
             assert (root / "dst" / name).read_bytes() == name[1:].encode()
 
 
+def _run_for(seconds, stop, targets):
+    """Run each target in a thread of its own until `stop` is set, `seconds` from now."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    threading.Event().wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+
+
 def test_calls_racing_the_close_of_a_written_file_see_no_closed_descriptor(rw, seaweed):
     # the kernel's RELEASE comes after close() returns: a truncate, listing, open or rename of
     # the same name then found the staged copy half-discarded (its descriptor closed): EBADF,
@@ -537,13 +548,7 @@ def test_calls_racing_the_close_of_a_written_file_see_no_closed_descriptor(rw, s
             except OSError as e:
                 errors.append(("listing", e.errno))
 
-    threads = [threading.Thread(target=churn)] + [threading.Thread(target=lister) for _ in range(2)]
-    for t in threads:
-        t.start()
-    threading.Event().wait(4)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    _run_for(4, stop, [churn, lister, lister])
     assert not errors, errors[:5]
     for n in ("final0", "final1"):  # what the mount shows is what the store holds
         assert sha256((root / "d" / n).read_bytes()) == sha256(_store_bytes(seaweed, f"{prefix}/d/{n}"))
@@ -578,13 +583,7 @@ def test_a_file_replaced_while_a_reader_has_it_open_never_goes_missing(rw, seawe
             os.close(fd)
             opened.append(1)
 
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    threading.Event().wait(5)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    _run_for(5, stop, [writer, reader, reader, reader])
     assert opened and not missing, (len(missing), len(opened))
     assert (root / "ckpt").read_bytes() == _store_bytes(seaweed, f"{prefix}/ckpt")
 
