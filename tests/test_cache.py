@@ -48,7 +48,10 @@ def block_files(directory):
 
 
 def dir_bytes(directory):
-    return sum(p.stat().st_size for p in directory.iterdir())
+    """Bytes of the blocks in a disk tier's directory (its lock file names the daemon's pid)."""
+    from unifs.cache.disk import LOCK_NAME
+
+    return sum(p.stat().st_size for p in directory.iterdir() if p.name != LOCK_NAME)
 
 
 # ---------------------------------------------------------------------------- RAM tier
