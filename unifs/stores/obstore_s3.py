@@ -135,10 +135,11 @@ class ObstoreS3Store:
                           "allow_http": endpoint.startswith("http://"),
                           "pool_max_idle_per_host": "64"}
         self.prefix = prefix
-        self._client_config = (client_options, config)
-        self.store = S3Store(bucket, prefix=prefix or None, client_options=client_options,
-                             retry_config={"max_retries": 0, "retry_timeout": _dt.timedelta(seconds=timeout)},
-                             virtual_hosted_style_request=False, **config)
+        # what the reading client is made of, less its prefix (see _bucket_store)
+        self._read_args = dict(client_options=client_options, virtual_hosted_style_request=False,
+                               retry_config={"max_retries": 0, "retry_timeout": _dt.timedelta(seconds=timeout)},
+                               **config)
+        self.store = S3Store(bucket, prefix=prefix or None, **self._read_args)
         # Uploads retry each request (a part, the create or complete call) in the client: one
         # failed part of a multipart upload is sent again instead of the whole file, which
         # unifs' own loop around put() would do. retry_timeout is per request.
@@ -154,10 +155,8 @@ class ObstoreS3Store:
         self.connect_timeout = connect_timeout
 
     def _bucket_store(self):
-        client_options, config = self._client_config
-        return S3Store(self.bucket, client_options=client_options, virtual_hosted_style_request=False,
-                       retry_config={"max_retries": 0, "retry_timeout": _dt.timedelta(seconds=self.timeout)},
-                       **config)
+        """The reading client without the prefix: it can name the prefix itself (check)."""
+        return S3Store(self.bucket, **self._read_args)
 
     def _call(self, what, fn, *args, **kwargs):
         return call_store(self.retries, what, fn, *args, **kwargs)
