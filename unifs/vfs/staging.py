@@ -234,15 +234,9 @@ class StagingArea:
                # the store holds exactly the data file (uploaded, unchanged since): a daemon that
                # stops before the file's release leaves nothing to recover
                "clean": not st.dirty and st.base is None and not st.deleted}
-        tmp = st.meta_path + ".tmp"
         text = json.dumps(doc)
-
-        def write():
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                f.write(text)
-            os.replace(tmp, st.meta_path)
         try:
-            self.with_room(len(text), write)
+            self.with_room(len(text), _replace_file, st.meta_path, text)
             # only once written: a sidecar still saying "clean" on disk must be rewritten at
             # the next change, or a recovery would drop bytes the store does not have
             st.recorded_clean = doc["clean"]
@@ -269,8 +263,7 @@ class StagingArea:
                 doc["state"] = OPEN  # kept as orphaned below, never uploaded
             if doc.get("state") == OPEN:
                 doc["state"] = ORPHANED
-                with open(os.path.join(self.directory, sid + ".json"), "w") as f:
-                    json.dump(doc, f)
+                _replace_file(os.path.join(self.directory, sid + ".json"), json.dumps(doc))
                 log.warning("%s was still open for writing when the daemon stopped; its data is kept at "
                             "%s and not uploaded (copy it back yourself if it is complete)",
                             doc.get("path"), doc.get("data"))
@@ -284,17 +277,22 @@ class StagingArea:
         """Mark a pending file whose destination left the mount table (see STRANDED)."""
         if doc.get("state") == STRANDED:
             return
-        doc = {**doc, "state": STRANDED}
-        tmp = os.path.join(self.directory, sid + ".json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, os.path.join(self.directory, sid + ".json"))
+        _replace_file(os.path.join(self.directory, sid + ".json"), json.dumps({**doc, "state": STRANDED}))
 
     def adopt(self, doc: dict, sid: str) -> StagedFile:
         """A pending file from an earlier daemon, to be uploaded again."""
         st = StagedFile(self, sid, doc["path"], doc["mount"], doc["key"], doc["url"], gen=1)
         st.error = doc.get("error")
         return st
+
+
+def _replace_file(path: str, text: str) -> None:
+    """path holds text, whole or not at all (a sidecar read during a crash or a concurrent
+    `unifs status` is the old one or the new one); 0600 like the data it describes."""
+    tmp = path + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:
