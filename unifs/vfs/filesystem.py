@@ -186,7 +186,13 @@ class FileSystem:
                 attr = None
         except StoreError as e:
             raise self.store_error(e, path) from None
+        before = self.meta.previous(path)
         self.meta.put(path, attr, mount.ttl, since)
+        if _differs(before, attr):
+            # whoever asked (an open, or a reader re-pinning after a prefetch found the object
+            # replaced), the kernel may still hold the old size: the next open must not fill
+            # its page cache cut to it
+            self._kernel_may_hold([path], mount.ttl)
         self._note_versions({path: attr})
         return attr
 
