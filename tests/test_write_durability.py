@@ -347,6 +347,9 @@ def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_
     # "open" in its sidecar: the next mount reported it as not uploaded, and kept it forever
     mp = tmp_path / "mnt-clean"
     cfg = _mount_bg(mounter, flaky, mp)
+    # asked before the writes: a `unifs status` between the last write and the kill took over
+    # a second on a loaded machine, and the write-back (1 s quiet) then rightly uploaded it
+    pid = _status(mp)["pid"]
     try:
         done, changed = os.urandom(200_000), os.urandom(1000)
         fd_done = os.open(mp / "c/done.bin", os.O_WRONLY | os.O_CREAT)
@@ -356,7 +359,6 @@ def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_
         os.write(fd_changed, changed)
         os.fsync(fd_changed)
         os.write(fd_changed, b"more")  # not in the store: must be kept
-        pid = _status(mp)["pid"]
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
         for fd in (fd_done, fd_changed):
