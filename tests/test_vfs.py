@@ -455,6 +455,13 @@ def test_any_fresh_lookup_that_finds_a_file_changed_makes_the_next_open_bypass_t
         assert fs._handles[fh].direct and not keep
         assert fs.read(fh, 100, 0) == b"a longer top"
         fs.release(fh)
+        # a lookup the kernel asked for gives it the new size itself: no direct_io for the next
+        # open (it refuses a shared mmap, and the kernel's invalidation may come after the open)
+        _f.filesystem("memory").pipe(f"{memfs}/top.txt", b"longer still, top")
+        fs.meta.expire("/m/top.txt")
+        fs._stale_kernel.clear()
+        assert fs.getattr("/m/top.txt", for_kernel=True).size == 17
+        assert not fs._kernel_stale("/m/top.txt")
     finally:
         fs.close()
 

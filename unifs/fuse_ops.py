@@ -112,7 +112,7 @@ class FuseOps(fuse.Operations):
     def getattr(self, path, fh=None):
         if path is None or fh is not None:  # fstat(); path None: a file unlinked while open
             return self.fs.handle_attr(fh.fh).to_stat(self.uid, self.gid)
-        return self.fs.getattr(path).to_stat(self.uid, self.gid)
+        return self.fs.getattr(path, for_kernel=True).to_stat(self.uid, self.gid)
 
     @_errno_guard
     def readdir(self, path, fh):

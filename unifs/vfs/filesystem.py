@@ -119,7 +119,9 @@ class FileSystem:
             self.writes.start()
 
     # -- lookups -------------------------------------------------------------
-    def getattr(self, path: str) -> Attr:
+    def getattr(self, path: str, for_kernel: bool = False) -> Attr:
+        """for_kernel: the answer goes to the kernel (LOOKUP, GETATTR), which then holds the
+        new size itself: nothing to flag (see _lookup)."""
         mount, key = self.ns.resolve(path)
         if mount is None:
             if self.ns.is_virtual_dir(path):
@@ -147,7 +149,7 @@ class FileSystem:
             if failed is not None and failed[0] > time.monotonic():
                 raise _err(failed[1], path, failed[2])
         try:
-            attr = self._flights.do(("stat", path), lambda: self._lookup(path, mount, key))
+            attr = self._flights.do(("stat", path), lambda: self._lookup(path, mount, key, not for_kernel))
         except OSError as e:
             if e.errno in (errno.EIO, errno.ETIMEDOUT):
                 # the kernel follows a failed revalidation of a name it knew with a fresh lookup
@@ -162,7 +164,7 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         return attr
 
-    def _lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
+    def _lookup(self, path: str, mount: Mount, key: str, flag_change: bool = True) -> Optional[Attr]:
         """A name that is both an object and a prefix ("a" and "a/b") is a directory, as in a
         listing: so the keys below it are asked for too, at the same time as the object
         (asked only when there was no object, the answer depended on whether the parent had
@@ -186,12 +188,13 @@ class FileSystem:
                 attr = None
         except StoreError as e:
             raise self.store_error(e, path) from None
-        before = self.meta.previous(path)
+        before = self.meta.previous(path) if flag_change else None
         self.meta.put(path, attr, mount.ttl, since)
         if _differs(before, attr):
-            # whoever asked (an open, or a reader re-pinning after a prefetch found the object
-            # replaced), the kernel may still hold the old size: the next open must not fill
-            # its page cache cut to it
+            # an answer the kernel does not get (an open's, a reader's re-pin after a prefetch
+            # found the object replaced) leaves it holding the old size, and the next open,
+            # finding the daemon's entry fresh, would fill the page cache cut to it. An answer
+            # the kernel gets flags nothing: direct_io would refuse a shared mmap of the file
             self._kernel_may_hold([path], mount.ttl)
         self._note_versions({path: attr})
         return attr
