@@ -509,6 +509,33 @@ def test_per_call_mode_and_mount_stats(tmp_path):
             cache.get_block(oid(), 0, len(data), Fetcher(data), mode="fast")
 
 
+def test_prefetch_fetches_only_blocks_no_tier_holds_and_counts_no_hits(tmp_path):
+    # a prefetch read blocks from the disk tier into a small RAM tier ahead of the reader: they
+    # pushed out blocks the reader needed, each was read from disk twice, and "from cache"
+    # counted more than twice the bytes read
+    data = blob(3 * BS)
+    with BlockCache(BS, 100 * BS, 100 * BS, tmp_path, "tiered") as cache:
+        cache.get_block(oid(), 0, len(data), Fetcher(data), mount="/a")
+        cache.flush()
+        cache.ram.clear()
+        before = cache.stats()
+        fetch = Fetcher(data)
+        assert cache.prefetch(oid(), len(data), fetch, mount="/a") == 2 * BS
+        assert sorted(fetch.calls) == [(BS, 2 * BS), (2 * BS, 3 * BS)]  # block 0 is on disk
+        after = cache.stats()
+        assert cache.ram.holds((oid(), 1)) and not cache.ram.holds((oid(), 0))
+        for tier in ("ram", "disk"):
+            assert (after[tier]["hits"], after[tier]["misses"]) == (before[tier]["hits"], before[tier]["misses"])
+        assert after["mounts"]["/a"] == {"bytes_from_store": 3 * BS, "bytes_from_cache": 0}
+        assert cache.prefetch(oid(), len(data), must_not_fetch, mount="/a") == 0
+        assert cache.get_range(oid(), 0, len(data), len(data), must_not_fetch, mount="/a") == data
+        assert cache.stats()["mounts"]["/a"] == {"bytes_from_store": 3 * BS, "bytes_from_cache": 3 * BS}
+    with BlockCache(BS, 100 * BS, 0, None, "ram") as cache:  # no disk tier
+        assert cache.prefetch(oid(), len(data), Fetcher(data)) == 3 * BS
+        assert cache.prefetch(oid(), len(data), must_not_fetch) == 0
+        assert cache.prefetch(oid(), len(data), must_not_fetch, mode="none") == 0
+
+
 def test_blocks_outside_the_object_are_refused(tmp_path):
     cache = BlockCache(BS, 100 * BS, mode="ram")
     for index, size in [(2, 2 * BS), (0, 0), (-1, BS)]:

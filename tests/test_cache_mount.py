@@ -289,6 +289,30 @@ def test_files_opened_in_listing_order_are_prefetched(mounter, objects, tmp_path
         assert s["prefetch"]["files"] == 0
 
 
+def test_a_prefetch_leaves_blocks_on_disk_where_they_are(mounter, objects, tmp_path):
+    # a warm disk tier and a small RAM tier: the prefetch read disk blocks into RAM ahead of the
+    # reader, evicted them again before it came, and each block was read from disk twice
+    mp = tmp_path / "mnt-pf-disk"
+    mp.mkdir()
+    small_ram = {"ram": "1MiB"}
+    try:
+        _mount(mounter, tmp_path, cache=small_ram, mp=mp)
+        names = sorted(os.listdir(mp / "c/imgs"))
+        want = read_all([mp / "c/imgs" / n for n in names])
+        unifs("umount", str(mp), check=True)
+
+        _mount(mounter, tmp_path, cache=small_ram, mp=mp)
+        drop_page_cache()
+        assert sorted(os.listdir(mp / "c/imgs")) == names
+        assert read_all([mp / "c/imgs" / n for n in names]) == want
+        s = stats(mp)
+        assert gets(mp) == 0
+        assert s["cache"]["disk"]["hits"] == len(names), s["cache"]
+    finally:
+        if is_mounted(mp):
+            unifs("umount", str(mp))
+
+
 def test_cache_clear_after_a_change_in_the_store_reads_the_new_version(mounter, seaweed, dataset, tmp_path):
     store = seaweed.obstore(SCRATCH)
     obstore.put(store, "cache-clear/obj.txt", b"version one")

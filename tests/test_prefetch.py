@@ -51,3 +51,15 @@ def test_many_concurrent_readers_get_no_prefetch_until_they_close():
         pf.closed(f"/d/img_{i:03d}.jpg")
     pf.opened("/d/img_030.jpg", listing, BLOCK)  # 2 open now: prefetch resumes past file 30
     assert len(scheduled) > len(before) and all(p > "/d/img_030.jpg" for p in scheduled[len(before):])
+
+
+def test_the_window_holds_no_more_bytes_ahead_than_the_cache_keeps():
+    # 3 MiB files and a 16 MiB RAM tier: a 64-file window fetched blocks that were evicted
+    # before the reader came, and fetched again
+    pf, _, scheduled = _setup()
+    listing = {f"img_{i:03d}.jpg": Attr(is_dir=False, size=3 << 20) for i in range(100)}
+    for i in range(6):
+        pf.opened(f"/d/img_{i:03d}.jpg", listing, BLOCK, room=8 << 20)
+        pf.closed(f"/d/img_{i:03d}.jpg")
+        ahead = [p for p in scheduled if p > f"/d/img_{i:03d}.jpg"]
+        assert ahead == [f"/d/img_{j:03d}.jpg" for j in (i + 1, i + 2)], (i, ahead)

@@ -247,6 +247,11 @@ class DiskTier:
         return os.path.join(self.directory,
                             _file_name(_identity(bid[0]), bid[1], self.block_size))
 
+    def holds(self, bid: BlockId) -> bool:
+        """Whether the index has the block, without reading it or counting a hit."""
+        with self._lock:
+            return not self._closed and bid in self._index
+
     def get(self, bid: BlockId) -> Optional[bytes]:
         """The block's data, or None on a miss (absent, corrupt, unreadable, closed tier)."""
         with self._lock:

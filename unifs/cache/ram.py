@@ -37,6 +37,11 @@ class RamTier:
                 self._hits += 1
             return data
 
+    def holds(self, bid: BlockId) -> bool:
+        """Whether the block is here, without counting a hit or making it recently used."""
+        with self._lock:
+            return bid in self._index
+
     def peek(self, bid: BlockId) -> Optional[bytes]:
         """Like `get` without counting a hit or miss: for a second look at the same request."""
         with self._lock:

@@ -125,10 +125,43 @@ class BlockCache:
             return pieces[0][0]  # one whole block: no copy
         return b"".join(memoryview(block)[lo:hi] for block, lo, hi in pieces)
 
+    def prefetch(self, obj: ObjectId, size: int, fetch: Fetch, mode: Optional[str] = None,
+                 mount: Optional[str] = None) -> int:
+        """Fetch the blocks of `obj` that no tier holds, for a reader expected soon; returns the
+        bytes fetched. A block on disk stays there: read into RAM ahead of the reader it pushed
+        out blocks a reader needed first, and then was read from disk twice. Neither tier
+        counts a hit or miss for it: the reader's own read does."""
+        mode = self.mode if mode is None else self._check_mode(mode)
+        if mode == "none":
+            return 0
+        fetched_bytes = 0
+        for index in range((size + self.block_size - 1) // self.block_size):
+            bid = (obj, index)
+            if self._holds(bid, mode):
+                continue
+            start = index * self.block_size
+            data, fetched = self._load_once(bid, start, min(start + self.block_size, size), fetch, mode,
+                                            count=False)
+            if fetched:
+                self._account(mount, len(data), from_store=True)
+                fetched_bytes += len(data)
+        return fetched_bytes
+
+    def _holds(self, bid: BlockId, mode: str) -> bool:
+        if mode != "disk" and self.ram.holds(bid):
+            return True
+        if mode == "ram" or self.disk is None:
+            return False
+        with self._written:
+            if bid in self._pending:
+                return True
+        return self.disk.holds(bid)
+
     def _load_once(self, bid: BlockId, start: int, end: int, fetch: Fetch,
-                   mode: str) -> Tuple[bytes, bool]:
+                   mode: str, count: bool = True) -> Tuple[bytes, bool]:
         """The block from disk or the store, fetched once however many threads ask.
-        Returns (data, whether this call fetched it from the store)."""
+        Returns (data, whether this call fetched it from the store). count: a disk miss
+        counts (a reader's; not a prefetch's)."""
         with self._lock:
             flight = self._flights.get(bid)
             leader = flight is None
@@ -137,7 +170,7 @@ class BlockCache:
         if not leader:
             return flight.result(), False
         try:
-            data = self._cached(bid, mode)
+            data = self._cached(bid, mode, count)
             fetched = data is None
             if fetched:
                 held = self.ram.reserve(end - start) if mode != "disk" else 0
@@ -191,7 +224,7 @@ class BlockCache:
         with self._written:
             self._written.wait_for(lambda: not self._pending)
 
-    def _cached(self, bid: BlockId, mode: str) -> Optional[bytes]:
+    def _cached(self, bid: BlockId, mode: str, count: bool = True) -> Optional[bytes]:
         """Second look for the flight's leader: a flight for this block may have ended
         between the caller's RAM miss and its flight starting."""
         if mode != "disk":
@@ -201,7 +234,7 @@ class BlockCache:
         if mode != "ram":
             with self._written:
                 data = self._pending.get(bid)
-            if data is None:
+            if data is None and (count or self.disk.holds(bid)):
                 data = self.disk.get(bid)
             if data is not None:
                 if mode == "tiered":

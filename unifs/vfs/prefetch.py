@@ -19,6 +19,7 @@ import posixpath
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Optional
 
 log = logging.getLogger("unifs.prefetch")
 
@@ -48,9 +49,10 @@ class Prefetcher:
         self.files = 0
         self.bytes = 0
 
-    def opened(self, path: str, listing: dict, max_size: int) -> None:
+    def opened(self, path: str, listing: dict, max_size: int, room: Optional[int] = None) -> None:
         """path was opened for reading; listing is its parent's cached listing (name -> Attr).
-        Each call is matched by one `closed(path)`."""
+        room: bytes of files the window may hold ahead of this one (the cache they land in
+        must keep them until the reader comes). Each call is matched by one `closed(path)`."""
         parent, name = posixpath.split(path)
         todo = []
         with self._lock:
@@ -74,12 +76,16 @@ class Prefetcher:
                 return
             if st.readers >= self.max_readers:
                 return  # enough readers keep the store busy; the window stays for when they go
+            ahead = 0
             for j in range(i + 1, min(len(st.names), i + 1 + st.window)):
                 n = st.names[j]
-                if n in st.scheduled:
-                    continue
                 attr = listing.get(n)
                 if attr is None or attr.size == 0 or attr.size > max_size:
+                    continue
+                ahead += attr.size
+                if room is not None and ahead > room:
+                    break
+                if n in st.scheduled:
                     continue
                 if not self.budget.try_acquire(attr.size):
                     break  # the reader catches up first; the next open schedules more
