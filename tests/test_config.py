@@ -39,6 +39,10 @@ BAD = [
      ["bad.yaml:4:", "cache.ram", "not a whole number of bytes"]),
     ("no RAM for mode ram", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 0}\n",
      ["cache.mode", "cache.ram is 0"]),
+    ("RAM tier below one block", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 1MiB, block_size: 4MiB}\n",
+     ["bad.yaml:4:", "cache.ram", "less than one block", "could keep nothing"]),
+    ("disk tier below one block", "mounts:\n  - path: /a\n    url: memory://b\n    cache: disk\n"
+     "cache: {disk: 1MiB, block_size: 4MiB}\n", ["bad.yaml:5:", "cache.disk", "less than one block"]),
     ("unclosed variable", "mounts:\n  - path: /a\n    url: s3://b\n    options: {key: '${NOPE'}\n",
      ["bad.yaml:4:", "mounts[0] (/a).options.key", "not a ${VAR}"]),
     # obstore panicked on it at the first request (a Rust backtrace and a traceback)

@@ -881,6 +881,12 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
     if ram_modes and table.cache.ram == 0:
         problems.append((ram_modes[0], "needs a RAM tier, but cache.ram is 0: give cache.ram a size "
                                        "(or use mode disk, or none)"))
+    for tier, modes in (("ram", ram_modes), ("disk", disk_modes)):
+        size = getattr(table.cache, tier)
+        if modes and 0 < size < table.cache.block_size:
+            problems.append((("cache", tier), f"{format_size(size)} is less than one block (cache.block_size "
+                                              f"{format_size(table.cache.block_size)}): the {tier.upper() if tier == 'ram' else tier} "
+                                              f"tier could keep nothing"))
     memory = physical_memory()
     if memory and table.cache.ram > memory:
         problems.append((("cache", "ram"), f"{format_size(table.cache.ram)} is more than this machine's memory "
