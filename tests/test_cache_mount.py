@@ -247,6 +247,25 @@ def test_warmup_warns_when_the_data_outgrows_the_cache(mounter, objects, tmp_pat
         res.stderr
 
 
+def test_warmup_warns_of_a_mount_with_cache_none(mounter, objects, tmp_path):
+    # a table with a block cache, one mount of it with `cache: none`: warmup read its files,
+    # cached nothing, and said "warmed" without a word
+    table = {"mounts": [mounter.s3_entry("/c", f"s3://{SCRATCH}/cache", read_only=True),
+                        mounter.s3_entry("/n", f"s3://{SCRATCH}/cache/imgs", read_only=True, cache="none")],
+             "cache": {"mode": "ram", "dir": str(tmp_path / "cache"), "ram": "64MiB", "block_size": "1MiB"}}
+    mp = mounter.mount(table.pop("mounts"), extra=table)
+    res = unifs("warmup", str(mp / "n"), str(mp / "c/imgs"), check=True)
+    assert "warmed 80 file(s)" in res.stdout, res.stdout
+    assert f"{mp}/n has cache: none: its 40 file(s) are read, but do not stay warm" in res.stderr, res.stderr
+    assert "/c" not in res.stderr.replace(str(mp), ""), res.stderr
+    os.chdir(mp)  # relative paths name the same files
+    try:
+        res = unifs("warmup", "n", check=True)
+    finally:
+        os.chdir(tmp_path)
+    assert "its 40 file(s)" in res.stderr, res.stderr
+
+
 def test_warmup_warns_first_and_stops_on_ctrl_c(mounter, seaweed, objects, tmp_path):
     # the warning came after all the reads, and Ctrl-C waited for every queued file
     import re

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -108,17 +109,35 @@ def clear(path: str) -> str:
     return f"cleared cached blocks and metadata of {path} ({mp}{inner if inner != '/' else ''})"
 
 
-def _capacity(mp: str, sock: str) -> Optional[int]:
-    """Bytes the daemon's block cache can hold (disk tier, else RAM tier); 0 with the cache off,
-    None if the daemon does not say."""
+def _warn_of_room(mp: str, sock: str, sizes: dict, warn: Callable[[str], None]) -> None:
+    """sizes: path inside the mount -> bytes. Warn of files under mp that will not stay warm: their mount has no block cache, or
+    they outgrow the tier they land in (its bound now: a full disk may have lowered it)."""
     try:
-        cache = control.request(sock, "stats", timeout=STATS_TIMEOUT_S).get("cache")
+        st = control.request(sock, "stats", timeout=STATS_TIMEOUT_S)
     except UserError:
-        return None
+        return
+    cache = st.get("cache")
     if cache is None:
-        return 0
-    tier = cache.get("disk") or cache.get("ram") or {}
-    return tier.get("limit")
+        warn(f"{mp} runs with the block cache off (cache: none): nothing stays warm")
+        return
+    modes = st.get("cache_modes") or {}
+    by_len = sorted(modes, key=len, reverse=True)
+    uncached: dict[str, int] = {}
+    per_tier = {"ram": 0, "disk": 0}
+    for inner, size in sizes.items():
+        mount = next((m for m in by_len if inner == m or inner.startswith(m.rstrip("/") + "/")), None)
+        mode = modes.get(mount)
+        if mode == "none":
+            uncached[mount] = uncached.get(mount, 0) + 1
+        elif mode is not None:
+            per_tier["ram" if mode == "ram" else "disk"] += size
+    for mount, n in sorted(uncached.items()):
+        warn(f"{mp}{mount} has cache: none: its {n} file(s) are read, but do not stay warm")
+    for tier, total in per_tier.items():
+        limit = (cache.get(tier) or {}).get("limit")
+        if total and limit is not None and total > limit:
+            warn(f"{format_size(total)} to warm, but the {tier} tier of {mp} holds {format_size(limit)}: "
+                 f"the first files are evicted again (raise cache.{tier})")
 
 
 def warmup(paths: list[str], threads: int = 16, progress: bool = True,
@@ -133,11 +152,12 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True,
     files: list[str] = []
     errors: list[str] = []
     daemons: dict[str, str] = {}
+    where: dict[str, tuple[str, str]] = {}  # file -> (mountpoint, path inside the mount)
 
     def failed(e: OSError) -> None:
         errors.append(f"{e.filename}: {e.strerror}")
     for p in paths:
-        mp, sock, _ = locate(p)  # a clear error for a path outside any unifs mount
+        mp, sock, inner = locate(p)  # a clear error for a path outside any unifs mount
         if mp not in daemons and mountinfo.probe(mp) == "hung":  # its reads would never return
             raise UserError(f"the daemon of {mp} does not answer; see 'unifs status'")
         daemons[mp] = sock
@@ -149,9 +169,13 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True,
             raise UserError(f"{p}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             for d, _, names in os.walk(p, onerror=failed):
-                files.extend(os.path.join(d, n) for n in names)
+                for n in names:
+                    f = os.path.join(d, n)
+                    files.append(f)
+                    where[f] = (mp, posixpath.join(inner, os.path.relpath(f, p)))
         else:
             files.append(p)
+            where[p] = (mp, inner)
     sizes = {}
     for f in files:
         try:
@@ -160,13 +184,10 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True,
             failed(e)
     total = sum(sizes.values())
     for mp, sock in daemons.items():
-        cap = _capacity(mp, sock)
-        if cap == 0:
-            warn(f"{mp} runs with the block cache off (cache: none): nothing stays warm")
-        elif cap is not None and total > cap:
-            warn(f"{format_size(total)} to warm, but the cache of {mp} holds {format_size(cap)}: "
-                 "the first files are evicted again (raise cache.disk or cache.ram)")
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"warming {len(sizes)} files", disable=not progress)
+        _warn_of_room(mp, sock, {where[f][1]: n for f, n in sizes.items() if where[f][0] == mp}, warn)
+    # binary units, as in the summary line ("iB" after tqdm's M, G: MiB, GiB)
+    bar = tqdm(total=total, unit="iB", unit_scale=True, unit_divisor=1024, desc=f"warming {len(sizes)} files",
+               disable=not progress)
     stop = threading.Event()
 
     def read(f):

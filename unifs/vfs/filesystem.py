@@ -707,7 +707,8 @@ class FileSystem:
                "readahead": {"used": self.budget.used, "peak": self.budget.peak, "limit": self.budget.limit},
                "prefetch": {"files": self.prefetcher.files, "bytes": self.prefetcher.bytes},
                "open_handles": self.open_handles(),
-               "staged_files": len(self.writes.all_staged())}
+               "staged_files": len(self.writes.all_staged()),
+               "cache_modes": {m.path: self.mount_cache_mode(m) for m in self.ns.mounts}}
         if self.cache is not None:
             out["cache"] = self.cache.stats()
         return out
