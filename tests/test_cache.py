@@ -604,3 +604,24 @@ def test_a_bound_lowered_by_a_full_disk_comes_back_when_there_is_room(tmp_path, 
     disk.put((oid(), 3), blob(BS, 3))
     assert disk.limit == low  # no room: the bound stays down
     disk.close()
+
+
+def test_a_bound_above_the_free_space_starts_within_it(tmp_path, monkeypatch, caplog):
+    # cache.disk 100 MiB on a 24 MiB file system: found out only by ENOSPC mid-read, after
+    # which parallel block writes each lowered the bound again, down to a few hundred bytes
+    import unifs.cache.disk as disk_mod
+
+    class Small:
+        f_bavail, f_frsize, f_blocks = 100 * BS // 4096, 4096, 200 * BS // 4096
+    monkeypatch.setattr(disk_mod.os, "statvfs", lambda p: Small)
+    disk = DiskTier(tmp_path, 1000 * BS, BS)
+    try:
+        # 100 blocks free, less a reserve of 5% of the file system (10 blocks)
+        assert disk.limit == 90 * BS and disk.configured_limit == 1000 * BS
+        assert "has room for" in caplog.text
+        assert disk.stats()["limit"] == 90 * BS  # what `cache stats` and warmup see
+    finally:
+        disk.close()
+    big = DiskTier(tmp_path, 50 * BS, BS)  # fits: untouched
+    assert big.limit == 50 * BS
+    big.close()

@@ -63,6 +63,7 @@ from unifs import pidlock
 from unifs.cache.lru import LruIndex
 from unifs.errors import UserError
 from unifs.privdir import private_directory
+from unifs.units import format_size
 
 log = logging.getLogger("unifs.cache")
 
@@ -198,6 +199,27 @@ class DiskTier:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        self._fit_to_file_system()
+
+    def _fit_to_file_system(self) -> None:
+        """A bound the file system cannot hold was only found out by a full disk, mid-read, and
+        blocks written in parallel then each lowered it again (a 100 MiB bound on a 24 MiB file
+        system ended at 226 bytes): start within what it has free, keeping REGROW_RESERVE for
+        other writers; _maybe_regrow raises it once there is more room."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        reserve = max(2 * self.block_size, int(st.f_blocks * st.f_frsize * REGROW_RESERVE))
+        room = self._index.bytes + max(0, free - reserve)
+        if room >= self.limit:
+            return
+        self.limit = room
+        self._next_regrow = time.monotonic() + REGROW_EVERY_S
+        log.warning("cache.disk is %s, but the file system of %s has room for %s of cache (keeping %s free): "
+                    "the disk tier holds at most that until there is more room", format_size(self.configured_limit),
+                    self.directory, format_size(room), format_size(reserve))
 
     # ------------------------------------------------------------------ startup
 
