@@ -110,6 +110,9 @@ def mount(mountpoint, config, foreground, options, log_level, log_file, status_f
         if log_file:
             daemon.check_log_file(log_file)
         if status_fd is None:
+            cleaned = daemon.clean_stale_mount(mp)
+            if cleaned:
+                click.echo(f"unifs: {cleaned}", err=True)
             mountinfo.check_mountpoint(mp, nonempty=bool(opts.get("nonempty")))
             mountinfo.check_dev_fuse()
     except UserError as e:

@@ -504,6 +504,17 @@ def wait_for_uploads(staging: str, progress: bool = True, poll: float = 0.5) -> 
         bar.close()
 
 
+def clean_stale_mount(mountpoint: str) -> Optional[str]:
+    """A unifs mount whose daemon died (a crash, an OOM kill) serves nothing but ENOTCONN:
+    unmount it as `unifs umount` would, so that a restart (of a container, of a unit) mounts
+    again instead of failing on it every time. Its files not in the store stay in the staging
+    directory, for this mount to upload. Returns the report, or None if there was none."""
+    live = mountinfo.find_mount(mountpoint)
+    if live is None or live.fstype != mountinfo.FSTYPE or mountinfo.probe(mountpoint) != "stale":
+        return None
+    return unmount(mountpoint)
+
+
 def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: bool = False,
             progress: bool = True) -> str:
     """Unmount; handles a dead daemon's stale mount. Returns a one-line report.
