@@ -83,6 +83,8 @@ def test_killed_daemon_leaves_stale_mount_that_umount_cleans(mounter, dataset, t
                if r["mountpoint"] == str(mp))
     os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: not pid_alive(pid))
+    res = unifs("cache", "stats", str(mp / "data"))
+    assert res.returncode == 1 and f"is on the stale mount {mp} of a dead daemon" in res.stderr, res.stderr
     res = unifs("mount", str(mp), "--config", str(cfg))
     assert res.returncode == 0, res.stderr
     assert f"unmounted {mp} (stale mount of a dead daemon)" in res.stderr, res.stderr

@@ -38,6 +38,12 @@ def locate(path: str) -> tuple[str, str, str]:
     for mp in sorted(daemons, key=len, reverse=True):
         if real == mp or real.startswith(mp.rstrip("/") + "/"):
             return mp, daemons[mp], "/" if real == mp else "/" + os.path.relpath(real, mp)
+    for live in mountinfo.mounted():
+        mp = live.mountpoint
+        if live.fstype == mountinfo.FSTYPE and (real == mp or real.startswith(mp.rstrip("/") + "/")) \
+                and mountinfo.probe(mp) == "stale":
+            raise UserError(f"{path} is on the stale mount {mp} of a dead daemon: 'unifs mount' it again "
+                            f"(or 'unifs umount {mp}')")
     raise UserError(f"{path} is not inside a live unifs mount (see 'unifs status')")
 
 
