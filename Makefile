@@ -11,7 +11,12 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $@
 
-demo: setup
+# the demo needs FUSE and the S3 server only, not the test suite's frameworks (GBs of them)
+$(VENV)/.demo-installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV) demo
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) -m unifs demo
 
 test: setup
