@@ -433,6 +433,24 @@ class WriteSettings(BaseModel):
         return _positive_duration(v)
 
 
+class MetricsSettings(BaseModel):
+    """A Prometheus endpoint of the daemon (unifs/metrics.py); off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: Optional[str] = None  # HOST:PORT, or PORT on 127.0.0.1
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, v):
+        if v is None:
+            return None
+        from unifs.metrics import parse_listen
+
+        parse_listen(v)
+        return str(v).strip()
+
+
 class MountTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -441,6 +459,7 @@ class MountTable(BaseModel):
     read: ReadSettings = Field(default_factory=ReadSettings)
     write: WriteSettings = Field(default_factory=WriteSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 # ---------------------------------------------------------------------------

@@ -272,6 +272,16 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             "stats": lambda req: fs.stats(),
             "clear": lambda req: {"mounts": fs.clear_cache(req.get("path") or "/")},
         }).start()
+        metrics_server = None
+        if table.metrics.listen:
+            from unifs import metrics
+
+            try:
+                metrics_server = metrics.serve(table.metrics.listen, fs.stats)
+            except BaseException:
+                control.stop()
+                raise
+            log.info("metrics at http://%s/metrics", table.metrics.listen)
     except BaseException:
         starting.release()  # a failed mount (store refused, bad directory) leaves no lock file
         raise
@@ -320,6 +330,8 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         starting.release()
         sd_notify("STOPPING=1")
         control.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         retire_state(mountpoint, owner=os.getpid())
     log.info("unmounted %s", mountpoint)
 
