@@ -201,17 +201,23 @@ class DiskTier:
             raise
         self._fit_to_file_system()
 
+    def _free_space(self) -> Tuple[Optional[int], int]:
+        """(bytes free on the directory's file system or None if unknown, bytes to keep free
+        for other writers: REGROW_RESERVE of it, or two blocks, whichever is more)."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return None, 0
+        return st.f_bavail * st.f_frsize, max(2 * self.block_size, int(st.f_blocks * st.f_frsize * REGROW_RESERVE))
+
     def _fit_to_file_system(self) -> None:
         """A bound the file system cannot hold was only found out by a full disk, mid-read, and
         blocks written in parallel then each lowered it again (a 100 MiB bound on a 24 MiB file
         system ended at 226 bytes): start within what it has free, keeping REGROW_RESERVE for
         other writers; _maybe_regrow raises it once there is more room."""
-        try:
-            st = os.statvfs(self.directory)
-        except OSError:
+        free, reserve = self._free_space()
+        if free is None:
             return
-        free = st.f_bavail * st.f_frsize
-        reserve = max(2 * self.block_size, int(st.f_blocks * st.f_frsize * REGROW_RESERVE))
         room = self._index.bytes + max(0, free - reserve)
         if room >= self.limit:
             return
@@ -445,12 +451,9 @@ class DiskTier:
             if now < self._next_regrow:
                 return
             self._next_regrow = now + REGROW_EVERY_S
-        try:
-            st = os.statvfs(self.directory)
-        except OSError:
+        free, reserve = self._free_space()
+        if free is None:
             return
-        free = st.f_bavail * st.f_frsize
-        reserve = max(2 * self.block_size, int(st.f_blocks * st.f_frsize * REGROW_RESERVE))
         with self._lock:
             used = self._index.bytes + self._outside
             grown = min(self.configured_limit, used + max(0, free - reserve))
