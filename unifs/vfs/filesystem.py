@@ -129,6 +129,10 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         if not key or self.ns.is_virtual_dir(path):
             return Attr.directory(mount.read_only)
+        if len(posixpath.basename(path).encode("utf-8", "surrogateescape")) > NAME_MAX:
+            # as statfs says (f_namemax): a local file system answers a lookup so too, and
+            # readdir could not return such a name anyway
+            raise _err(errno.ENAMETOOLONG, path, f"file names are at most {NAME_MAX} bytes")
         local = self.writes.attr(path)
         if local is not None:
             return local
