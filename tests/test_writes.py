@@ -496,6 +496,34 @@ def test_a_directory_rename_the_store_breaks_off_shows_both_halves_at_once(mount
             assert (root / "dst" / name).read_bytes() == name[1:].encode()
 
 
+def test_a_directory_rename_stops_at_the_first_move_the_store_fails(mounter, dataset):
+    # every move went on after one had failed, each with the store's full timeout and retries:
+    # 300 objects on a hung store kept `mv` (and a FUSE thread) busy for 404 s, 75 min with defaults
+    import re
+
+    from faultproxy import FaultProxy
+
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    broken = threading.Event()
+
+    def rule(method, path, headers):
+        return 403 if broken.is_set() and method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} \
+            else None
+    with FaultProxy(upstream, rule=rule) as proxy:
+        entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/stopmove",
+                                 options=dict(opts, endpoint_url=opts["endpoint_url"].replace(
+                                     str(upstream), str(proxy.port))))
+        root = mounter.mount([entry]) / "w"
+        mounter.seaweed.put_many(SCRATCH, {f"stopmove/src/f{i:02d}": b"x" for i in range(64)})
+        assert len(os.listdir(root / "src")) == 64
+        broken.set()
+        assert _errno_of(os.rename, root / "src", root / "dst") in (errno.EACCES, errno.EIO)
+        copies = [p for m, p in proxy.failed if m == "PUT"]
+        assert 1 <= len(copies) <= 16, len(copies)  # the moves already under way, not all 64
+    assert len(_store_keys(mounter.seaweed, "stopmove/src/")) == 64  # nothing was moved
+
+
 def _run_for(seconds, stop, targets):
     """Run each target in a thread of its own until `stop` is set, `seconds` from now."""
     threads = [threading.Thread(target=t) for t in targets]

@@ -733,8 +733,19 @@ class Writes:
             self._store(old, mount.store.move, k1, k2)
             return
         keys = self._store(old, mount.store.list_keys, k1)
+        broken = threading.Event()
 
         def move(k):
+            if broken.is_set():
+                return  # the store failed a move: the rename fails, and fast (a hung store took
+                # each of 300 objects' full timeouts and retries, 75 minutes with the defaults)
+            try:
+                _move(k)
+            except BaseException:
+                broken.set()
+                raise
+
+        def _move(k):
             dst = k2 + k[len(k1):]
             if k.endswith("/"):  # another tool's directory marker: made anew, removed below
                 self._store(old, mount.store.put_marker, dst.rstrip("/"))
