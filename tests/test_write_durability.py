@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import obstore
 import pytest
@@ -243,6 +244,50 @@ def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, data
         assert os.listdir(mp / "c") == []
         (mp / "c/fits.bin").write_bytes(b"small enough")
         assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_name_put_into_the_store_since_its_listing_is_never_replaced_half_written(mounter, seaweed, dataset,
+                                                                                     tmp_path):
+    # the daemon's listing (within its TTL) did not have the name, so `cmd > f` created it as a
+    # new file: the shell's close of a copy of its descriptor uploaded it empty, and write-back
+    # uploaded it half-written, over an object another client had put there; a writer that then
+    # failed with ENOSPC left that object empty
+    from conftest import SCRATCH
+
+    small = tmp_path / "tiny-staging-2"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/unknown", write_back="1s")],
+                           extra={"write": {"staging_dir": str(small / "s")}})
+        assert os.listdir(mp / "c") == []  # listed: these names are not there for the next 60 s
+        theirs = {n: os.urandom(200_000) for n in ("full", "touched", "slow", "emptied")}
+        seaweed.put_many(SCRATCH, {f"unknown/{n}": b for n, b in theirs.items()})
+
+        def in_store(n):
+            return bytes(obstore.get(seaweed.obstore(SCRATCH), f"unknown/{n}").bytes())
+        res = subprocess.run(f"head -c 4000000 /dev/zero > {mp}/c/full", shell=True, capture_output=True,
+                             text=True)
+        assert res.returncode != 0 and "No space left on device" in res.stderr, res
+        assert in_store("full") == theirs["full"]
+        subprocess.run(["touch", str(mp / "c/touched")], check=True)
+        assert in_store("touched") == theirs["touched"]
+        writer = subprocess.Popen(f"(sleep 3; printf new) > {mp}/c/slow", shell=True)
+        try:
+            time.sleep(2.5)  # past write_back (1 s) and its quiet second
+            assert in_store("slow") == theirs["slow"]
+        finally:
+            assert writer.wait(30) == 0
+        assert in_store("slow") == b"new"
+        subprocess.run(f": > {mp}/c/emptied", shell=True, check=True)
+        # emptied as a known file is by `: >`: by the uploader, after the release
+        assert wait_for(lambda: in_store("emptied") == b"", timeout=20)
+        # what the mount shows after the releases: the store's objects, not the empty files
+        assert wait_for(lambda: os.stat(mp / "c/touched").st_size == 200_000, timeout=5)
+        assert sha256((mp / "c/full").read_bytes()) == sha256(theirs["full"])
     finally:
         mounter.cleanup()
         subprocess.run(["umount", str(small)], check=False)

@@ -202,7 +202,7 @@ class FuseOps(fuse.Operations):
     # -- writes and namespace changes ---------------------------------------------
     @_errno_guard
     def create(self, path, mode, fi):
-        fi.fh = self.fs.create(path, _caller())
+        fi.fh = self.fs.create(path, _caller(), truncate=bool(fi.flags & os.O_TRUNC))
         fi.keep_cache = 0
         return 0
 

@@ -468,8 +468,9 @@ class FileSystem:
             return self.cache.get_range(obj, start, end, attr.size, fetch, mode, mount.path)
         return cached
 
-    def create(self, path: str, owner: Optional[int] = None) -> int:
-        return self._new_handle(Handle(path, staged=self.writes.create(path), writable=True, changed=True,
+    def create(self, path: str, owner: Optional[int] = None, truncate: bool = False) -> int:
+        """truncate: O_TRUNC was asked for too (see Writes._found_unknown_object)."""
+        return self._new_handle(Handle(path, staged=self.writes.create(path, truncate), writable=True, changed=True,
                                        owner=owner))
 
     def _new_handle(self, handle: Handle) -> int:

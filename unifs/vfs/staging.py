@@ -73,6 +73,8 @@ class StagedFile:
         self.last_write = time.monotonic()
         self.last_upload = time.monotonic()
         self.replaces_object = False  # opened over an existing object (set by Writes.open)
+        self.found_in_store = False  # created as new, but the store had an object there (see Writes)
+        self.created_truncating = False  # created by an open with O_TRUNC
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None

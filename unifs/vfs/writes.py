@@ -263,7 +263,7 @@ class Writes:
             with h.lock:
                 h.delete = False
 
-    def create(self, path: str) -> StagedFile:
+    def create(self, path: str, truncate: bool = False) -> StagedFile:
         mount, key = self.writable(path)
         if not key:
             raise _err(errno.EISDIR, path)
@@ -273,6 +273,7 @@ class Writes:
             st = self._staged.get(path)
             if st is None:
                 st = self.area.create(path, mount.path, key, mount.entry_url_redacted)
+                st.created_truncating = truncate
                 self._staged[path] = st
             else:
                 st.truncate(0)
@@ -292,7 +293,7 @@ class Writes:
             # gone from the store (deleted behind the mount, or a staged copy deleted by hand)
             # while the kernel still holds the name: `> file` then reaches the daemon as an open
             # with O_TRUNC, not as a create (the kernel keeps O_CREAT to itself)
-            return self.create(path)
+            return self.create(path, truncate=True)
         if attr is not None and attr.is_dir:
             raise _err(errno.EISDIR, path)
         with self._lock:
@@ -339,9 +340,11 @@ class Writes:
                 self._discard(st)
         if pending:
             st.save()  # closed with changes the store does not have: the background uploader takes over
-        elif st.write_error and not st.deleted and not st.replaces_object and not st.uploaded_gen:
+        elif st.write_error and not st.deleted and not st.replaces_object and not st.uploaded_gen \
+                or st.found_in_store and not st.deleted:
             # a new file whose writes failed locally never reaches the store: the kernel must
-            # not go on showing it (stat found it, open said ENOENT)
+            # not go on showing it (stat found it, open said ENOENT); one created over an object
+            # the daemon did not know of and left as it was: the kernel was told it was empty
             self.fs.changed(st.path, None)
             self.fs.forget_in_kernel([st.path])
 
@@ -363,6 +366,8 @@ class Writes:
             st.save()
             started = time.monotonic()
             try:
+                if self._found_unknown_object(st, mount, write_back, gen):
+                    return
                 info = mount.store.put_file(st.key, st.data_path)
             except StoreError as e:
                 st.failures += 1
@@ -392,6 +397,30 @@ class Writes:
                 st.save()  # recorded clean: a daemon stopped before the release recovers nothing
             log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
             self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
+
+    def _found_unknown_object(self, st: StagedFile, mount: Mount, write_back: bool, gen: int) -> bool:
+        """A file created where the daemon knew no object (from a listing within its TTL), about
+        to be uploaded empty or half-written: another client may have put an object there since.
+        `cmd > f` closes a copy of its descriptor before writing, touch closes an empty file, and
+        write-back uploads a file still being written: none of these may replace that object (a
+        writer that then failed with ENOSPC left a 5 MB object empty). One HEAD finds out; if
+        there is one, the file replaces it only at a close with data, like a file opened over a
+        known object. Left empty, it empties the object (at a later close, or by the uploader after
+        its release, as `: > f` empties a known one) if it was created with O_TRUNC, never if not (touch leaves the object as it is), and never after a
+        failed write. True: nothing to upload now. Called with the upload lock held."""
+        if st.uploaded_gen != 0 or st.replaces_object or not (write_back or st.size == 0):
+            return False
+        info = mount.store.head(st.key)
+        if info is None:
+            return False
+        st.replaces_object = True
+        st.found_in_store = True
+        log.info("%s: an object of this name is in the store (put there since the daemon listed its "
+                 "directory); it is replaced only when a writer closes this file with data", st.path)
+        if st.size == 0 and st.gen == gen and not st.created_truncating:
+            st.uploaded_gen = gen  # nothing to put over it: the store's object stays
+            st.save()
+        return True
 
     def retry_pending(self) -> None:
         """Background work: pending uploads (with backoff) and write-back of open files."""
@@ -457,6 +486,9 @@ class Writes:
                 if doc["path"] in self._staged:
                     continue
                 st = self._staged[doc["path"]] = self.area.adopt(doc, sid)
+                # closed before the earlier daemon stopped: uploaded as it is over whatever the
+                # store holds now (no _found_unknown_object check: an empty one was meant so)
+                st.replaces_object = True
             if doc.get("state") == STRANDED:
                 try:
                     st.save()  # pending again: its mount is back
