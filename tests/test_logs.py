@@ -29,3 +29,33 @@ def test_a_file_name_cannot_forge_a_log_line(tmp_path):
     assert lines[1].endswith(r"upload of a\x09b failed")
     assert lines[2] == "Traceback (most recent call last):"  # tracebacks keep their lines
     assert lines[-1] == "ValueError: boom"
+
+
+def test_the_log_file_stays_private_and_bounded(tmp_path, monkeypatch):
+    # the default log lives on /run (RAM): at debug level a long run grew it without bound
+    import os
+    import stat
+
+    import unifs.logs as logs
+
+    monkeypatch.setattr(logs, "LOG_FILE_BYTES", 10_000)
+    log_file = tmp_path / "d.log"
+    before = logging.getLogger().handlers[:], logging.getLogger().level
+    old_umask = os.umask(0o022)
+    try:
+        setup_logging("info", str(log_file))
+        for i in range(1000):
+            logging.getLogger("unifs.test").info("line %d %s", i, "x" * 50)
+    finally:
+        os.umask(old_umask)
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.close()
+        logging.getLogger().handlers[:], level = before
+        logging.getLogger().setLevel(level)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["d.log", "d.log.1"], files
+    for p in tmp_path.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        assert p.stat().st_size <= 10_000 + 200
+    assert "line 999 " in log_file.read_text()

@@ -645,6 +645,7 @@ def run_foreground(mountpoint, table, config_path, opts, log_level, log_file, st
             # a clean unmount leaves nothing behind in the run dir; a run that logged a warning
             # (a failed upload still pending, a store that refused) keeps its log
             Path(log_file).unlink(missing_ok=True)
+            Path(log_file + ".1").unlink(missing_ok=True)  # the older one (unifs.logs)
     except UserError as e:
         if status_fd is not None:
             try:

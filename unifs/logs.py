@@ -6,17 +6,31 @@ from __future__ import annotations
 import logging
 import os
 import re
+from logging.handlers import RotatingFileHandler
 from typing import Optional
 
 _NOISY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "azure", "adlfs", "gcsfs",
           "google", "asyncio", "obstore", "mfusepy", "fuse")
 
 
+LOG_FILE_BYTES = 64 << 20  # then one older file (.1): the default log lives on /run, in RAM
+
+
+class _PrivateRotatingFile(RotatingFileHandler):
+    """Appends to a 0600 file (also one it makes at a rollover), kept to LOG_FILE_BYTES plus one
+    older file: at debug level a long-running daemon's log grew in tmpfs without bound."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(level: str = "info", log_file: Optional[str] = None) -> None:
     lvl = getattr(logging, str(level).upper(), logging.INFO)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(log_file)
+        handler: logging.Handler = _PrivateRotatingFile(log_file, maxBytes=LOG_FILE_BYTES, backupCount=1,
+                                                        encoding="utf-8")
         os.chmod(log_file, 0o600)
     else:
         handler = logging.StreamHandler()
