@@ -766,31 +766,35 @@ class Writes:
             return
         keys = self._store(old, mount.store.list_keys, k1)
         broken = threading.Event()
+        moved: list[tuple[str, str]] = []  # (key, new key) of the moves done: see _undo_moves
 
         def move(k):
             if broken.is_set():
                 return  # the store failed a move: the rename fails, and fast (a hung store took
                 # each of 300 objects' full timeouts and retries, 75 minutes with the defaults)
+            dst = k2 + k[len(k1):]
             try:
-                _move(k)
+                if k.endswith("/"):  # another tool's directory marker: made anew, removed below
+                    mount.store.put_marker(dst.rstrip("/"))
+                else:
+                    mount.store.move(k, dst)
             except BaseException:
                 broken.set()
                 raise
-
-        def _move(k):
-            dst = k2 + k[len(k1):]
-            if k.endswith("/"):  # another tool's directory marker: made anew, removed below
-                self._store(old, mount.store.put_marker, dst.rstrip("/"))
-            else:
-                self._store(old, mount.store.move, k, dst)
+            with self._lock:
+                moved.append((k, dst))
         # each object is copied before its original is deleted: a crash leaves both. Every
         # move ends before an error is raised: the failed rename's caller (and the cached
         # listings dropped on the way out) must see the store as it stays, not moves still
         # landing behind them
         moves = [self.pool.submit(move, k) for k in keys]
         futures_wait(moves)
-        for f in moves:
-            f.result()
+        failure = next((f.exception() for f in moves if f.exception() is not None), None)
+        if failure is not None:
+            self._undo_moves(mount, old, new, k2, moved)
+            if isinstance(failure, StoreError):
+                raise self.fs.store_error(failure, old) from None
+            raise failure
         # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list
         # them, and markers would too
         dirs = {k1}
@@ -801,6 +805,47 @@ class Writes:
                 d = posixpath.dirname(d)
         for d in sorted(dirs, key=len, reverse=True):
             self._store(old, mount.store.remove_dir, d)
+
+    def _undo_moves(self, mount: Mount, old: str, new: str, k2: str, moved: list) -> None:
+        """A directory rename the store broke off: put back what moved (in parallel, stopping at
+        the first failure) and remove the new directory, so the rename fails as a whole. Left
+        half-moved, the new name existed: `mv` then moved the rest into it, one level down, and
+        exited 0 (a store that hung for 12 s). Staged files keep their new names (they upload
+        there). Best effort: a store still failing leaves both halves, and the log says so."""
+        broken = threading.Event()
+
+        def back(pair):
+            if broken.is_set():
+                return
+            key, dst = pair
+            try:
+                if key.endswith("/"):
+                    mount.store.delete(dst)  # a marker made anew: the old one is still there
+                else:
+                    mount.store.move(dst, key)
+            except BaseException:
+                broken.set()
+                raise
+        undo = [self.pool.submit(back, p) for p in moved]
+        futures_wait(undo)
+        if broken.is_set():
+            log.error("rename of %s to %s failed half-way and could not be undone (the store fails): "
+                      "some of its files are under %s now", old, new, new)
+            return
+        dirs = {k2}
+        for _, dst in moved:
+            d = posixpath.dirname(dst.rstrip("/"))
+            while _under(d, k2) and d not in dirs:
+                dirs.add(d)
+                d = posixpath.dirname(d)
+        for d in sorted(dirs, key=len, reverse=True):
+            try:
+                mount.store.remove_dir(d)
+            except StoreError:
+                pass  # an empty prefix: listed at worst as an empty directory
+        if moved:
+            log.warning("rename of %s to %s failed; the %d object(s) already moved were moved back", old, new,
+                        len(moved))
 
     def _load_base(self, st: StagedFile, path: str) -> None:
         try:
