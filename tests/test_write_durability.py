@@ -293,6 +293,37 @@ def test_a_name_put_into_the_store_since_its_listing_is_never_replaced_half_writ
         subprocess.run(["umount", str(small)], check=False)
 
 
+def test_an_open_without_o_trunc_keeps_an_object_put_since_the_listing(mounter, seaweed, dataset):
+    # the daemon's listing (within its TTL) did not have the names, so the kernel created them:
+    # `>>` replaced another client's object with the two bytes appended, open(..., 'x')
+    # succeeded over it, and an O_CREAT open renamed before any write left the new name empty
+    from conftest import SCRATCH
+
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/noclobber")])
+    assert os.listdir(mp / "c") == []
+    theirs = {n: os.urandom(300_000) for n in ("appended", "exclusive", "patched", "touched", "moved")}
+    seaweed.put_many(SCRATCH, {f"noclobber/{n}": b for n, b in theirs.items()})
+
+    def in_store(n):
+        return bytes(obstore.get(seaweed.obstore(SCRATCH), f"noclobber/{n}").bytes())
+    subprocess.run(f"echo x >> {mp}/c/appended", shell=True, check=True)
+    assert in_store("appended") == theirs["appended"] + b"x\n"
+    with pytest.raises(FileExistsError):
+        open(mp / "c/exclusive", "x")
+    assert in_store("exclusive") == theirs["exclusive"]
+    fd = os.open(mp / "c/patched", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"hi")
+    os.close(fd)
+    assert in_store("patched") == b"hi" + theirs["patched"][2:]
+    subprocess.run(["touch", str(mp / "c/touched")], check=True)
+    assert in_store("touched") == theirs["touched"]
+    fd = os.open(mp / "c/moved", os.O_WRONLY | os.O_CREAT)
+    os.rename(mp / "c/moved", mp / "c/moved2")
+    os.close(fd)
+    assert in_store("moved2") == theirs["moved"]
+    assert sha256((mp / "c/appended").read_bytes()) == sha256(theirs["appended"] + b"x\n")
+
+
 def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp_path):
     # cache.dir and staging_dir on one file system (/var/cache and /var/lib by default): the
     # disk tier, bound above the free space, filled it and checkpoint writes got ENOSPC

@@ -202,7 +202,8 @@ class FuseOps(fuse.Operations):
     # -- writes and namespace changes ---------------------------------------------
     @_errno_guard
     def create(self, path, mode, fi):
-        fi.fh = self.fs.create(path, _caller(), truncate=bool(fi.flags & os.O_TRUNC))
+        fi.fh = self.fs.create(path, _caller(), truncate=bool(fi.flags & os.O_TRUNC),
+                               exclusive=bool(fi.flags & os.O_EXCL))
         fi.keep_cache = 0
         return 0
 

@@ -468,10 +468,13 @@ class FileSystem:
             return self.cache.get_range(obj, start, end, attr.size, fetch, mode, mount.path)
         return cached
 
-    def create(self, path: str, owner: Optional[int] = None, truncate: bool = False) -> int:
-        """truncate: O_TRUNC was asked for too (see Writes._found_unknown_object)."""
-        return self._new_handle(Handle(path, staged=self.writes.create(path, truncate), writable=True, changed=True,
-                                       owner=owner))
+    def create(self, path: str, owner: Optional[int] = None, truncate: bool = False,
+               exclusive: bool = False) -> int:
+        """truncate, exclusive: O_TRUNC, O_EXCL were asked for too (see Writes.create_or_open)."""
+        st, created = self.writes.create_or_open(path, truncate, exclusive)
+        # a new file counts as changed (an empty one is uploaded too); one found in the store
+        # only once written, as after any open for writing
+        return self._new_handle(Handle(path, staged=st, writable=True, changed=created, owner=owner))
 
     def _new_handle(self, handle: Handle) -> int:
         fh = next(self._fh)

@@ -75,6 +75,7 @@ class StagedFile:
         self.replaces_object = False  # opened over an existing object (set by Writes.open)
         self.found_in_store = False  # created as new, but the store had an object there (see Writes)
         self.created_truncating = False  # created by an open with O_TRUNC
+        self.checked_absent = False  # the store had no object at its creation (Writes.create_or_open)
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None

@@ -263,6 +263,24 @@ class Writes:
             with h.lock:
                 h.delete = False
 
+    def create_or_open(self, path: str, truncate: bool, exclusive: bool) -> tuple[StagedFile, bool]:
+        """The kernel's CREATE: it found no such name (the daemon's listing, within its TTL,
+        said so). An open without O_TRUNC keeps what another client may have put there since
+        (`>>`, 'a', touch, O_CREAT alone: it was replaced by the few bytes written), and
+        O_EXCL fails on it; so those ask the store once. Returns (file, created)."""
+        if not truncate:
+            mount, key = self.writable(path)
+            if key and path not in self._staged and not self.is_tombstoned(path):
+                info = self._store(path, mount.store.head, key)
+                if info is not None:
+                    if exclusive:
+                        raise _err(errno.EEXIST, path)
+                    self.fs.changed(path, None)
+                    return self.open(path, truncate=False), False
+        st = self.create(path, truncate)
+        st.checked_absent = not truncate
+        return st, True
+
     def create(self, path: str, truncate: bool = False) -> StagedFile:
         mount, key = self.writable(path)
         if not key:
@@ -408,7 +426,7 @@ class Writes:
         known object. Left empty, it empties the object (at a later close, or by the uploader after
         its release, as `: > f` empties a known one) if it was created with O_TRUNC, never if not (touch leaves the object as it is), and never after a
         failed write. True: nothing to upload now. Called with the upload lock held."""
-        if st.uploaded_gen != 0 or st.replaces_object or not (write_back or st.size == 0):
+        if st.uploaded_gen != 0 or st.replaces_object or st.checked_absent or not (write_back or st.size == 0):
             return False
         info = mount.store.head(st.key)
         if info is None:
