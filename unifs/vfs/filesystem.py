@@ -420,14 +420,15 @@ class FileSystem:
         mount, key = self.ns.resolve(path)
 
         def run():
+            fetched = 0
             try:
-                self.cache.prefetch(self._object_id(mount, key, attr), attr.size,
-                                    self.fetcher(path, mount, key, attr.etag, quiet=True),
-                                    self.mount_cache_mode(mount), mount.path)
+                fetched = self.cache.prefetch(self._object_id(mount, key, attr), attr.size,
+                                              self.fetcher(path, mount, key, attr.etag, quiet=True),
+                                              self.mount_cache_mode(mount), mount.path)
             except Exception as e:  # noqa: BLE001 - a failed prefetch is just a later miss
                 log.debug("prefetch of %s failed: %s", path, e)
             finally:
-                done()
+                done(fetched)
         try:
             self.pool.submit(run)
         except RuntimeError:  # shutting down
@@ -438,8 +439,9 @@ class FileSystem:
         prefetched blocks land in, so they are still there when the reader comes (with 3 MiB files
         and a 16 MiB RAM tier, blocks fetched 64 files ahead were evicted unread, and fetched again)."""
         mode = self.mount_cache_mode(mount)
-        tier = self.cache.disk if mode in ("disk", "tiered") else self.cache.ram
-        return tier.limit // 2
+        ram = self.cache.ram.limit if mode in ("ram", "tiered") else 0
+        disk = self.cache.disk.limit if mode in ("disk", "tiered") else 0
+        return max(ram, disk) // 2  # tiered: in both (a full disk may have cut its bound to 0)
 
     def mount_cache_mode(self, mount: Mount) -> str:
         if self.cache is None:

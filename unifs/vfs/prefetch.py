@@ -38,7 +38,7 @@ class _DirState:
 class Prefetcher:
     def __init__(self, submit, budget, first_window: int = 4, max_window: int = 64, max_dirs: int = 1024,
                  max_readers: int = 4):
-        self.submit = submit  # submit(path, attr, done) -> schedules a whole-file fetch
+        self.submit = submit  # submit(path, attr, done) -> schedules a whole-file fetch; done(bytes fetched)
         self.budget = budget
         self.first_window = first_window
         self.max_window = max_window
@@ -92,7 +92,7 @@ class Prefetcher:
                 st.scheduled.add(n)
                 todo.append((posixpath.join(parent, n), attr))
         for p, attr in todo:
-            self.submit(p, attr, lambda n=attr.size: self._done(n))
+            self.submit(p, attr, lambda fetched=0, n=attr.size: self._done(n, fetched))
 
     def closed(self, path: str) -> None:
         with self._lock:
@@ -100,8 +100,11 @@ class Prefetcher:
             if st is not None and st.readers > 0:
                 st.readers -= 1
 
-    def _done(self, nbytes: int) -> None:
-        self.budget.release(nbytes)
-        with self._lock:
-            self.files += 1
-            self.bytes += nbytes
+    def _done(self, held: int, fetched: int) -> None:
+        """held: the bytes taken from the budget; fetched: what the store sent (0 when every
+        block was cached already, or the fetch failed): only files fetched count."""
+        self.budget.release(held)
+        if fetched:
+            with self._lock:
+                self.files += 1
+                self.bytes += fetched
