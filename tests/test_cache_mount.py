@@ -313,7 +313,7 @@ def test_a_prefetch_leaves_blocks_on_disk_where_they_are(mounter, objects, tmp_p
     # reader, evicted them again before it came, and each block was read from disk twice
     mp = tmp_path / "mnt-pf-disk"
     mp.mkdir()
-    small_ram = {"ram": "1MiB"}
+    small_ram = {"ram": "2MiB"}
     try:
         _mount(mounter, tmp_path, cache=small_ram, mp=mp)
         names = sorted(os.listdir(mp / "c/imgs"))

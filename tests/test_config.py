@@ -40,9 +40,9 @@ BAD = [
     ("no RAM for mode ram", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 0}\n",
      ["cache.mode", "cache.ram is 0"]),
     ("RAM tier below one block", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 1MiB, block_size: 4MiB}\n",
-     ["bad.yaml:4:", "cache.ram", "less than one block", "could keep nothing"]),
-    ("disk tier below one block", "mounts:\n  - path: /a\n    url: memory://b\n    cache: disk\n"
-     "cache: {disk: 1MiB, block_size: 4MiB}\n", ["bad.yaml:5:", "cache.disk", "less than one block"]),
+     ["bad.yaml:4:", "cache.ram", "less than two blocks", "could keep nothing"]),
+    ("disk tier of one block", "mounts:\n  - path: /a\n    url: memory://b\n    cache: disk\n"
+     "cache: {disk: 4MiB, block_size: 4MiB}\n", ["bad.yaml:5:", "cache.disk", "less than two blocks"]),
     ("unclosed variable", "mounts:\n  - path: /a\n    url: s3://b\n    options: {key: '${NOPE'}\n",
      ["bad.yaml:4:", "mounts[0] (/a).options.key", "not a ${VAR}"]),
     # obstore panicked on it at the first request (a Rust backtrace and a traceback)

@@ -902,8 +902,10 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
                                        "(or use mode disk, or none)"))
     for tier, modes in (("ram", ram_modes), ("disk", disk_modes)):
         size = getattr(table.cache, tier)
-        if modes and 0 < size < table.cache.block_size:
-            problems.append((("cache", tier), f"{format_size(size)} is less than one block (cache.block_size "
+        if modes and 0 < size < 2 * table.cache.block_size:
+            # one block is not enough either: disk blocks carry a header, and the RAM bound
+            # counts a block being fetched into it
+            problems.append((("cache", tier), f"{format_size(size)} is less than two blocks (cache.block_size "
                                               f"{format_size(table.cache.block_size)}): the {tier.upper() if tier == 'ram' else tier} "
                                               f"tier could keep nothing"))
     memory = physical_memory()
