@@ -39,6 +39,8 @@ BAD = [
      ["bad.yaml:4:", "cache.ram", "not a whole number of bytes"]),
     ("no RAM for mode ram", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 0}\n",
      ["cache.mode", "cache.ram is 0"]),
+    ("metrics listen with a scheme", "mounts:\n  - path: /a\n    url: memory://b\nmetrics: {listen: 'http://127.0.0.1:9000'}\n",
+     ["bad.yaml:4:", "metrics.listen", "no scheme or path"]),
     ("RAM tier below one block", "mounts:\n  - path: /a\n    url: memory://b\ncache: {ram: 1MiB, block_size: 4MiB}\n",
      ["bad.yaml:4:", "cache.ram", "less than two blocks", "could keep nothing"]),
     ("disk tier of one block", "mounts:\n  - path: /a\n    url: memory://b\n    cache: disk\n"

@@ -281,7 +281,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
             except BaseException:
                 control.stop()
                 raise
-            log.info("metrics at http://%s/metrics", table.metrics.listen)
+            log.info("metrics at %s", metrics.url(table.metrics.listen))
     except BaseException:
         starting.release()  # a failed mount (store refused, bad directory) leaves no lock file
         raise

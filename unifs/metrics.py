@@ -9,6 +9,7 @@ address, when only a port is given, is 127.0.0.1.
 from __future__ import annotations
 
 import errno
+import re
 from typing import Callable
 
 from prometheus_client import start_http_server
@@ -81,7 +82,14 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"expected HOST:PORT or PORT with a port from 1 to 65535, got {value!r}")
     if not host:
         raise ValueError(f"expected HOST:PORT, got {value!r} (no host; 0.0.0.0 listens on every address)")
+    if not re.fullmatch(r"[A-Za-z0-9.:%_-]+", host):
+        raise ValueError(f"expected HOST:PORT (an address or host name, no scheme or path), got {value!r}")
     return host, int(port)
+
+
+def url(listen: str) -> str:
+    host, port = parse_listen(listen)
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
 
 
 def serve(listen: str, stats: Callable[[], dict]):

@@ -147,8 +147,9 @@ def abort_connection(live: "LiveMount") -> bool:
 def check_mountpoint(mountpoint: str, nonempty: bool = False) -> None:
     live = find_mount(mountpoint)
     if live is not None and is_stale(mountpoint):
-        raise UserError(f"mount point {mountpoint} has a stale mount from a dead daemon; "
-                        f"run 'unifs umount {mountpoint}' first")
+        how = f"'unifs umount {mountpoint}'" if live.fstype == FSTYPE else f"'fusermount -uz {mountpoint}'"
+        raise UserError(f"mount point {mountpoint} has a stale mount ({live.fstype}) from a dead daemon; "
+                        f"run {how} first")
     if live is not None:
         how = f"'unifs umount {mountpoint}'" if live.fstype == FSTYPE else f"'umount {mountpoint}'"
         raise UserError(f"mount point {mountpoint} is already mounted ({live.fstype}); unmount it first "
