@@ -324,6 +324,21 @@ def test_an_open_without_o_trunc_keeps_an_object_put_since_the_listing(mounter, 
     assert sha256((mp / "c/appended").read_bytes()) == sha256(theirs["appended"] + b"x\n")
 
 
+def test_a_log_opened_for_appending_while_the_store_is_down_is_kept_and_uploaded(mounter, flaky):
+    # a create without O_TRUNC asks the store whether another client put the file there: with
+    # the store down that must not refuse the open (a logging handler opens with mode 'a')
+    mp = _mount(mounter, flaky)
+    assert os.listdir(mp / "c") == []  # listed: the create needs no lookup from the store
+    flaky.stop()
+    f = open(mp / "c/train.log", "a")
+    f.write("epoch 1\n")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EIO
+    flaky.restart()
+    assert wait_for(lambda: _in_store(flaky, "run/train.log") == b"epoch 1\n", timeout=60)
+
+
 def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp_path):
     # cache.dir and staging_dir on one file system (/var/cache and /var/lib by default): the
     # disk tier, bound above the free space, filled it and checkpoint writes got ENOSPC

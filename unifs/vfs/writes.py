@@ -268,17 +268,26 @@ class Writes:
         said so). An open without O_TRUNC keeps what another client may have put there since
         (`>>`, 'a', touch, O_CREAT alone: it was replaced by the few bytes written), and
         O_EXCL fails on it; so those ask the store once. Returns (file, created)."""
+        checked = False
         if not truncate:
             mount, key = self.writable(path)
             if key and path not in self._staged and not self.is_tombstoned(path):
-                info = self._store(path, mount.store.head, key)
+                try:
+                    info = mount.store.head(key)
+                    checked = True
+                except StoreError as e:
+                    # created as before this check, not refused: a log opened for appending
+                    # while the store is down is staged, and uploads once it is back
+                    info = None
+                    log.info("%s: cannot ask the store whether it has this file (%s); created as new",
+                             path, e.strerror)
                 if info is not None:
                     if exclusive:
                         raise _err(errno.EEXIST, path)
                     self.fs.changed(path, None)
                     return self.open(path, truncate=False), False
         st = self.create(path, truncate)
-        st.checked_absent = not truncate
+        st.checked_absent = checked
         return st, True
 
     def create(self, path: str, truncate: bool = False) -> StagedFile:
