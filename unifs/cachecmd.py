@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from unifs import control, mountinfo
 from unifs.errors import UserError
+from unifs.paths import under
 from unifs.units import format_size
 
 
@@ -33,15 +34,14 @@ def locate(path: str) -> tuple[str, str, str]:
     real = os.path.abspath(path)
     # realpath lstats every component, which inside a hung mount never returns: a path that
     # names a mount lexically needs none (a mount holds no symlinks)
-    if not any(real == mp or real.startswith(mp.rstrip("/") + "/") for mp in daemons):
+    if not any(under(real, mp) for mp in daemons):
         real = os.path.realpath(path)
     for mp in sorted(daemons, key=len, reverse=True):
-        if real == mp or real.startswith(mp.rstrip("/") + "/"):
+        if under(real, mp):
             return mp, daemons[mp], "/" if real == mp else "/" + os.path.relpath(real, mp)
     for live in mountinfo.mounted():
         mp = live.mountpoint
-        if live.fstype == mountinfo.FSTYPE and (real == mp or real.startswith(mp.rstrip("/") + "/")) \
-                and mountinfo.probe(mp) == "stale":
+        if live.fstype == mountinfo.FSTYPE and under(real, mp) and mountinfo.probe(mp) == "stale":
             raise UserError(f"{path} is on the stale mount {mp} of a dead daemon: 'unifs mount' it again "
                             f"(or 'unifs umount {mp}')")
     raise UserError(f"{path} is not inside a live unifs mount (see 'unifs status')")
@@ -116,8 +116,9 @@ def clear(path: str) -> str:
 
 
 def _warn_of_room(mp: str, sock: str, sizes: dict, warn: Callable[[str], None]) -> None:
-    """sizes: path inside the mount -> bytes. Warn of files under mp that will not stay warm: their mount has no block cache, or
-    they outgrow the tier they land in (its bound now: a full disk may have lowered it)."""
+    """sizes: path inside the mount -> bytes. Warn of files under mp that will not stay warm:
+    their mount has no block cache, or they outgrow the tier they land in (its bound now: a
+    full disk may have lowered it)."""
     try:
         st = control.request(sock, "stats", timeout=STATS_TIMEOUT_S)
     except UserError:
@@ -131,7 +132,7 @@ def _warn_of_room(mp: str, sock: str, sizes: dict, warn: Callable[[str], None]) 
     uncached: dict[str, int] = {}
     per_tier = {"ram": 0, "disk": 0}
     for inner, size in sizes.items():
-        mount = next((m for m in by_len if inner == m or inner.startswith(m.rstrip("/") + "/")), None)
+        mount = next((m for m in by_len if under(inner, m)), None)
         mode = modes.get(mount)
         if mode == "none":
             uncached[mount] = uncached.get(mount, 0) + 1

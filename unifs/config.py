@@ -905,9 +905,10 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
         if modes and 0 < size < 2 * table.cache.block_size:
             # one block is not enough either: disk blocks carry a header, and the RAM bound
             # counts a block being fetched into it
+            name = "RAM" if tier == "ram" else tier
             problems.append((("cache", tier), f"{format_size(size)} is less than two blocks (cache.block_size "
-                                              f"{format_size(table.cache.block_size)}): the {tier.upper() if tier == 'ram' else tier} "
-                                              f"tier could keep nothing"))
+                                              f"{format_size(table.cache.block_size)}): the {name} tier could "
+                                              "keep nothing"))
     memory = physical_memory()
     if memory and table.cache.ram > memory:
         problems.append((("cache", "ram"), f"{format_size(table.cache.ram)} is more than this machine's memory "

@@ -27,6 +27,7 @@ from unifs.config import MountTable, describe_table, redact_url, scrub
 from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
 from unifs.logs import WARNINGS, setup_logging
+from unifs.paths import under
 from unifs.stopsignal import SignalStop
 from unifs import bdi, mountinfo
 from unifs.vfs.staging import NOT_WAITED_FOR, pending_files
@@ -66,7 +67,7 @@ def check_local_dirs(mountpoint: str, table: MountTable) -> None:
     mp = os.path.realpath(mountpoint)
     for name, d in (("cache.dir", table.cache.dir), ("write.staging_dir", table.write.staging_dir)):
         real = os.path.realpath(d)
-        if real == mp or real.startswith(mp.rstrip("/") + "/"):
+        if under(real, mp):
             raise UserError(f"{name} {d} is inside the mount point {mountpoint}; the mount would hide it "
                             "from unifs: choose a directory outside it")
 

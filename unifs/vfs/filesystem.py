@@ -26,6 +26,7 @@ from unifs.cache import BlockCache, ObjectId
 from unifs.config import ReadSettings, WriteSettings
 from unifs.errors import ObjectChanged, ObjectNotFound, StoreError
 from unifs.namespace import Mount, Namespace
+from unifs.paths import under
 from unifs.vfs.attrs import Attr
 from unifs.vfs.metacache import NEGATIVE, MetaCache
 from unifs.vfs.reader import HandleReader, ReadBudget
@@ -732,7 +733,7 @@ class FileSystem:
             self._failed.clear()
         if self.cache is not None:
             for m in self.ns.mounts:
-                if path == "/" or m.path == path or m.path.startswith(path.rstrip("/") + "/"):
+                if under(m.path, path):
                     self.cache.clear(m.entry_url_redacted)
                     touched += 1
             mount, key = self.ns.resolve(path)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Optional
 from unifs.config import WriteSettings
 from unifs.errors import AccessDenied, StoreError, StoreRejected
 from unifs.namespace import Mount
+from unifs.paths import under
 from unifs.vfs.attrs import Attr
 from unifs.vfs.staging import PENDING, STRANDED, Base, StagedFile, StagingArea
 
@@ -67,8 +68,15 @@ def _full_key(mount: Mount, key: str) -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
+def _dirs_from(top: str, keys) -> list[str]:
+    """top and every directory between it and the keys below it, deepest first (to remove)."""
+    dirs = {top}
+    for k in keys:
+        d = posixpath.dirname(k)
+        while under(d, top) and d not in dirs:
+            dirs.add(d)
+            d = posixpath.dirname(d)
+    return sorted(dirs, key=len, reverse=True)
 
 
 class Writes:
@@ -432,9 +440,10 @@ class Writes:
         write-back uploads a file still being written: none of these may replace that object (a
         writer that then failed with ENOSPC left a 5 MB object empty). One HEAD finds out; if
         there is one, the file replaces it only at a close with data, like a file opened over a
-        known object. Left empty, it empties the object (at a later close, or by the uploader after
-        its release, as `: > f` empties a known one) if it was created with O_TRUNC, never if not (touch leaves the object as it is), and never after a
-        failed write. True: nothing to upload now. Called with the upload lock held."""
+        known object. Left empty, it empties the object (at a later close, or by the uploader
+        after its release, as `: > f` empties a known one) if it was created with O_TRUNC, never
+        if not (touch leaves the object as it is), and never after a failed write. True: nothing
+        to upload now. Called with the upload lock held."""
         if st.uploaded_gen != 0 or st.replaces_object or st.checked_absent or not (write_back or st.size == 0):
             return False
         info = mount.store.head(st.key)
@@ -634,7 +643,7 @@ class Writes:
             raise _err(errno.ENOTEMPTY, path)
         with self._lock:
             self._dirs.discard(path)
-            if any(_under(t, path) for t in self._tombstones):
+            if any(under(t, path) for t in self._tombstones):
                 self._tombstones[path] = ""  # its open file's object keeps the prefix alive
         self._store(path, mount.store.remove_dir, key)
         self._keep_parent(mount, path)
@@ -670,7 +679,7 @@ class Writes:
         dst = self._exists(new)
         self._revive(new)  # a name unlinked while open, now replaced
         if src.is_dir:
-            if _under(new, old):
+            if under(new, old):
                 raise _err(errno.EINVAL, new)
             if dst is not None and not dst.is_dir:
                 raise _err(errno.ENOTDIR, new)
@@ -741,8 +750,8 @@ class Writes:
                                     h.old, h.key, e.strerror)
         with self._lock:
             # directories removed around it are gone for real now
-            for d in [d for d, v in self._tombstones.items() if v == "" and _under(h.old, d)]:
-                if not any(_under(t, d) and t != d for t, v2 in self._tombstones.items() if v2):
+            for d in [d for d, v in self._tombstones.items() if v == "" and under(h.old, d)]:
+                if not any(under(t, d) and t != d for t, v2 in self._tombstones.items() if v2):
                     del self._tombstones[d]
 
     def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
@@ -772,8 +781,8 @@ class Writes:
     def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
         # staged files first: their uploads must not land under the old name afterwards
         with self._lock:
-            moving = [st for p, st in self._staged.items() if _under(p, old)]
-            for d in [d for d in self._dirs if _under(d, old)]:
+            moving = [st for p, st in self._staged.items() if under(p, old)]
+            for d in [d for d in self._dirs if under(d, old)]:
                 self._dirs.discard(d)
                 self._dirs.add(new + d[len(old):])
         for st in moving:
@@ -792,31 +801,21 @@ class Writes:
             self._store(old, mount.store.move, k1, k2)
             return
         keys = self._store(old, mount.store.list_keys, k1)
-        broken = threading.Event()
         moved: list[tuple[str, str]] = []  # (key, new key) of the moves done: see _undo_moves
 
         def move(k):
-            if broken.is_set():
-                return  # the store failed a move: the rename fails, and fast (a hung store took
-                # each of 300 objects' full timeouts and retries, 75 minutes with the defaults)
             dst = k2 + k[len(k1):]
-            try:
-                if k.endswith("/"):  # another tool's directory marker: made anew, removed below
-                    mount.store.put_marker(dst.rstrip("/"))
-                else:
-                    mount.store.move(k, dst)
-            except BaseException:
-                broken.set()
-                raise
+            if k.endswith("/"):  # another tool's directory marker: made anew, removed below
+                mount.store.put_marker(dst.rstrip("/"))
+            else:
+                mount.store.move(k, dst)
             with self._lock:
                 moved.append((k, dst))
         # each object is copied before its original is deleted: a crash leaves both. Every
         # move ends before an error is raised: the failed rename's caller (and the cached
         # listings dropped on the way out) must see the store as it stays, not moves still
         # landing behind them
-        moves = [self.pool.submit(move, k) for k in keys]
-        futures_wait(moves)
-        failure = next((f.exception() for f in moves if f.exception() is not None), None)
+        failure = self._each_until_failure(move, keys)
         if failure is not None:
             self._undo_moves(mount, old, new, k2, moved)
             if isinstance(failure, StoreError):
@@ -824,14 +823,27 @@ class Writes:
             raise failure
         # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list
         # them, and markers would too
-        dirs = {k1}
-        for k in keys:
-            d = posixpath.dirname(k)
-            while _under(d, k1) and d not in dirs:
-                dirs.add(d)
-                d = posixpath.dirname(d)
-        for d in sorted(dirs, key=len, reverse=True):
+        for d in _dirs_from(k1, keys):
             self._store(old, mount.store.remove_dir, d)
+
+    def _each_until_failure(self, fn, items) -> Optional[BaseException]:
+        """fn(item) for every item, in parallel on the upload pool; once one fails, those not
+        started yet are skipped (a hung store took each of 300 objects' full timeouts and
+        retries: 75 minutes with the defaults). Returns, once every call has ended, the first
+        failure in item order, or None."""
+        broken = threading.Event()
+
+        def run(item):
+            if broken.is_set():
+                return
+            try:
+                fn(item)
+            except BaseException:
+                broken.set()
+                raise
+        futures = [self.pool.submit(run, item) for item in items]
+        futures_wait(futures)
+        return next((f.exception() for f in futures if f.exception() is not None), None)
 
     def _undo_moves(self, mount: Mount, old: str, new: str, k2: str, moved: list) -> None:
         """A directory rename the store broke off: put back what moved (in parallel, stopping at
@@ -839,33 +851,17 @@ class Writes:
         half-moved, the new name existed: `mv` then moved the rest into it, one level down, and
         exited 0 (a store that hung for 12 s). Staged files keep their new names (they upload
         there). Best effort: a store still failing leaves both halves, and the log says so."""
-        broken = threading.Event()
-
         def back(pair):
-            if broken.is_set():
-                return
             key, dst = pair
-            try:
-                if key.endswith("/"):
-                    mount.store.delete(dst)  # a marker made anew: the old one is still there
-                else:
-                    mount.store.move(dst, key)
-            except BaseException:
-                broken.set()
-                raise
-        undo = [self.pool.submit(back, p) for p in moved]
-        futures_wait(undo)
-        if broken.is_set():
+            if key.endswith("/"):
+                mount.store.delete(dst)  # a marker made anew: the old one is still there
+            else:
+                mount.store.move(dst, key)
+        if self._each_until_failure(back, moved) is not None:
             log.error("rename of %s to %s failed half-way and could not be undone (the store fails): "
                       "some of its files are under %s now", old, new, new)
             return
-        dirs = {k2}
-        for _, dst in moved:
-            d = posixpath.dirname(dst.rstrip("/"))
-            while _under(d, k2) and d not in dirs:
-                dirs.add(d)
-                d = posixpath.dirname(d)
-        for d in sorted(dirs, key=len, reverse=True):
+        for d in _dirs_from(k2, [dst.rstrip("/") for _, dst in moved]):
             try:
                 mount.store.remove_dir(d)
             except StoreError:
