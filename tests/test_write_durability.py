@@ -339,6 +339,62 @@ def test_a_log_opened_for_appending_while_the_store_is_down_is_kept_and_uploaded
     assert wait_for(lambda: _in_store(flaky, "run/train.log") == b"epoch 1\n", timeout=60)
 
 
+def test_an_append_while_the_store_is_down_never_replaces_an_object_put_since_the_listing(mounter, flaky):
+    # the create could not ask the store: the object another client put there since the
+    # listing turns up before the first upload, and the appended lines stay local instead of
+    # replacing it (which would lose the other client's lines)
+    mp = _mount(mounter, flaky)
+    assert os.listdir(mp / "c") == []
+    theirs = b"EXISTING-LOG-LINE-1\n"
+    obstore.put(flaky.obstore(BUCKET), "run/train.log", theirs)
+    flaky.stop()
+    # a lock file needs certainty: O_EXCL cannot be granted without asking the store
+    with pytest.raises(OSError) as e:
+        os.open(mp / "c/lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    assert e.value.errno == errno.EIO
+    f = open(mp / "c/train.log", "a")
+    f.write("appended while down\n")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EIO
+    flaky.restart()
+
+    def row():
+        return {p["path"]: p for p in _status(mp)["pending"]}.get("/c/train.log", {})
+    assert wait_for(lambda: row().get("state") == "failed", timeout=60), _status(mp)
+    row = row()
+    assert "/c/train.log" in row["error"] and "not meant to replace" in row["error"], row
+    assert _in_store(flaky, "run/train.log") == theirs
+    with open(row["data"], "rb") as kept:
+        assert kept.read() == b"appended while down\n"
+
+
+def test_an_append_made_while_the_store_was_down_stays_unchecked_across_a_daemon_restart(mounter, flaky,
+                                                                                        tmp_path):
+    mp = tmp_path / "mnt-unchecked"
+    cfg = _mount_bg(mounter, flaky, mp)
+    try:
+        assert os.listdir(mp / "c") == []
+        theirs = b"THEIR LINE\n"
+        obstore.put(flaky.obstore(BUCKET), "run/app.log", theirs)
+        flaky.stop()
+        with pytest.raises(OSError):
+            with open(mp / "c/app.log", "a") as f:
+                f.write("mine\n")
+        pid = _status(mp)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        unifs("umount", str(mp))
+        flaky.restart()
+        unifs("mount", str(mp), "--config", str(cfg), check=True)
+        assert wait_for(lambda: [p["state"] for p in _status(mp)["pending"]] == ["failed"], timeout=60), \
+            _status(mp)
+        assert _in_store(flaky, "run/app.log") == theirs
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", str(mp))
+
+
 def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp_path):
     # cache.dir and staging_dir on one file system (/var/cache and /var/lib by default): the
     # disk tier, bound above the free space, filled it and checkpoint writes got ENOSPC

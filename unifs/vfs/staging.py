@@ -76,6 +76,9 @@ class StagedFile:
         self.found_in_store = False  # created as new, but the store had an object there (see Writes)
         self.created_truncating = False  # created by an open with O_TRUNC
         self.checked_absent = False  # the store had no object at its creation (Writes.create_or_open)
+        # created without O_TRUNC while the store could not say whether it had the name: an
+        # object found there before the first upload is not replaced (see Writes)
+        self.unchecked_create = False
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None
@@ -236,7 +239,8 @@ class StagingArea:
                "complete": st.base is None,
                # the store holds exactly the data file (uploaded, unchanged since): a daemon that
                # stops before the file's release leaves nothing to recover
-               "clean": not st.dirty and st.base is None and not st.deleted}
+               "clean": not st.dirty and st.base is None and not st.deleted,
+               "unchecked": st.unchecked_create and not st.uploaded_gen}
         text = json.dumps(doc)
         try:
             self.with_room(len(text), _replace_file, st.meta_path, text)
@@ -286,6 +290,7 @@ class StagingArea:
         """A pending file from an earlier daemon, to be uploaded again."""
         st = StagedFile(self, sid, doc["path"], doc["mount"], doc["key"], doc["url"], gen=1)
         st.error = doc.get("error")
+        st.unchecked_create = bool(doc.get("unchecked"))
         return st
 
 

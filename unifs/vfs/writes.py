@@ -276,7 +276,7 @@ class Writes:
         said so). An open without O_TRUNC keeps what another client may have put there since
         (`>>`, 'a', touch, O_CREAT alone: it was replaced by the few bytes written), and
         O_EXCL fails on it; so those ask the store once. Returns (file, created)."""
-        checked = False
+        checked = unreachable = False
         if not truncate:
             mount, key = self.writable(path)
             if key and path not in self._staged and not self.is_tombstoned(path):
@@ -284,11 +284,14 @@ class Writes:
                     info = mount.store.head(key)
                     checked = True
                 except StoreError as e:
-                    # created as before this check, not refused: a log opened for appending
-                    # while the store is down is staged, and uploads once it is back
-                    info = None
-                    log.info("%s: cannot ask the store whether it has this file (%s); created as new",
-                             path, e.strerror)
+                    if exclusive:  # a lock file must be certain it is the only one
+                        raise _err(errno.EIO, path, f"cannot ask the store whether it has this file "
+                                   f"(O_EXCL): {e.strerror}") from None
+                    # a log opened for appending while the store is down is staged, and uploads
+                    # once it is back, unless an object turns up there first (_found_unknown_object)
+                    info, unreachable = None, True
+                    log.info("%s: cannot ask the store whether it has this file (%s); created as new, "
+                             "and not uploaded over an object the store turns out to have", path, e.strerror)
                 if info is not None:
                     if exclusive:
                         raise _err(errno.EEXIST, path)
@@ -296,6 +299,7 @@ class Writes:
                     return self.open(path, truncate=False), False
         st = self.create(path, truncate)
         st.checked_absent = checked
+        st.unchecked_create = unreachable
         return st, True
 
     def create(self, path: str, truncate: bool = False) -> StagedFile:
@@ -443,12 +447,20 @@ class Writes:
         known object. Left empty, it empties the object (at a later close, or by the uploader
         after its release, as `: > f` empties a known one) if it was created with O_TRUNC, never
         if not (touch leaves the object as it is), and never after a failed write. True: nothing
-        to upload now. Called with the upload lock held."""
-        if st.uploaded_gen != 0 or st.replaces_object or st.checked_absent or not (write_back or st.size == 0):
+        to upload now. A file created without O_TRUNC while the store could not be asked
+        (`>>` with the store down) meant to append to or keep such an object: it is refused
+        (kept, "failed" in `unifs status`) rather than uploaded over it. Called with the upload
+        lock held."""
+        if st.uploaded_gen != 0 or st.replaces_object or st.checked_absent or \
+                not (write_back or st.size == 0 or st.unchecked_create):
             return False
         info = mount.store.head(st.key)
         if info is None:
             return False
+        if st.unchecked_create and st.size > 0:
+            raise StoreRejected(f"the store has an object at {st.path} ({info.size} bytes), which this file, "
+                                "created without O_TRUNC while the store was unreachable, was not meant to "
+                                "replace; move the staged copy into place yourself if it should")
         st.replaces_object = True
         st.found_in_store = True
         log.info("%s: an object of this name is in the store (put there since the daemon listed its "
@@ -523,8 +535,9 @@ class Writes:
                     continue
                 st = self._staged[doc["path"]] = self.area.adopt(doc, sid)
                 # closed before the earlier daemon stopped: uploaded as it is over whatever the
-                # store holds now (no _found_unknown_object check: an empty one was meant so)
-                st.replaces_object = True
+                # store holds now (no _found_unknown_object check: an empty one was meant so),
+                # unless it was created while the store could not be asked
+                st.replaces_object = not st.unchecked_create
             if doc.get("state") == STRANDED:
                 try:
                     st.save()  # pending again: its mount is back
