@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 
 import obstore
 import pytest
@@ -205,6 +206,20 @@ def test_metadata_calls_frameworks_make_succeed(rw):
         fcntl.flock(f, fcntl.LOCK_UN)
     assert p.read_bytes() == b"H5"
     assert _errno_of(os.symlink, "weights.h5", root / "link") == errno.EPERM
+
+
+def test_touch_of_a_file_being_written_sets_now_and_touch_a_leaves_its_mtime(rw):
+    root, _ = rw
+    p = root / "events.out"
+    with open(p, "wb") as f:
+        f.write(b"x")
+        f.flush()
+        os.utime(p, (1_000_000, 1_000_000))
+        assert os.stat(p).st_mtime == 1_000_000
+        subprocess.run(["touch", "-a", str(p)], check=True)  # UTIME_OMIT for the mtime
+        assert os.stat(p).st_mtime == 1_000_000
+        subprocess.run(["touch", str(p)], check=True)  # UTIME_NOW
+        assert abs(os.stat(p).st_mtime - time.time()) < 60, os.stat(p).st_mtime
 
 
 def test_unlink_while_open_for_writing(rw, seaweed):

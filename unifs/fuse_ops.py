@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Callable, Optional
 
 import mfusepy as fuse
@@ -15,6 +16,8 @@ import mfusepy as fuse
 from unifs.cache.buffers import copy_to
 from unifs.vfs import FileSystem
 from unifs.vfs.filesystem import opens_for_writing
+
+_UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 log = logging.getLogger("unifs.fuse")
 
@@ -272,7 +275,10 @@ class FuseOps(fuse.Operations):
 
     @_errno_guard
     def utimens(self, path, times=None):
-        mtime = times[1] / 1e9 if times else None  # use_ns: nanoseconds
+        # use_ns: nanoseconds; libfuse 3 passes utimensat's UTIME_NOW (`touch`) and UTIME_OMIT
+        # (`touch -a`) through as such, with tv_sec 0: taken literally they set 1970
+        mtime = times[1] if times else _UTIME_NOW
+        mtime = None if mtime == _UTIME_OMIT else time.time() if mtime == _UTIME_NOW else mtime / 1e9
         if path is not None:
             self.fs.set_times(path, mtime)
         return 0
