@@ -206,6 +206,7 @@ def assert_every_change_is_erofs(root: Path, f: Path) -> None:
         assert errno_of(fn, *args) == errno.EROFS, (fn.__name__, args)
     assert not os.access(f, os.W_OK)
     assert os.access(f, os.R_OK)
+    assert not os.access(f, os.X_OK) and os.access(root, os.X_OK)  # 0444 files, 0555 directories
     fd = os.open(f, os.O_RDONLY | os.O_APPEND)  # cannot write: a plain read
     try:
         assert os.read(fd, 1) or os.stat(f).st_size == 0

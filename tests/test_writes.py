@@ -205,6 +205,7 @@ def test_metadata_calls_frameworks_make_succeed(rw):
         f.write(b"H5")
         fcntl.flock(f, fcntl.LOCK_UN)
     assert p.read_bytes() == b"H5"
+    assert not os.access(p, os.X_OK) and os.access(root, os.X_OK | os.W_OK)  # 0644 files, 0755 directories
     assert _errno_of(os.symlink, "weights.h5", root / "link") == errno.EPERM
 
 

@@ -799,7 +799,9 @@ class FileSystem:
 
     # -- other calls ---------------------------------------------------------
     def access(self, path: str, mode: int) -> None:
-        self.getattr(path)
+        attr = self.getattr(path)
+        if mode & os.X_OK and not attr.is_dir:  # files are 0644 / 0444: `[ -x f ]`, `find -executable`
+            raise _err(errno.EACCES, path)
         if mode & os.W_OK:
             self.writes.writable(path)
 
