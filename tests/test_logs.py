@@ -31,6 +31,24 @@ def test_a_file_name_cannot_forge_a_log_line(tmp_path):
     assert lines[-1] == "ValueError: boom"
 
 
+def test_a_file_name_that_is_not_utf8_is_logged(tmp_path, capsys):
+    # FUSE hands such a name over decoded with surrogateescape; writing it to the log raised,
+    # and the logging module printed a traceback of ~70 lines instead of the warning
+    log_file = tmp_path / "d.log"
+    before = logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        setup_logging("info", str(log_file))
+        logging.getLogger("unifs.test").warning("%s: cannot upload", b"ckpt/\xe9t\xe9".decode("utf-8", "surrogateescape"))
+    finally:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.close()
+        logging.getLogger().handlers[:], level = before
+        logging.getLogger().setLevel(level)
+    assert log_file.read_text().splitlines()[0].endswith(r"unifs.test: ckpt/\udce9t\udce9: cannot upload")
+    assert "Logging error" not in capsys.readouterr().err
+
+
 def test_the_log_file_stays_private_and_bounded(tmp_path, monkeypatch):
     # the default log lives on /run (RAM): at debug level a long run grew it without bound
     import os

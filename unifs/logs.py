@@ -29,8 +29,9 @@ def setup_logging(level: str = "info", log_file: Optional[str] = None) -> None:
     lvl = getattr(logging, str(level).upper(), logging.INFO)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        # a file name that is not UTF-8 (surrogateescape) must not turn a warning into a traceback
         handler: logging.Handler = _PrivateRotatingFile(log_file, maxBytes=LOG_FILE_BYTES, backupCount=1,
-                                                        encoding="utf-8")
+                                                        encoding="utf-8", errors="backslashreplace")
         os.chmod(log_file, 0o600)
     else:
         handler = logging.StreamHandler()

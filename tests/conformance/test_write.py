@@ -269,6 +269,22 @@ def test_names_the_azure_client_cannot_address(mounter, _providers):
     assert left == sorted(["x", "x?", "a?versionid=1", "src", "a?b", "a#b", "q?z", "sp ace"])
 
 
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
+def test_names_that_are_not_utf8_are_absent_and_refused(mounter, _providers, kind):
+    # object keys are UTF-8: a Latin-1 name (an old tar) was EIO on every lookup, with a
+    # traceback in the log each time; it is a name no object can have
+    p = _providers(kind)
+    prefix = f"confnames/utf8-{kind}"
+    p.make_root(prefix)
+    root = mounter.mount([p.entry("/w", prefix)], inprocess=p.inprocess) / "w"
+    bad = os.fsencode(root) + b"/\xe9t\xe9.txt"
+    assert errno_of(os.stat, bad) == errno.ENOENT
+    assert errno_of(lambda: open(bad, "wb")) == errno.EINVAL
+    assert errno_of(os.mkdir, bad) == errno.EINVAL
+    (root / "\u00e9t\u00e9.txt").write_bytes(b"utf8")  # the same name in UTF-8 is fine
+    assert os.listdir(root) == ["\u00e9t\u00e9.txt"]
+
+
 def _glob_renames(mounter, provider, prefix, **extra) -> None:
     provider.make_root(prefix)
     root = mounter.mount([provider.entry("/w", prefix, **extra)], inprocess=provider.inprocess) / "w"

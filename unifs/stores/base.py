@@ -28,6 +28,17 @@ class Listing:
     dirs: set[str] = field(default_factory=set)
 
 
+def not_utf8(key: str) -> Optional[str]:
+    """Object keys are UTF-8; a name that is not (Latin-1 from an old tar, decoded by the FUSE
+    layer with surrogateescape) cannot be sent, and the client's encoding error was an EIO and
+    a traceback in the log for every lookup."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "object names must be UTF-8"
+    return None
+
+
 class Store(Protocol):
     url: str
     has_dirs: bool  # real directories (file://, memory://) rather than key prefixes

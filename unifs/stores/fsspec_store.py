@@ -15,7 +15,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from unifs.errors import ObjectNotFound, object_root_error
-from unifs.stores.base import Listing, ObjectInfo
+from unifs.stores.base import Listing, ObjectInfo, not_utf8
 from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import backoff_s, call_store, call_store_first, is_transient
 
@@ -253,7 +253,11 @@ class FsspecStore:
             # Azure Blob Storage (and Azurite) store a backslash as '/': "a\b" became file b in
             # directory a, and the name written was gone
             return "Azure Blob Storage turns '\\' in a name into '/'"
-        if self.scheme in _LOCAL_SCHEMES or not _MISREAD.search(key):
+        if self.scheme in _LOCAL_SCHEMES or self.scheme == "memory":
+            return None
+        if not_utf8(key):
+            return not_utf8(key)
+        if not _MISREAD.search(key):
             return None
         split = getattr(self.fs, "split_path", None)
         if split is None:

@@ -19,7 +19,7 @@ import obstore
 from obstore.store import S3Store
 
 from unifs.errors import ObjectNotFound, StoreRejected, object_root_error
-from unifs.stores.base import Listing, ObjectInfo
+from unifs.stores.base import Listing, ObjectInfo, not_utf8
 from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import call_store, call_store_first
 
@@ -265,7 +265,7 @@ class ObstoreS3Store:
         self._call(f"delete {key}", obstore.delete, self.store, key)
 
     def name_problem(self, key: str) -> Optional[str]:
-        return None
+        return not_utf8(key)
 
     @_s3fs_for_unparseable_keys
     def copy(self, src: str, dst: str) -> None:

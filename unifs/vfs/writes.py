@@ -202,7 +202,7 @@ class Writes:
         mount, key = self.fs.ns.resolve(path)
         if mount is None or mount.read_only:
             raise _err(errno.EROFS, path)
-        if not mount.store.has_dirs and len(_full_key(mount, key).encode()) > MAX_KEY_BYTES:
+        if not mount.store.has_dirs and len(_full_key(mount, key).encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
             raise _err(errno.ENAMETOOLONG, path, f"the store's keys are at most {MAX_KEY_BYTES} bytes")
         if len(posixpath.basename(path).encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG, path, f"file names are at most {NAME_MAX} bytes")
