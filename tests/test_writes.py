@@ -50,6 +50,50 @@ def test_create_write_close_lands_in_the_store(rw, seaweed):
     assert _store_bytes(seaweed, f"{prefix}/empty") == b""
 
 
+def test_a_reader_open_before_the_writer_sees_its_appends_and_none_is_lost(rw, seaweed):
+    # a monitor (tail -f) had the stored log open when the resumed run began to append: its
+    # reads past the stored end answered end-of-file, the kernel cut the file to that size,
+    # and the next appends landed over lines already written
+    root, prefix = rw
+    old = b"".join(b"epoch %03d loss 0.5\n" % i for i in range(10))
+    obstore.put(seaweed.obstore(SCRATCH), f"{prefix}/train.log", old)
+    new = b""
+    with open(root / "train.log", "rb") as monitor:
+        seen = monitor.read()
+        assert seen == old
+        with open(root / "train.log", "ab") as w:
+            for i in range(10, 40):
+                line = b"epoch %03d loss 0.4\n" % i
+                w.write(line)
+                w.flush()
+                new += line
+                if i in (20, 30):
+                    seen += monitor.read()  # the monitor polls
+                    assert seen == old + new
+        seen += monitor.read()
+    assert seen == old + new
+    assert _store_bytes(seaweed, f"{prefix}/train.log") == old + new
+    assert (root / "train.log").read_bytes() == old + new
+
+
+def test_an_in_place_write_is_read_back_after_a_reader_open_before_it_on_libfuse_2(mounter, seaweed, dataset,
+                                                                                  monkeypatch):
+    # the earlier reader's READ refilled the written page from the stored version, and the
+    # next open kept that page (keep_cache for the ETag just uploaded): libfuse 2 has no
+    # invalidation of its own to hide it
+    prefix = f"{PREFIX}/in-place-fuse2"
+    obstore.put(seaweed.obstore(SCRATCH), f"{prefix}/x.bin", b"A" * 8192)
+    monkeypatch.setenv("FUSE_LIBRARY_NAME", "fuse")
+    root = mounter.mount([mounter.s3_entry("/w", f"s3://{SCRATCH}/{prefix}")]) / "w"
+    want = b"A" * 100 + b"B" * 10 + b"A" * 8082
+    with open(root / "x.bin", "rb", buffering=0) as r, open(root / "x.bin", "r+b", buffering=0) as w:
+        w.seek(100)
+        w.write(b"B" * 10)
+        assert r.read(8192) == want
+    assert _store_bytes(seaweed, f"{prefix}/x.bin") == want
+    assert (root / "x.bin").read_bytes() == want
+
+
 def test_read_your_writes_before_close(rw):
     root, _ = rw
     with open(root / "log.txt", "wb", buffering=0) as w:

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import errno_of, sha256, unifs
+from conftest import errno_of, sha256, unifs, wait_for
 
 WRITABLE = ["s3", "gcs", "azure", "file", "memory"]
 
@@ -283,6 +283,28 @@ def test_names_that_are_not_utf8_are_absent_and_refused(mounter, _providers, kin
     assert errno_of(os.mkdir, bad) == errno.EINVAL
     (root / "\u00e9t\u00e9.txt").write_bytes(b"utf8")  # the same name in UTF-8 is fine
     assert os.listdir(root) == ["\u00e9t\u00e9.txt"]
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])  # SeaweedFS keeps empty prefixes itself
+def test_a_directory_another_client_empties_goes_also_after_an_unlink_through_the_mount(mounter, _providers,
+                                                                                        kind):
+    # an unlink kept its directory in the daemon for good, even with other entries left in it:
+    # old checkpoint steps deleted by another node went on showing here
+    p = _providers(kind)
+    prefix = f"confdirs/{kind}"
+    p.put_many({f"{prefix}/steps/step_1/a.bin": b"a", f"{prefix}/steps/step_1/b.bin": b"b",
+                f"{prefix}/steps/step_2/a.bin": b"c"})
+    root = mounter.mount([p.entry("/w", prefix, metadata_ttl="1s")]) / "w"
+    assert sorted(os.listdir(root / "steps/step_1")) == ["a.bin", "b.bin"]
+    os.unlink(root / "steps/step_1/a.bin")
+    assert os.listdir(root / "steps") == ["step_1", "step_2"]
+    p.server.fs().rm(f"{p.bucket}/{prefix}/steps/step_1/b.bin")  # another node
+    assert wait_for(lambda: os.listdir(root / "steps") == ["step_2"], timeout=10), os.listdir(root / "steps")
+    # the last entry removed through the mount keeps its directory, for rm -r's rmdir
+    os.unlink(root / "steps/step_2/a.bin")
+    assert os.listdir(root / "steps/step_2") == []
+    os.rmdir(root / "steps/step_2")
+    assert os.listdir(root / "steps") == []
 
 
 def _glob_renames(mounter, provider, prefix, **extra) -> None:

@@ -286,6 +286,8 @@ class FileSystem:
             # big directory does not): files that changed since the daemon last said are flagged
             before = self.meta.previous_children(path, children)
             self.meta.put_listing(path, children, mount.ttl, since)
+            if children:
+                self.writes.exists_in_store(path)
             if before:
                 prefix = path.rstrip("/") + "/"
                 changed = [prefix + n for n, a in before.items() if _differs(a, children.get(n))]
@@ -318,7 +320,9 @@ class FileSystem:
     def _open(self, path: str, flags: int, owner: Optional[int]) -> tuple[int, bool]:
         if opens_for_writing(flags):
             st = self.writes.open(path, bool(flags & os.O_TRUNC))
-            return self._new_handle(Handle(path, staged=st, writable=True, owner=owner)), False
+            fh = self._new_handle(Handle(path, staged=st, writable=True, owner=owner))
+            self._readers_follow(path, st)
+            return fh, False
         # the kernel opens without asking for attributes while its own are valid: if the daemon's
         # expired and the store's answer now differs from its last, the kernel still has the old
         # size (a GETATTR or LOOKUP of the kernel's own would have refreshed the daemon's first)
@@ -363,6 +367,27 @@ class FileSystem:
                 self.prefetcher.opened(path, listing, self.cache.block_size, self._prefetch_room(mount))
                 handle.prefetch_counted = True
         return self._new_handle(handle), keep and not direct
+
+    def _readers_follow(self, path: str, st: StagedFile) -> None:
+        """Readers of the stored version read the staged copy from now on, as readers opened
+        after the writer do: one file, one content. A reader left on the stored version
+        answered reads past its end with end-of-file, and the kernel then cut the file to
+        that size, so the writer's next O_APPEND write (a log `tail -f`-ed while appended
+        to) landed over lines already written. Readers of an older version than the one
+        staged stay stale (ESTALE)."""
+        if st.opened_over is None:
+            return
+        with self._lock:
+            readers = [h for h in self._handles.values() if h.path == path and h.reader is not None
+                       and h.staged is None and not h.stale and (h.version,) == st.opened_over]
+        for h in readers:
+            if self.writes.attach_reader(path, st):
+                # its reader stays until release: a read in flight on it may still use it
+                h.staged = st
+                h.version = None
+                if h.prefetch_counted:
+                    self.prefetcher.closed(path)
+                    h.prefetch_counted = False
 
     def _forget_closed_paths(self, opening: str) -> None:
         """Per-path records (open counts, the version the kernel may cache) of every name ever

@@ -79,6 +79,8 @@ class StagedFile:
         # created without O_TRUNC while the store could not say whether it had the name: an
         # object found there before the first upload is not replaced (see Writes)
         self.unchecked_create = False
+        # (ETag,) of the stored version it was opened over (Writes.open), None if created
+        self.opened_over: Optional[tuple] = None
         self.failures = 0
         self.next_retry = 0.0
         self.error: Optional[str] = None

@@ -171,6 +171,15 @@ class Writes:
                 st.opens += 1
             return st
 
+    def attach_reader(self, path: str, st: StagedFile) -> bool:
+        """An open reader of the stored version joins the staged copy (FileSystem._readers_follow),
+        if that is still the path's."""
+        with self._lock:
+            if self._staged.get(path) is not st or st.removed:
+                return False
+            st.opens += 1
+            return True
+
     def attr(self, path: str) -> Optional[Attr]:
         hidden = self._hidden.get(path)
         if hidden is not None:
@@ -342,6 +351,7 @@ class Writes:
                     attr = self.fs.getattr(path)  # staged a moment ago, uploaded and discarded since
                 base = Base(attr.size, self.fs.fetcher(path, mount, key, attr.etag)) if attr.size else None
                 st = self.area.create(path, mount.path, key, mount.entry_url_redacted, base)
+                st.opened_over = (attr.etag,)  # which readers of the stored version may join it
                 st.replaces_object = True  # never written back half-way: only close/fsync replace it
                 self._staged[path] = st
             st.opens += 1
@@ -428,6 +438,7 @@ class Writes:
                     log.error("%s: upload to %s failed (%s); the data is kept at %s and retried in the "
                               "background", st.path, st.key, e.strerror, st.data_path)
                 raise
+            self.exists_in_store(posixpath.dirname(st.path))
             st.uploaded_gen = gen
             st.failures = 0
             st.error = None
@@ -599,14 +610,30 @@ class Writes:
     def _keep_parent(self, mount: Mount, path: str) -> None:
         """The directory of an entry just removed or renamed away stays a directory, as on
         any file system: on an object store it existed only through its keys, so after its last
-        one it would vanish, and `rm -r` (unlink, then rmdir) would fail with ENOENT."""
+        one it would vanish, and `rm -r` (unlink, then rmdir) would fail with ENOENT. Not one
+        its listing shows other entries in: it exists through their keys, and kept it would
+        outlive them when another client removes them."""
         if mount.store.has_dirs:
             return
-        parent = posixpath.dirname(path)
+        parent, gone = posixpath.split(path)
         pm, pk = self.fs.ns.resolve(parent)
-        if pm is mount and pk:  # a mount's root always exists
-            with self._lock:
-                self._dirs.add(parent)
+        if pm is not mount or not pk:  # a mount's root always exists
+            return
+        listing = self.fs.meta.get_listing(parent)
+        if listing is not None and any(n != gone for n in listing):
+            return
+        with self._lock:
+            self._dirs.add(parent)
+
+    def exists_in_store(self, directory: str) -> None:
+        """The store lists entries in `directory` (or holds a file below it): a directory kept
+        in the daemon (mkdir, _keep_parent) exists through their keys from now on, and goes
+        when they go, as for any other client."""
+        if not self._dirs:
+            return
+        with self._lock:
+            for d in [d for d in self._dirs if d == directory or under(directory, d)]:
+                self._dirs.discard(d)
 
     def _drop_staged(self, path: str, delete_object=None) -> None:
         """Forget the staged file of path (its upload will not happen). delete_object, if given,
