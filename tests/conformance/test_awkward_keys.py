@@ -3,9 +3,13 @@ the log (a user who misses an object learns why), never mistaken for another obj
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 
 import pytest
+
+from conftest import errno_of
 
 from unifs.stores.fsspec_store import FsspecStore
 
@@ -35,3 +39,28 @@ def test_unshowable_keys_are_left_out_and_logged(_providers, kind, caplog):
         assert store.head("ok").size == 2
     finally:
         store.close()
+
+
+def test_local_links_within_the_directory_are_followed_and_others_not_served(mounter, _providers, tmp_path):
+    # a file:// mount listed a link to a directory as a 4 KiB file, followed links out of the
+    # mounted directory (/etc/hostname to every user, with allow_other), and listed a FIFO,
+    # whose read blocks forever
+    p = _providers("file")
+    prefix = "awkward-links"
+    p.put_many({f"{prefix}/data/a.bin": b"A" * 100, f"{prefix}/top.txt": b"top"})
+    root = p.root / prefix
+    outside = tmp_path / "secret.txt"
+    outside.write_bytes(b"not for the mount")
+    os.symlink("data", root / "data-link")
+    os.symlink("top.txt", root / "top-link")
+    os.symlink(str(outside), root / "out-link")
+    os.symlink(str(tmp_path), root / "out-dir")
+    os.symlink("nowhere", root / "dangling")
+    os.mkfifo(root / "fifo")
+    mp = mounter.mount([p.entry("/l", prefix, read_only=True)]) / "l"
+    assert sorted(os.listdir(mp)) == ["data", "data-link", "top-link", "top.txt"]
+    assert os.path.isdir(mp / "data-link") and os.listdir(mp / "data-link") == ["a.bin"]
+    assert (mp / "data-link/a.bin").read_bytes() == b"A" * 100
+    assert (mp / "top-link").read_bytes() == b"top" and os.stat(mp / "top-link").st_size == 3
+    for name in ("out-link", "out-dir", "dangling", "fifo", "out-dir/secret.txt"):
+        assert errno_of(os.stat, mp / name) == errno.ENOENT, name

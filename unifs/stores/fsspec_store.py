@@ -15,6 +15,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from unifs.errors import ObjectNotFound, object_root_error
+from unifs.paths import under
 from unifs.stores.base import Listing, ObjectInfo, not_utf8
 from unifs.stores.probe import probe_endpoint
 from unifs.stores.retry import backoff_s, call_store, call_store_first, is_transient
@@ -328,10 +329,49 @@ class FsspecStore:
         if url:
             probe_endpoint(url, self.connect_timeout)
 
+    # -- file:// links and special files --------------------------------------
+    def _outside(self, key: str) -> Optional[str]:
+        """Why a local path is not served: through a symbolic link it leads out of the mounted
+        directory (with allow_other, every user could read what the link points at), or to
+        nothing. Links within it are followed, as rclone's --copy-links does."""
+        if self.scheme not in _LOCAL_SCHEMES or not key:
+            return None
+        path = self._path(key)
+        real = os.path.realpath(path)
+        if real == path:
+            return None
+        if not under(real, os.path.realpath(self.root or "/")):
+            return "a symbolic link out of the mounted directory"
+        if not os.path.exists(real):
+            return "a dangling symbolic link"
+        return None
+
+    def _local_entry(self, key: str, e: dict) -> Optional[dict]:
+        """A listing entry as its link's target, or None for what is not served (_outside;
+        FIFOs, sockets and devices, whose reads would block or never end)."""
+        if e.get("islink"):
+            why = self._outside(key)
+            if why is None:
+                try:
+                    e = {**self.fs.info(self._path(key)), "name": e.get("name")}
+                except OSError:
+                    why = "a dangling symbolic link"
+            if why:
+                self._hide(key, why)
+                return None
+        if e.get("type") not in ("file", "directory"):
+            self._hide(key, "not a regular file or directory")
+            return None
+        return e
+
     def head(self, key: str) -> Optional[ObjectInfo]:
+        if self._outside(key):
+            return None
         try:
             info = self._call(f"stat {key}", self.fs.info, self._path(key))
         except ObjectNotFound:
+            return None
+        if self.scheme in _LOCAL_SCHEMES and info.get("type") not in ("file", "directory"):
             return None
         if info.get("type") == "directory" or str(info.get("name", "")).endswith("/"):
             return None  # gcsfs answers with the "key/" marker object when there is no "key"
@@ -344,6 +384,8 @@ class FsspecStore:
             # the clients' info() answers "file" when an object of that name exists too (and
             # gcsfs for a "dir/" marker with data): ask for one key below the prefix instead
             return self._call(f"stat {key}/", self._has_children, key)
+        if self._outside(key):
+            return False
         try:
             info = self._call(f"stat {key}/", self.fs.info, self._path(key))
         except ObjectNotFound:
@@ -374,6 +416,9 @@ class FsspecStore:
         if self.scheme in _AZ_SCHEMES:
             return self._call(f"list {key or '/'}", self._az_list_dir, key)
         path = self._path(key)
+        why = self._outside(key)
+        if why:
+            raise ObjectNotFound(f"{key}: {why}")
         entries = self._call(f"list {key or '/'}", self.fs.ls, path, detail=True)
         out = Listing()
         base = path.rstrip("/")
@@ -389,6 +434,10 @@ class FsspecStore:
                 self._hide(f"{key}/{leaf}" if key else leaf, _EMPTY_SEGMENT)
                 continue
             child = f"{key}/{leaf}" if key else leaf
+            if self.scheme in _LOCAL_SCHEMES:
+                e = self._local_entry(child, e)
+                if e is None:
+                    continue
             if e.get("type") == "directory":
                 out.dirs.add(leaf)
             else:
@@ -406,6 +455,9 @@ class FsspecStore:
             return self._call(f"read {key}", self._gcs_reader().get, bucket, obj, start, end, etag)
         if self.scheme in _AZ_SCHEMES and etag:
             return self._call(f"read {key}", self._az_get_if_match, key, start, end, etag)
+        why = self._outside(key)
+        if why:
+            raise ObjectNotFound(f"{key}: {why}")
         return self._call(f"read {key}", self.fs.cat_file, self._path(key), start=start, end=end)
 
     def _gcs_reader(self):
