@@ -360,6 +360,10 @@ def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, 
     try:
         unifs("umount", "--lazy", str(mp), check=True)
         assert not is_mounted(mp) and pid_alive(old_pid)
+        # still serving `held`: status names it (it said "unmounted, pid ?")
+        rows = json.loads(unifs("status", "--json", check=True).stdout)
+        assert [(r["state"], r["pid"]) for r in rows if r["mountpoint"] == str(mp)] == [("detached", old_pid)], rows
+        assert "detached by a lazy unmount" in unifs("status", check=True).stdout
         res = unifs("mount", str(mp), "--config", str(cfg))
         if writable or mode == "tiered":  # the disk tier's directory is the old daemon's too
             assert res.returncode != 0 and not is_mounted(mp)

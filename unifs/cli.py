@@ -187,6 +187,9 @@ def status(as_json):
         if r["state"] == "unmounted":
             click.echo("  not mounted: mounting it again with a mount table that maps these paths uploads "
                        "the pending and stranded files; orphaned and failed ones stay until you delete them")
+        elif r["state"] == "detached":
+            click.echo("  detached by a lazy unmount: its daemon serves the files still open there and "
+                       "exits after the last one closes")
         elif r["state"] == "stale":
             click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
         elif r["state"] == "hung":

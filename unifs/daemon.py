@@ -581,7 +581,12 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             os.kill(pid, signal.SIGTERM)
     if health == "hung" and force and pid and mountinfo.pid_alive(pid):
         os.kill(pid, signal.SIGKILL)  # stopped or stuck: SIGTERM would not be seen
-    retire_state(mountpoint)
+    if lazy and not stale and health != "hung" and pid and mountinfo.pid_alive(pid):
+        # still serving its open files, and retires its state itself when it exits: `unifs
+        # status` lists it as detached (it showed "unmounted, pid ?" while it ran on)
+        mountinfo.write_state(mountpoint, {**(state or {}), "detached": True})
+    else:
+        retire_state(mountpoint)
     report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "") + \
         (f" (aborted the connection of its hung daemon, pid {pid}, and killed it)" if health == "hung" and force
          else f" (detached; its daemon, pid {pid}, does not answer)" if health == "hung" else "")
@@ -610,7 +615,13 @@ def status() -> list[dict]:
                      "pending": pending_files(staging, daemon_dead=stale) if staging else []})
     for mp, st in states.items():
         if mountinfo.pid_alive(st.get("pid")):
-            continue  # starting, or detached lazily and serving its open files
+            if st.get("detached"):  # by a lazy unmount: serving the files still open
+                staging = st.get("staging_dir")
+                rows.append({"mountpoint": mp, "pid": st.get("pid"), "state": "detached",
+                             "config": st.get("config"), "log_file": st.get("log_file"),
+                             "mounts": st.get("mounts", []), "staging_dir": staging,
+                             "pending": pending_files(staging) if staging else []})
+            continue  # else starting
         staging = st.get("staging_dir")
         left = pending_files(staging, daemon_dead=True) if staging else []
         if not left:
