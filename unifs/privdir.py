@@ -13,6 +13,8 @@ def private_directory(path: str, what: str) -> None:
     followed a link another user had put there, made its target 0700 and wrote into it, and a
     directory of theirs would feed readers their blocks."""
     parent = os.path.dirname(os.path.abspath(path))
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory", path)
     os.makedirs(parent, mode=0o700, exist_ok=True)
     me = os.geteuid()
     pst = os.stat(parent)
