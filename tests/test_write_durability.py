@@ -347,11 +347,16 @@ def test_an_append_while_the_store_is_down_never_replaces_an_object_put_since_th
     assert os.listdir(mp / "c") == []
     theirs = b"EXISTING-LOG-LINE-1\n"
     obstore.put(flaky.obstore(BUCKET), "run/train.log", theirs)
+    obstore.put(flaky.obstore(BUCKET), "run/held.lock", b"host-a")
+    # filelock's SoftFileLock opens with O_EXCL|O_TRUNC: the lock another host holds is found
+    with pytest.raises(FileExistsError):
+        os.open(mp / "c/held.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
     flaky.stop()
     # a lock file needs certainty: O_EXCL cannot be granted without asking the store
-    with pytest.raises(OSError) as e:
-        os.open(mp / "c/lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    assert e.value.errno == errno.EIO
+    for flags in (os.O_EXCL, os.O_EXCL | os.O_TRUNC):
+        with pytest.raises(OSError) as e:
+            os.open(mp / "c/lock", os.O_WRONLY | os.O_CREAT | flags)
+        assert e.value.errno == errno.EIO
     f = open(mp / "c/train.log", "a")
     f.write("appended while down\n")
     with pytest.raises(OSError) as e:
@@ -364,7 +369,7 @@ def test_an_append_while_the_store_is_down_never_replaces_an_object_put_since_th
     assert wait_for(lambda: row().get("state") == "failed", timeout=60), _status(mp)
     row = row()
     assert "/c/train.log" in row["error"] and "not meant to replace" in row["error"], row
-    assert _in_store(flaky, "run/train.log") == theirs
+    assert wait_for(lambda: _in_store(flaky, "run/train.log") == theirs, timeout=30)  # a 500 just after a restart
     with open(row["data"], "rb") as kept:
         assert kept.read() == b"appended while down\n"
 
@@ -389,10 +394,29 @@ def test_an_append_made_while_the_store_was_down_stays_unchecked_across_a_daemon
         unifs("mount", str(mp), "--config", str(cfg), check=True)
         assert wait_for(lambda: [p["state"] for p in _status(mp)["pending"]] == ["failed"], timeout=60), \
             _status(mp)
-        assert _in_store(flaky, "run/app.log") == theirs
+        assert wait_for(lambda: _in_store(flaky, "run/app.log") == theirs, timeout=30)
     finally:
         if is_mounted(mp):
             unifs("umount", "--force", str(mp))
+
+
+def test_a_failed_close_upload_is_retried_while_a_reader_keeps_the_file_open(mounter, flaky):
+    # a reader (tail -f) attached to the staged copy counted as a writer: the failed upload
+    # was never retried while it stayed open, and a daemon stop left the file "orphaned"
+    mp = _mount(mounter, flaky)
+    (mp / "c/app.log").write_bytes(b"line 1\n")
+    with open(mp / "c/app.log", "rb") as monitor:
+        assert monitor.read() == b"line 1\n"
+        with pytest.raises(OSError) as e:
+            with open(mp / "c/app.log", "ab") as f:
+                f.write(b"line 2\n")
+                f.flush()  # the write fetched the stored part; the upload at close fails
+                flaky.stop()
+        assert e.value.errno == errno.EIO
+        assert [p["state"] for p in _status(mp)["pending"]] == ["pending"], _status(mp)
+        flaky.restart()
+        assert wait_for(lambda: _in_store(flaky, "run/app.log") == b"line 1\nline 2\n", timeout=60)
+        assert monitor.read() == b"line 2\n"
 
 
 def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp_path):

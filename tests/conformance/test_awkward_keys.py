@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
 
 import pytest
 
@@ -58,9 +59,15 @@ def test_local_links_within_the_directory_are_followed_and_others_not_served(mou
     os.symlink("nowhere", root / "dangling")
     os.mkfifo(root / "fifo")
     mp = mounter.mount([p.entry("/l", prefix, read_only=True)]) / "l"
-    assert sorted(os.listdir(mp)) == ["data", "data-link", "top-link", "top.txt"]
-    assert os.path.isdir(mp / "data-link") and os.listdir(mp / "data-link") == ["a.bin"]
-    assert (mp / "data-link/a.bin").read_bytes() == b"A" * 100
+    os.symlink(".", root / "loop")
+    assert sorted(os.listdir(mp)) == ["data", "top-link", "top.txt"]
     assert (mp / "top-link").read_bytes() == b"top" and os.stat(mp / "top-link").st_size == 3
-    for name in ("out-link", "out-dir", "dangling", "fifo", "out-dir/secret.txt"):
+    # not directory links: `rm -r link` deleted the files it pointed at, and `loop -> .` made
+    # a tree 40 levels deep
+    for name in ("out-link", "out-dir", "dangling", "fifo", "out-dir/secret.txt", "data-link", "loop",
+                 "data-link/a.bin", "loop/top.txt"):
         assert errno_of(os.stat, mp / name) == errno.ENOENT, name
+    w = mounter.mount([p.entry("/w", prefix)]) / "w"
+    assert errno_of(os.stat, w / "data-link") == errno.ENOENT
+    subprocess.run(["rm", "-rf", str(w / "data-link")], check=True)
+    assert (root / "data/a.bin").read_bytes() == b"A" * 100

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 
 import pytest
 
@@ -305,6 +306,13 @@ def test_a_directory_another_client_empties_goes_also_after_an_unlink_through_th
     assert os.listdir(root / "steps/step_2") == []
     os.rmdir(root / "steps/step_2")
     assert os.listdir(root / "steps") == []
+    # directories made here stay, also once a file written into one was removed again
+    os.makedirs(root / "out/run1")
+    (root / "out/run1/ckpt").write_bytes(b"x")
+    os.unlink(root / "out/run1/ckpt")
+    time.sleep(1.5)  # past metadata_ttl
+    assert os.listdir(root / "out") == ["run1"] and os.listdir(root / "out/run1") == []
+    (root / "out/new").write_bytes(b"n")
 
 
 def _glob_renames(mounter, provider, prefix, **extra) -> None:

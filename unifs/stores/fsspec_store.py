@@ -331,19 +331,24 @@ class FsspecStore:
 
     # -- file:// links and special files --------------------------------------
     def _outside(self, key: str) -> Optional[str]:
-        """Why a local path is not served: through a symbolic link it leads out of the mounted
-        directory (with allow_other, every user could read what the link points at), or to
-        nothing. Links within it are followed, as rclone's --copy-links does."""
+        """Why a local path is not served. A symbolic link is followed when it leads to a file
+        inside the mounted directory; not to a directory: `rm -r` of such a link deleted the
+        files it pointed at, and `dir -> .` made a tree 40 levels deep. Not out of the mounted
+        directory (with allow_other every user could read what it points at), nor dangling.
+        Only the last component is looked at: a lookup reaches a path one name at a time, and
+        directory links are never found, so none can be in the middle."""
         if self.scheme not in _LOCAL_SCHEMES or not key:
             return None
         path = self._path(key)
-        real = os.path.realpath(path)
-        if real == path:
+        if not os.path.islink(path):
             return None
+        real = os.path.realpath(path)
         if not under(real, os.path.realpath(self.root or "/")):
             return "a symbolic link out of the mounted directory"
-        if not os.path.exists(real):
-            return "a dangling symbolic link"
+        if os.path.isdir(real):
+            return "a symbolic link to a directory"
+        if not os.path.isfile(real):
+            return "a symbolic link to nothing, or to no regular file"
         return None
 
     def _local_entry(self, key: str, e: dict) -> Optional[dict]:
@@ -355,7 +360,7 @@ class FsspecStore:
                 try:
                     e = {**self.fs.info(self._path(key)), "name": e.get("name")}
                 except OSError:
-                    why = "a dangling symbolic link"
+                    why = "a symbolic link to nothing"
             if why:
                 self._hide(key, why)
                 return None

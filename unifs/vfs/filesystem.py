@@ -286,8 +286,11 @@ class FileSystem:
             # big directory does not): files that changed since the daemon last said are flagged
             before = self.meta.previous_children(path, children)
             self.meta.put_listing(path, children, mount.ttl, since)
-            if children:
-                self.writes.exists_in_store(path)
+            if children and self.meta.changes(path) == since:  # not one dropped as stale
+                prefix = path.rstrip("/") + "/"
+                if not self.writes.has_tombstones() or \
+                        any(not self.writes.is_tombstoned(prefix + n) for n in children):
+                    self.writes.exists_in_store(path)
             if before:
                 prefix = path.rstrip("/") + "/"
                 changed = [prefix + n for n, a in before.items() if _differs(a, children.get(n))]
@@ -381,13 +384,20 @@ class FileSystem:
             readers = [h for h in self._handles.values() if h.path == path and h.reader is not None
                        and h.staged is None and not h.stale and (h.version,) == st.opened_over]
         for h in readers:
-            if self.writes.attach_reader(path, st):
-                # its reader stays until release: a read in flight on it may still use it
-                h.staged = st
-                h.version = None
-                if h.prefetch_counted:
-                    self.prefetcher.closed(path)
-                    h.prefetch_counted = False
+            if not self.writes.attach_reader(path, st):
+                return
+            with self._lock:
+                # a release pops the handle under this lock and then releases what it holds:
+                # one that came first holds nothing of this
+                held = any(o is h for o in self._handles.values())
+                if held:
+                    h.staged = st  # its reader stays until release: a read in flight may use it
+                    h.version = None
+                    counted, h.prefetch_counted = h.prefetch_counted, False
+            if not held:
+                self.writes.release(st, reader=True)
+            elif counted:
+                self.prefetcher.closed(path)
 
     def _forget_closed_paths(self, opening: str) -> None:
         """Per-path records (open counts, the version the kernel may cache) of every name ever
@@ -661,7 +671,7 @@ class FileSystem:
                     self.writes.flush(handle.staged)
                 except OSError as e:
                     log.warning("%s: %s; the background uploader retries", handle.path, e.strerror)
-            self.writes.release(handle.staged)
+            self.writes.release(handle.staged, reader=not handle.writable)
         if self.writes.is_hidden(handle.path) and not self.is_open(handle.path):
             # the last close of a file unlinked while open; libfuse's own unlink of the hidden
             # name does not come when its directory was removed meanwhile (rm -r)

@@ -67,7 +67,8 @@ class StagedFile:
         self.upload_lock = threading.Lock()   # one upload (or rename/unlink) at a time
         self.gen = gen                        # bumped on every change
         self.uploaded_gen = 0
-        self.opens = 0
+        self.opens = 0  # writers, and the truncate(path) and rename calls that hold it
+        self.readers = 0  # read-only handles reading it (Writes.attach, attach_reader)
         self.deleted = False
         self.mtime = time.time()
         self.last_write = time.monotonic()
@@ -90,6 +91,11 @@ class StagedFile:
         self._final_size = 0  # size when its descriptor was closed (see removed)
 
     # -- content ---------------------------------------------------------------
+    @property
+    def held(self) -> bool:
+        """Some handle still uses its descriptor: it must not be removed yet."""
+        return self.opens > 0 or self.readers > 0
+
     @property
     def dirty(self) -> bool:
         return self.gen != self.uploaded_gen

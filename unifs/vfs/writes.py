@@ -145,13 +145,13 @@ class Writes:
         rejected upload is cleared, design.md): the daemon forgets it too. It went on serving
         the deleted copy and took new writes into it, which were never uploaded."""
         st = self._staged.get(path)
-        if st is None or st.opens > 0 or os.path.exists(st.data_path):
+        if st is None or st.held or os.path.exists(st.data_path):
             return
         if not st.upload_lock.acquire(blocking=False):
             return  # an upload (which will fail on the missing file) first; the next call drops it
         try:
             with self._lock:
-                if self._staged.get(path) is not st or st.opens > 0:
+                if self._staged.get(path) is not st or st.held:
                     return
                 del self._staged[path]
                 st.deleted = True  # an upload waiting for the lock finds nothing to do
@@ -168,7 +168,7 @@ class Writes:
         with self._lock:
             st = self._staged.get(path)
             if st is not None:
-                st.opens += 1
+                st.readers += 1
             return st
 
     def attach_reader(self, path: str, st: StagedFile) -> bool:
@@ -177,7 +177,7 @@ class Writes:
         with self._lock:
             if self._staged.get(path) is not st or st.removed:
                 return False
-            st.opens += 1
+            st.readers += 1
             return True
 
     def attr(self, path: str) -> Optional[Attr]:
@@ -286,7 +286,7 @@ class Writes:
         (`>>`, 'a', touch, O_CREAT alone: it was replaced by the few bytes written), and
         O_EXCL fails on it; so those ask the store once. Returns (file, created)."""
         checked = unreachable = False
-        if not truncate:
+        if not truncate or exclusive:  # O_EXCL|O_TRUNC too: filelock's SoftFileLock opens so
             mount, key = self.writable(path)
             if key and path not in self._staged and not self.is_tombstoned(path):
                 try:
@@ -308,7 +308,7 @@ class Writes:
                     return self.open(path, truncate=False), False
         st = self.create(path, truncate)
         st.checked_absent = checked
-        st.unchecked_create = unreachable
+        st.unchecked_create = unreachable and not truncate
         return st, True
 
     def create(self, path: str, truncate: bool = False) -> StagedFile:
@@ -379,13 +379,22 @@ class Writes:
             raise _err(errno.EIO, st.path, f"upload failed, data kept at {st.data_path}: {e.strerror}") \
                 from None
 
-    def release(self, st: StagedFile) -> None:
+    def release(self, st: StagedFile, reader: bool = False) -> None:
+        """reader: a read-only handle's (attach, attach_reader). Readers keep the staged copy
+        (its descriptor) but are not writers: a file only they hold counts as closed, so its
+        failed upload goes to the background uploader, and truncate(path) uploads at once."""
         with self._lock:
+            if reader:
+                st.readers -= 1
+                if st.readers > 0 or st.opens > 0 or st.dirty and not st.deleted and not st.write_error:
+                    return
+                self._discard(st)
+                return
             st.opens -= 1
             if st.opens > 0:
                 return
             pending = st.dirty and not st.deleted and not st.write_error
-            if not pending:
+            if not pending and st.readers == 0:
                 self._discard(st)
         if pending:
             st.save()  # closed with changes the store does not have: the background uploader takes over
@@ -467,6 +476,10 @@ class Writes:
             return False
         info = mount.store.head(st.key)
         if info is None:
+            if st.unchecked_create:
+                # asked now: an object a retry of this upload finds is most likely its own
+                # (a PUT whose reply was lost)
+                st.unchecked_create, st.checked_absent = False, True
             return False
         if st.unchecked_create and st.size > 0:
             raise StoreRejected(f"the store has an object at {st.path} ({info.size} bytes), which this file, "
@@ -485,7 +498,7 @@ class Writes:
         """Background work: pending uploads (with backoff) and write-back of open files."""
         now = time.monotonic()
         for st in self.all_staged():
-            if st.opens == 0 and not st.deleted and not os.path.exists(st.data_path):
+            if not st.held and not st.deleted and not os.path.exists(st.data_path):
                 self._drop_if_removed(st.path)  # also a rejected one: its descriptor holds the space
                 continue
             if st.deleted or not st.dirty or st.write_error or st.rejected or st.upload_lock.locked():
@@ -579,7 +592,7 @@ class Writes:
 
     def release_if_idle(self, st: StagedFile) -> None:
         with self._lock:
-            if st.opens == 0 and not st.dirty:
+            if not st.held and not st.dirty:
                 self._discard(st)
 
     def unlink(self, path: str) -> None:
@@ -620,20 +633,25 @@ class Writes:
         if pm is not mount or not pk:  # a mount's root always exists
             return
         listing = self.fs.meta.get_listing(parent)
-        if listing is not None and any(n != gone for n in listing):
+        prefix = parent.rstrip("/") + "/"
+        if listing is not None and any(n != gone and not self.is_tombstoned(prefix + n) for n in listing):
             return
         with self._lock:
             self._dirs.add(parent)
 
     def exists_in_store(self, directory: str) -> None:
-        """The store lists entries in `directory` (or holds a file below it): a directory kept
-        in the daemon (mkdir, _keep_parent) exists through their keys from now on, and goes
-        when they go, as for any other client."""
-        if not self._dirs:
-            return
-        with self._lock:
-            for d in [d for d in self._dirs if d == directory or under(directory, d)]:
-                self._dirs.discard(d)
+        """The store lists entries in `directory` (or holds a file in it): kept in the daemon
+        (mkdir, _keep_parent), it exists through their keys from now on, and goes when they
+        go, as for any other client. Its parents stay kept: an unlink keeps only the
+        directory it empties again."""
+        if directory in self._dirs:
+            mount, _ = self.fs.ns.resolve(directory)
+            if mount is not None:
+                # first: a listing of its parent cached while only the daemon knew it lacks it,
+                # and would answer "no such directory" once it is not kept
+                self.fs.meta.put_child(directory, Attr.directory(mount.read_only), mount.ttl)
+            with self._lock:
+                self._dirs.discard(directory)
 
     def _drop_staged(self, path: str, delete_object=None) -> None:
         """Forget the staged file of path (its upload will not happen). delete_object, if given,
@@ -652,7 +670,7 @@ class Writes:
                 if self._staged.get(path) is st:
                     del self._staged[path]
             st.deleted = True
-        if st.opens == 0:
+        if not st.held:
             st.remove()
 
     # -- directories -------------------------------------------------------------------
@@ -778,7 +796,7 @@ class Writes:
 
     def _finish_hidden(self, h: _Hidden) -> None:
         st = h.staged
-        if st is not None and st.opens == 0:
+        if st is not None and not st.held:
             st.remove()
         with h.lock:
             if h.delete:
