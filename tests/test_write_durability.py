@@ -417,6 +417,19 @@ def test_a_failed_close_upload_is_retried_while_a_reader_keeps_the_file_open(mou
         flaky.restart()
         assert wait_for(lambda: _in_store(flaky, "run/app.log") == b"line 1\nline 2\n", timeout=60)
         assert monitor.read() == b"line 2\n"
+        # uploaded: nothing for status to list, nor for a restarted daemon to upload again
+        assert wait_for(lambda: _status(mp)["pending"] == [], timeout=10), _status(mp)
+    # the same, then removed while the monitor reads: its changes must never reach the store,
+    # not even through a restart
+    with open(mp / "c/app.log", "rb") as monitor:
+        with pytest.raises(OSError):
+            with open(mp / "c/app.log", "ab") as f:
+                f.write(b"line 3\n")
+                f.flush()
+                flaky.stop()
+        os.unlink(mp / "c/app.log")
+        assert _status(mp)["pending"] == [], _status(mp)
+    flaky.restart()
 
 
 def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp_path):

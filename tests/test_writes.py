@@ -15,7 +15,7 @@ import time
 import obstore
 import pytest
 
-from conftest import SCRATCH, assert_every_change_is_erofs, errno_of as _errno_of, sha256, wait_for
+from conftest import SCRATCH, assert_every_change_is_erofs, errno_of as _errno_of, sha256, unifs, wait_for
 
 PREFIX = "writes"
 
@@ -403,6 +403,10 @@ def test_unlink_and_rename_over_open_files_leave_no_hidden_objects(rw, seaweed):
     assert os.pread(fd, 10, 0) == b"f"
     os.close(fd)
     assert wait_for(lambda: not _store_keys(seaweed, f"{prefix}/t")), _store_keys(seaweed, f"{prefix}/t")
+    # gone for good once the file closed: a file another client puts there later shows
+    obstore.put(seaweed.obstore(SCRATCH), f"{prefix}/t/sub/new", b"later")
+    unifs("cache", "clear", str(root), check=True)
+    assert wait_for(lambda: (root / "t/sub/new").exists(), timeout=10)
     # a name that only looks like libfuse's, on a file nobody has open: a plain rename
     (root / "keep").write_bytes(b"precious")
     os.rename(root / "keep", root / ".fuse_hidden000000aa00000001")

@@ -156,6 +156,10 @@ class FileSystem:
         try:
             attr = self._flights.do(("stat", path), lambda: self._lookup(path, mount, key, not for_kernel))
         except OSError as e:
+            if e.errno in (errno.EIO, errno.ETIMEDOUT) and self.writes.was_hidden(path):
+                # libfuse looks candidates up before it hides an open file under one: with the
+                # store down, `rm` of an open file was EBUSY (no candidate came back free)
+                raise _err(errno.ENOENT, path) from None
             if e.errno in (errno.EIO, errno.ETIMEDOUT):
                 # the kernel follows a failed revalidation of a name it knew with a fresh lookup
                 # of it: without this answer that took a second round of timeouts and retries

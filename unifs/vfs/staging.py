@@ -177,6 +177,17 @@ class StagedFile:
             state = OPEN if self.opens > 0 else FAILED if self.rejected else PENDING
             self.area.write_sidecar(self, state)
 
+    def drop_record(self) -> None:
+        """Nothing in it is for a later daemon to recover (uploaded, unchanged, or deleted),
+        though readers still hold it: no sidecar, or a restart would upload it again over
+        newer objects. The next change writes one again (see _changed)."""
+        with self.lock:
+            try:
+                os.unlink(self.meta_path)
+            except FileNotFoundError:
+                pass
+            self.recorded_clean = True
+
     def close_fd(self) -> None:
         # once only: a second close() could hit a descriptor number reused by another thread
         with self.lock:
@@ -265,7 +276,7 @@ class StagingArea:
         open then become "orphaned" and stay put."""
         found = []
         for doc, sid in read_sidecars(self.directory):
-            if doc.get("state") == OPEN and doc.get("clean"):
+            if doc.get("clean") and doc.get("state") != FAILED:
                 log.info("%s was open when the daemon stopped, and already uploaded; dropping its "
                          "staged copy", doc.get("path"))
                 for ext in (".data", ".json"):
@@ -318,7 +329,7 @@ def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:
     next daemon makes of them (nobody uploads them on their own)."""
     out = []
     for doc, _ in read_sidecars(directory):
-        if doc.get("state") == OPEN and doc.get("clean"):
+        if doc.get("clean") and doc.get("state") != FAILED:
             continue  # in the store already, exactly
         if daemon_dead and doc.get("state") == OPEN:  # also one whose write-back had failed
             out.append({**doc, "state": ORPHANED})

@@ -396,6 +396,8 @@ class Writes:
             pending = st.dirty and not st.deleted and not st.write_error
             if not pending and st.readers == 0:
                 self._discard(st)
+            elif not pending and not st.write_error:
+                st.drop_record()  # kept for its readers only
         if pending:
             st.save()  # closed with changes the store does not have: the background uploader takes over
         elif st.write_error and not st.deleted and not st.replaces_object and not st.uploaded_gen \
@@ -454,6 +456,8 @@ class Writes:
             st.last_upload = time.monotonic()
             if st.opens > 0 and not st.dirty:
                 st.save()  # recorded clean: a daemon stopped before the release recovers nothing
+            elif st.readers > 0 and not st.dirty:
+                st.drop_record()
             log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
             self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
 
@@ -784,6 +788,8 @@ class Writes:
                 st.deleted = True
                 in_store = st.uploaded_gen != 0 or st.replaces_object
                 st.path = new
+                if st.opens == 0:
+                    st.drop_record()  # closed, held by readers: its changes must never upload
         with self._lock:
             self._hidden[new] = _Hidden(old, mount, key, st, attr, delete=in_store)
             self._tombstones[old] = new
@@ -809,7 +815,8 @@ class Writes:
         with self._lock:
             # directories removed around it are gone for real now
             for d in [d for d, v in self._tombstones.items() if v == "" and under(h.old, d)]:
-                if not any(under(t, d) and t != d for t, v2 in self._tombstones.items() if v2):
+                # (its own entry goes only after this, in unlink: it does not count)
+                if not any(under(t, d) and t not in (d, h.old) for t, v2 in self._tombstones.items() if v2):
                     del self._tombstones[d]
 
     def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
