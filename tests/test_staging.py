@@ -116,3 +116,54 @@ def test_a_full_file_system_asks_the_disk_cache_for_room(tmp_path, monkeypatch):
     with pytest.raises(OSError) as e:
         area.create("/w/g", "/w", "g", "s3://b")
     assert e.value.errno == errno.ENOSPC
+
+
+def _memory_fs(tmp_path, name):
+    import random
+
+    import fsspec
+
+    from unifs.config import MountEntry, StoreSettings
+    from unifs.namespace import Mount, Namespace
+    from unifs.stores import open_store
+    from unifs.vfs import FileSystem
+
+    root = f"/{name}-{random.randrange(1 << 30)}"
+    fsspec.filesystem("memory").pipe({f"{root}/w/seed": b"s"})
+    entry = MountEntry(path="/w", url=f"memory://{root}/w")
+    mount = Mount(entry, open_store(entry, StoreSettings()))
+    return FileSystem(Namespace([mount]), staging_dir=str(tmp_path / "staging")), mount
+
+
+def test_a_pending_copy_opened_again_is_recorded_open_before_it_is_rewritten(tmp_path):
+    # closed with a failed upload, then rewritten: a daemon dying half-way left "pending",
+    # and the next one uploaded the torn file over the object
+    from unifs.errors import StoreError
+
+    fs, mount = _memory_fs(tmp_path, "reopen")
+    w = fs.create("/w/model.bin")
+    fs.write(w, b"GOOD" * 10, 0)
+    put = mount.store.put_file
+    mount.store.put_file = lambda *a: (_ for _ in ()).throw(StoreError(errno.EIO, "down"))
+    with pytest.raises(OSError):
+        fs.flush(w)
+    fs.release(w)
+    w2, _ = fs.open("/w/model.bin", os.O_WRONLY | os.O_TRUNC)
+    fs.write(w2, b"TORN", 0)
+    mount.store.put_file = put
+    found = StagingArea(str(tmp_path / "staging")).recover()
+    assert [d["state"] for d, _ in found] == ["orphaned"], found
+
+
+def test_a_stop_leaves_no_data_of_copies_kept_only_for_readers(tmp_path):
+    fs, _ = _memory_fs(tmp_path, "stop")
+    for name in ("ckpt", "gone"):
+        w = fs.create(f"/w/{name}")
+        fs.write(w, b"X" * 100_000, 0)
+        fs.open(f"/w/{name}", os.O_RDONLY)  # a reader (an evaluator, tail -f) stays
+        fs.flush(w)
+        fs.release(w)  # uploaded: kept for the reader only
+    fs.rename("/w/gone", "/w/.fuse_hidden0000000100000001")  # unlinked while read
+    fs.writes.close()  # a stop while the readers hold them
+    assert StagingArea(str(tmp_path / "staging")).recover() == []
+    assert not [n for n in os.listdir(tmp_path / "staging") if n.endswith(".data")]

@@ -177,11 +177,14 @@ class StagedFile:
             state = OPEN if self.opens > 0 else FAILED if self.rejected else PENDING
             self.area.write_sidecar(self, state)
 
-    def drop_record(self) -> None:
+    def drop_record(self, deleted: bool = False) -> None:
         """Nothing in it is for a later daemon to recover (uploaded, unchanged, or deleted),
         though readers still hold it: no sidecar, or a restart would upload it again over
-        newer objects. The next change writes one again (see _changed)."""
+        newer objects. The next change writes one again (see _changed). Under the content
+        lock, and only while clean: a write landing after the caller looked must keep it."""
         with self.lock:
+            if self.dirty and not deleted:
+                return
             try:
                 os.unlink(self.meta_path)
             except FileNotFoundError:

@@ -323,9 +323,12 @@ class Writes:
                 st = self.area.create(path, mount.path, key, mount.entry_url_redacted)
                 st.created_truncating = truncate
                 self._staged[path] = st
+                st.opens += 1
             else:
+                st.opens += 1
+                if st.dirty:
+                    st.save()  # open again: recorded as open before the truncate (see open)
                 st.truncate(0)
-            st.opens += 1
             st.touch()  # an empty new file is uploaded too
         self.fs.meta.invalidate(path)
         return st
@@ -357,6 +360,11 @@ class Writes:
             st.opens += 1
             # written again: a new attempt (the store may take it now, or the new bytes)
             st.rejected = False
+            if st.dirty:
+                # closed with a pending upload and open again: recorded as open before any
+                # write, or a daemon dying mid-rewrite left "pending" and the next one
+                # uploaded the half-rewritten file
+                st.save()
         if truncate:
             st.truncate(0)
         return st
@@ -397,7 +405,7 @@ class Writes:
             if not pending and st.readers == 0:
                 self._discard(st)
             elif not pending and not st.write_error:
-                st.drop_record()  # kept for its readers only
+                st.drop_record(deleted=st.deleted)  # kept for its readers only
         if pending:
             st.save()  # closed with changes the store does not have: the background uploader takes over
         elif st.write_error and not st.deleted and not st.replaces_object and not st.uploaded_gen \
@@ -789,7 +797,7 @@ class Writes:
                 in_store = st.uploaded_gen != 0 or st.replaces_object
                 st.path = new
                 if st.opens == 0:
-                    st.drop_record()  # closed, held by readers: its changes must never upload
+                    st.drop_record(deleted=True)  # closed, held by readers: its changes must never upload
         with self._lock:
             self._hidden[new] = _Hidden(old, mount, key, st, attr, delete=in_store)
             self._tombstones[old] = new
@@ -956,7 +964,16 @@ class Writes:
                 st.save()
             if st.dirty and not st.deleted:
                 (still_open if st.opens > 0 else pending).append(st)
-            st.close_fd()
+                st.close_fd()
+            else:
+                st.remove()  # nothing to recover (kept for readers, or unchanged): no stray data
+        with self._lock:
+            hidden = [h.staged for h in self._hidden.values() if h.staged is not None]
+        for st in hidden:
+            if st.opens == 0:  # unlinked, held by readers only: never uploaded, nothing to keep
+                st.remove()
+            else:
+                st.close_fd()
 
         def names(files):
             return ", ".join(st.path for st in files[:5]) + (", ..." if len(files) > 5 else "")
