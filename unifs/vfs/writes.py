@@ -326,9 +326,13 @@ class Writes:
                 st.opens += 1
             else:
                 st.opens += 1
-                if st.dirty:
-                    st.save()  # open again: recorded as open before the truncate (see open)
-                st.truncate(0)
+                try:
+                    if st.dirty:
+                        st.save()  # open again: recorded as open before the truncate (see open)
+                    st.truncate(0)
+                except OSError:
+                    st.opens -= 1  # no handle holds it (ENOSPC recording it)
+                    raise
             st.touch()  # an empty new file is uploaded too
         self.fs.meta.invalidate(path)
         return st
@@ -364,9 +368,17 @@ class Writes:
                 # closed with a pending upload and open again: recorded as open before any
                 # write, or a daemon dying mid-rewrite left "pending" and the next one
                 # uploaded the half-rewritten file
-                st.save()
+                try:
+                    st.save()
+                except OSError:
+                    st.opens -= 1  # no handle holds it (ENOSPC recording it)
+                    raise
         if truncate:
-            st.truncate(0)
+            try:
+                st.truncate(0)
+            except OSError:
+                self.release(st)  # the open fails: no handle holds it
+                raise
         return st
 
     def flush(self, st: StagedFile) -> None:
@@ -462,10 +474,11 @@ class Writes:
             st.failures = 0
             st.error = None
             st.last_upload = time.monotonic()
-            if st.opens > 0 and not st.dirty:
-                st.save()  # recorded clean: a daemon stopped before the release recovers nothing
-            elif st.readers > 0 and not st.dirty:
-                st.drop_record()
+            if not st.dirty:
+                # recorded clean, whoever holds it now or opens it next: a restarted daemon drops
+                # it. Left "pending" for a handle that came in before release_if_idle, it was
+                # uploaded again after a crash, over newer objects
+                st.save()
             log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
             self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
 
