@@ -28,14 +28,17 @@ def memfs():
     fs.rm(root, recursive=True)
 
 
-def make_fs(root, extra=(), read=None):
+def make_fs(root, extra=(), read=None, staging_dir=None):
     entries = [MountEntry(path="/m", url=f"memory://{root}", read_only=True), *extra]
     mounts = [Mount(e, open_store(e, StoreSettings())) for e in entries]
-    return FileSystem(Namespace(mounts), read or ReadSettings())
+    return FileSystem(Namespace(mounts), read or ReadSettings(), staging_dir=staging_dir)
 
 
-def test_lookup_listing_and_virtual_dirs(memfs):
-    fs = make_fs(memfs, [MountEntry(path="/m/a/nested/deeper", url=f"memory://{memfs}/other")])
+def test_lookup_listing_and_virtual_dirs(memfs, tmp_path):
+    # a writable mount: its staging directory in the test's tmp dir, not the default one a
+    # concurrent run (CI) holds
+    fs = make_fs(memfs, [MountEntry(path="/m/a/nested/deeper", url=f"memory://{memfs}/other")],
+                 staging_dir=str(tmp_path / "staging"))
     assert [n for n, _ in fs.readdir("/")] == ["m"]
     assert [n for n, _ in fs.readdir("/m")] == ["a", "other", "top.txt"]
     assert [n for n, _ in fs.readdir("/m/a")] == ["b", "d.bin", "nested"]
