@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from unifs.logs import setup_logging
 
 
-def test_a_file_name_cannot_forge_a_log_line(tmp_path):
-    log_file = tmp_path / "d.log"
+@contextlib.contextmanager
+def _daemon_logging(log_file):
+    """The daemon's log setup, undone afterwards (pytest's own handlers come back)."""
     before = logging.getLogger().handlers[:], logging.getLogger().level
     try:
         setup_logging("info", str(log_file))
-        name = "run/x\n2026-01-01 00:00:00,000 ERROR unifs: forged\r\x1b[2J"
-        logging.getLogger("unifs.test").info("%s: uploaded 4 bytes", name)
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            logging.getLogger("unifs.test").exception("upload of %s failed", "a\tb")
+        yield logging.getLogger("unifs.test")
     finally:
         for h in logging.getLogger().handlers:
             if isinstance(h, logging.FileHandler):
                 h.close()
         logging.getLogger().handlers[:], level = before
         logging.getLogger().setLevel(level)
+
+
+def test_a_file_name_cannot_forge_a_log_line(tmp_path):
+    log_file = tmp_path / "d.log"
+    with _daemon_logging(log_file) as log:
+        name = "run/x\n2026-01-01 00:00:00,000 ERROR unifs: forged\r\x1b[2J"
+        log.info("%s: uploaded 4 bytes", name)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("upload of %s failed", "a\tb")
     lines = log_file.read_text().splitlines()
     assert lines[0].endswith(r"unifs.test: run/x\x0a2026-01-01 00:00:00,000 ERROR unifs: forged\x0d\x1b[2J: uploaded 4 bytes")
     assert lines[1].endswith(r"upload of a\x09b failed")
@@ -35,16 +43,8 @@ def test_a_file_name_that_is_not_utf8_is_logged(tmp_path, capsys):
     # FUSE hands such a name over decoded with surrogateescape; writing it to the log raised,
     # and the logging module printed a traceback of ~70 lines instead of the warning
     log_file = tmp_path / "d.log"
-    before = logging.getLogger().handlers[:], logging.getLogger().level
-    try:
-        setup_logging("info", str(log_file))
-        logging.getLogger("unifs.test").warning("%s: cannot upload", b"ckpt/\xe9t\xe9".decode("utf-8", "surrogateescape"))
-    finally:
-        for h in logging.getLogger().handlers:
-            if isinstance(h, logging.FileHandler):
-                h.close()
-        logging.getLogger().handlers[:], level = before
-        logging.getLogger().setLevel(level)
+    with _daemon_logging(log_file) as log:
+        log.warning("%s: cannot upload", b"ckpt/\xe9t\xe9".decode("utf-8", "surrogateescape"))
     assert log_file.read_text().splitlines()[0].endswith(r"unifs.test: ckpt/\udce9t\udce9: cannot upload")
     assert "Logging error" not in capsys.readouterr().err
 
