@@ -249,6 +249,36 @@ def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, data
         subprocess.run(["umount", str(small)], check=False)
 
 
+def test_a_rewrite_after_a_full_disk_uploads_while_a_reader_keeps_the_failed_copy(mounter, seaweed, dataset,
+                                                                                 tmp_path):
+    # the reader kept the staged copy of the write that failed, and with it the write error:
+    # the next `open(..., "wb")` wrote fine, and its close failed on the old error
+    from conftest import SCRATCH
+
+    small = tmp_path / "tiny-staging"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc-reader")],
+                           extra={"write": {"staging_dir": str(small / "s")}})
+        (mp / "c/log.txt").write_bytes(b"v1\n")
+        with pytest.raises(OSError) as e:
+            with open(mp / "c/log.txt", "wb") as f:
+                reader = open(mp / "c/log.txt", "rb")
+                for _ in range(4):
+                    f.write(os.urandom(1024 * 1024))
+        assert e.value.errno == errno.ENOSPC
+        try:
+            with open(mp / "c/log.txt", "wb") as f:
+                f.write(b"fits\n")
+            assert bytes(obstore.get(seaweed.obstore(SCRATCH), "enospc-reader/log.txt").bytes()) == b"fits\n"
+        finally:
+            reader.close()
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", str(small)], check=False)
+
+
 def test_a_name_put_into_the_store_since_its_listing_is_never_replaced_half_written(mounter, seaweed, dataset,
                                                                                      tmp_path):
     # the daemon's listing (within its TTL) did not have the name, so `cmd > f` created it as a

@@ -330,6 +330,7 @@ class Writes:
                     if st.dirty:
                         st.save()  # open again: recorded as open before the truncate (see open)
                     st.truncate(0)
+                    st.write_error = 0  # the torn content is gone (see open)
                 except OSError:
                     st.opens -= 1  # no handle holds it (ENOSPC recording it)
                     raise
@@ -364,21 +365,30 @@ class Writes:
             st.opens += 1
             # written again: a new attempt (the store may take it now, or the new bytes)
             st.rejected = False
+            record_after_truncate = False
             if st.dirty:
                 # closed with a pending upload and open again: recorded as open before any
                 # write, or a daemon dying mid-rewrite left "pending" and the next one
                 # uploaded the half-rewritten file
                 try:
                     st.save()
-                except OSError:
-                    st.opens -= 1  # no handle holds it (ENOSPC recording it)
-                    raise
+                except OSError as e:
+                    # a full disk, often full of this very copy: O_TRUNC frees it first
+                    record_after_truncate = truncate and e.errno == errno.ENOSPC
+                    if not record_after_truncate:
+                        st.opens -= 1  # no handle holds it
+                        raise
         if truncate:
             try:
                 st.truncate(0)
+                if record_after_truncate:
+                    st.save()
             except OSError:
                 self.release(st)  # the open fails: no handle holds it
                 raise
+            # a copy a reader kept after a local write failed (ENOSPC): truncated, nothing torn
+            # is left, and the new content uploads (its close failed on the old error)
+            st.write_error = 0
         return st
 
     def flush(self, st: StagedFile) -> None:
