@@ -598,6 +598,12 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     return report
 
 
+def _status_row(mp: str, st: dict, pid: Optional[int], state: str, pending: list) -> dict:
+    return {"mountpoint": mp, "pid": pid, "state": state, "config": st.get("config"),
+            "log_file": st.get("log_file"), "mounts": st.get("mounts", []),
+            "staging_dir": st.get("staging_dir"), "pending": pending}
+
+
 def status() -> list[dict]:
     states = {s.get("mountpoint"): s for s in mountinfo.all_states()}
     rows = []
@@ -605,31 +611,22 @@ def status() -> list[dict]:
         if live.fstype != mountinfo.FSTYPE:
             continue
         st = states.pop(live.mountpoint, {})
-        pid = st.get("pid")
         health = mountinfo.probe(live.mountpoint)
-        stale = health == "stale"
         staging = st.get("staging_dir")
-        rows.append({"mountpoint": live.mountpoint, "pid": pid, "state": health,
-                     "config": st.get("config"), "log_file": st.get("log_file"),
-                     "mounts": st.get("mounts", []), "staging_dir": staging,
-                     "pending": pending_files(staging, daemon_dead=stale) if staging else []})
+        rows.append(_status_row(live.mountpoint, st, st.get("pid"), health,
+                                pending_files(staging, daemon_dead=health == "stale") if staging else []))
     for mp, st in states.items():
+        staging = st.get("staging_dir")
         if mountinfo.pid_alive(st.get("pid")):
             if st.get("detached"):  # by a lazy unmount: serving the files still open
-                staging = st.get("staging_dir")
-                rows.append({"mountpoint": mp, "pid": st.get("pid"), "state": "detached",
-                             "config": st.get("config"), "log_file": st.get("log_file"),
-                             "mounts": st.get("mounts", []), "staging_dir": staging,
-                             "pending": pending_files(staging) if staging else []})
+                rows.append(_status_row(mp, st, st.get("pid"), "detached",
+                                        pending_files(staging) if staging else []))
             continue  # else starting
-        staging = st.get("staging_dir")
         left = pending_files(staging, daemon_dead=True) if staging else []
         if not left:
             mountinfo.remove_state(mp)
             continue
-        rows.append({"mountpoint": mp, "pid": None, "state": "unmounted", "config": st.get("config"),
-                     "log_file": st.get("log_file"), "mounts": st.get("mounts", []),
-                     "staging_dir": staging, "pending": left})
+        rows.append(_status_row(mp, st, None, "unmounted", left))
     return rows
 
 

@@ -156,11 +156,11 @@ class FileSystem:
         try:
             attr = self._flights.do(("stat", path), lambda: self._lookup(path, mount, key, not for_kernel))
         except OSError as e:
-            if e.errno in (errno.EIO, errno.ETIMEDOUT) and self.writes.was_hidden(path):
-                # libfuse looks candidates up before it hides an open file under one: with the
-                # store down, `rm` of an open file was EBUSY (no candidate came back free)
-                raise _err(errno.ENOENT, path) from None
             if e.errno in (errno.EIO, errno.ETIMEDOUT):
+                if self.writes.was_hidden(path):
+                    # libfuse looks candidates up before it hides an open file under one: with
+                    # the store down, `rm` of an open file was EBUSY (no candidate came back free)
+                    raise _err(errno.ENOENT, path) from None
                 # the kernel follows a failed revalidation of a name it knew with a fresh lookup
                 # of it: without this answer that took a second round of timeouts and retries
                 now = time.monotonic()
@@ -290,11 +290,9 @@ class FileSystem:
             # big directory does not): files that changed since the daemon last said are flagged
             before = self.meta.previous_children(path, children)
             self.meta.put_listing(path, children, mount.ttl, since)
-            if children and self.meta.changes(path) == since:  # not one dropped as stale
-                prefix = path.rstrip("/") + "/"
-                if not self.writes.has_tombstones() or \
-                        any(not self.writes.is_tombstoned(prefix + n) for n in children):
-                    self.writes.exists_in_store(path)
+            # (not a listing put_listing dropped as stale)
+            if self.meta.changes(path) == since and self.writes.has_entries(path, children):
+                self.writes.exists_in_store(path)
             if before:
                 prefix = path.rstrip("/") + "/"
                 changed = [prefix + n for n, a in before.items() if _differs(a, children.get(n))]

@@ -668,11 +668,16 @@ class Writes:
         if pm is not mount or not pk:  # a mount's root always exists
             return
         listing = self.fs.meta.get_listing(parent)
-        prefix = parent.rstrip("/") + "/"
-        if listing is not None and any(n != gone and not self.is_tombstoned(prefix + n) for n in listing):
+        if listing is not None and self.has_entries(parent, listing, besides=gone):
             return
         with self._lock:
             self._dirs.add(parent)
+
+    def has_entries(self, directory: str, names, besides: Optional[str] = None) -> bool:
+        """Whether names listed in directory hold one besides `besides` that is not unlinked
+        while open (its object stays in the store until the last close)."""
+        prefix = directory.rstrip("/") + "/"
+        return any(n != besides and not self.is_tombstoned(prefix + n) for n in names)
 
     def exists_in_store(self, directory: str) -> None:
         """The store lists entries in `directory` (or holds a file in it): kept in the daemon
