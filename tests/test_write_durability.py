@@ -30,6 +30,19 @@ def flaky(tmp_path):
     server.stop()
 
 
+@pytest.fixture
+def tiny_staging(mounter, tmp_path):
+    """A 1 MiB file system for a staging directory, so a write runs out of room (ENOSPC)."""
+    small = tmp_path / "tiny-staging"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        yield small
+    finally:
+        mounter.cleanup()  # its mounts stage there
+        subprocess.run(["umount", str(small)], check=False)
+
+
 def _table(mounter, server, **write):
     mounter.seaweed = server
     entry = mounter.s3_entry("/c", f"s3://{BUCKET}/run", write_back="1s")
@@ -75,6 +88,15 @@ def _write_across_outage(path, data, server):
             server.stop()
             f.write(data[len(data) // 2:])
     assert e.value.errno == errno.EIO, e.value
+
+
+def _append_with_the_store_down(path, text):
+    """A logging handler's open (mode 'a') and write: its close fails with EIO."""
+    f = open(path, "a")
+    f.write(text)
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EIO
 
 
 def test_store_down_at_close_keeps_data_and_uploads_later(mounter, flaky):
@@ -223,104 +245,83 @@ def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):
     assert _in_store(flaky, "run/events.out.tfevents") == b"step 1\nstep 2\nstep 3\n"
 
 
-def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, dataset, tmp_path):
+def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, dataset, tiny_staging):
     from conftest import SCRATCH
 
-    small = tmp_path / "tiny-staging"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
-        mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc")],
-                           extra={"write": {"staging_dir": str(small / "s")}})
-        with pytest.raises(OSError) as e:
-            with open(mp / "c/too-big.bin", "wb") as f:
-                for _ in range(4):
-                    f.write(os.urandom(1024 * 1024))
-        assert e.value.errno == errno.ENOSPC
-        assert _keys(seaweed, SCRATCH, "enospc") == set()
-        # nothing of it reached the store: the mount does not show it either (it did until
-        # the kernel's attribute timeout, and then open() said ENOENT)
-        assert wait_for(lambda: not os.path.exists(mp / "c/too-big.bin"), timeout=0.5)
-        assert os.listdir(mp / "c") == []
-        (mp / "c/fits.bin").write_bytes(b"small enough")
-        assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
-    finally:
-        mounter.cleanup()
-        subprocess.run(["umount", str(small)], check=False)
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc")],
+                       extra={"write": {"staging_dir": str(tiny_staging / "s")}})
+    with pytest.raises(OSError) as e:
+        with open(mp / "c/too-big.bin", "wb") as f:
+            for _ in range(4):
+                f.write(os.urandom(1024 * 1024))
+    assert e.value.errno == errno.ENOSPC
+    assert _keys(seaweed, SCRATCH, "enospc") == set()
+    # nothing of it reached the store: the mount does not show it either (it did until
+    # the kernel's attribute timeout, and then open() said ENOENT)
+    assert wait_for(lambda: not os.path.exists(mp / "c/too-big.bin"), timeout=0.5)
+    assert os.listdir(mp / "c") == []
+    (mp / "c/fits.bin").write_bytes(b"small enough")
+    assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
 
 
 def test_a_rewrite_after_a_full_disk_uploads_while_a_reader_keeps_the_failed_copy(mounter, seaweed, dataset,
-                                                                                 tmp_path):
+                                                                                 tiny_staging):
     # the reader kept the staged copy of the write that failed, and with it the write error:
     # the next `open(..., "wb")` wrote fine, and its close failed on the old error
     from conftest import SCRATCH
 
-    small = tmp_path / "tiny-staging"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc-reader")],
+                       extra={"write": {"staging_dir": str(tiny_staging / "s")}})
+    (mp / "c/log.txt").write_bytes(b"v1\n")
+    with pytest.raises(OSError) as e:
+        with open(mp / "c/log.txt", "wb") as f:
+            reader = open(mp / "c/log.txt", "rb")
+            for _ in range(4):
+                f.write(os.urandom(1024 * 1024))
+    assert e.value.errno == errno.ENOSPC
     try:
-        mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc-reader")],
-                           extra={"write": {"staging_dir": str(small / "s")}})
-        (mp / "c/log.txt").write_bytes(b"v1\n")
-        with pytest.raises(OSError) as e:
-            with open(mp / "c/log.txt", "wb") as f:
-                reader = open(mp / "c/log.txt", "rb")
-                for _ in range(4):
-                    f.write(os.urandom(1024 * 1024))
-        assert e.value.errno == errno.ENOSPC
-        try:
-            with open(mp / "c/log.txt", "wb") as f:
-                f.write(b"fits\n")
-            assert bytes(obstore.get(seaweed.obstore(SCRATCH), "enospc-reader/log.txt").bytes()) == b"fits\n"
-        finally:
-            reader.close()
+        with open(mp / "c/log.txt", "wb") as f:
+            f.write(b"fits\n")
+        assert bytes(obstore.get(seaweed.obstore(SCRATCH), "enospc-reader/log.txt").bytes()) == b"fits\n"
     finally:
-        mounter.cleanup()
-        subprocess.run(["umount", str(small)], check=False)
+        reader.close()
 
 
 def test_a_name_put_into_the_store_since_its_listing_is_never_replaced_half_written(mounter, seaweed, dataset,
-                                                                                     tmp_path):
+                                                                                     tiny_staging):
     # the daemon's listing (within its TTL) did not have the name, so `cmd > f` created it as a
     # new file: the shell's close of a copy of its descriptor uploaded it empty, and write-back
     # uploaded it half-written, over an object another client had put there; a writer that then
     # failed with ENOSPC left that object empty
     from conftest import SCRATCH
 
-    small = tmp_path / "tiny-staging-2"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
-        mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/unknown", write_back="1s")],
-                           extra={"write": {"staging_dir": str(small / "s")}})
-        assert os.listdir(mp / "c") == []  # listed: these names are not there for the next 60 s
-        theirs = {n: os.urandom(200_000) for n in ("full", "touched", "slow", "emptied")}
-        seaweed.put_many(SCRATCH, {f"unknown/{n}": b for n, b in theirs.items()})
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/unknown", write_back="1s")],
+                       extra={"write": {"staging_dir": str(tiny_staging / "s")}})
+    assert os.listdir(mp / "c") == []  # listed: these names are not there for the next 60 s
+    theirs = {n: os.urandom(200_000) for n in ("full", "touched", "slow", "emptied")}
+    seaweed.put_many(SCRATCH, {f"unknown/{n}": b for n, b in theirs.items()})
 
-        def in_store(n):
-            return bytes(obstore.get(seaweed.obstore(SCRATCH), f"unknown/{n}").bytes())
-        res = subprocess.run(f"head -c 4000000 /dev/zero > {mp}/c/full", shell=True, capture_output=True,
-                             text=True)
-        assert res.returncode != 0 and "No space left on device" in res.stderr, res
-        assert in_store("full") == theirs["full"]
-        subprocess.run(["touch", str(mp / "c/touched")], check=True)
-        assert in_store("touched") == theirs["touched"]
-        writer = subprocess.Popen(f"(sleep 3; printf new) > {mp}/c/slow", shell=True)
-        try:
-            time.sleep(2.5)  # past write_back (1 s) and its quiet second
-            assert in_store("slow") == theirs["slow"]
-        finally:
-            assert writer.wait(30) == 0
-        assert in_store("slow") == b"new"
-        subprocess.run(f": > {mp}/c/emptied", shell=True, check=True)
-        # emptied as a known file is by `: >`: by the uploader, after the release
-        assert wait_for(lambda: in_store("emptied") == b"", timeout=20)
-        # what the mount shows after the releases: the store's objects, not the empty files
-        assert wait_for(lambda: os.stat(mp / "c/touched").st_size == 200_000, timeout=5)
-        assert sha256((mp / "c/full").read_bytes()) == sha256(theirs["full"])
+    def in_store(n):
+        return bytes(obstore.get(seaweed.obstore(SCRATCH), f"unknown/{n}").bytes())
+    res = subprocess.run(f"head -c 4000000 /dev/zero > {mp}/c/full", shell=True, capture_output=True,
+                         text=True)
+    assert res.returncode != 0 and "No space left on device" in res.stderr, res
+    assert in_store("full") == theirs["full"]
+    subprocess.run(["touch", str(mp / "c/touched")], check=True)
+    assert in_store("touched") == theirs["touched"]
+    writer = subprocess.Popen(f"(sleep 3; printf new) > {mp}/c/slow", shell=True)
+    try:
+        time.sleep(2.5)  # past write_back (1 s) and its quiet second
+        assert in_store("slow") == theirs["slow"]
     finally:
-        mounter.cleanup()
-        subprocess.run(["umount", str(small)], check=False)
+        assert writer.wait(30) == 0
+    assert in_store("slow") == b"new"
+    subprocess.run(f": > {mp}/c/emptied", shell=True, check=True)
+    # emptied as a known file is by `: >`: by the uploader, after the release
+    assert wait_for(lambda: in_store("emptied") == b"", timeout=20)
+    # what the mount shows after the releases: the store's objects, not the empty files
+    assert wait_for(lambda: os.stat(mp / "c/touched").st_size == 200_000, timeout=5)
+    assert sha256((mp / "c/full").read_bytes()) == sha256(theirs["full"])
 
 
 def test_an_open_without_o_trunc_keeps_an_object_put_since_the_listing(mounter, seaweed, dataset):
@@ -360,11 +361,7 @@ def test_a_log_opened_for_appending_while_the_store_is_down_is_kept_and_uploaded
     mp = _mount(mounter, flaky)
     assert os.listdir(mp / "c") == []  # listed: the create needs no lookup from the store
     flaky.stop()
-    f = open(mp / "c/train.log", "a")
-    f.write("epoch 1\n")
-    with pytest.raises(OSError) as e:
-        f.close()
-    assert e.value.errno == errno.EIO
+    _append_with_the_store_down(mp / "c/train.log", "epoch 1\n")
     flaky.restart()
     assert wait_for(lambda: _in_store(flaky, "run/train.log") == b"epoch 1\n", timeout=60)
 
@@ -387,11 +384,7 @@ def test_an_append_while_the_store_is_down_never_replaces_an_object_put_since_th
         with pytest.raises(OSError) as e:
             os.open(mp / "c/lock", os.O_WRONLY | os.O_CREAT | flags)
         assert e.value.errno == errno.EIO
-    f = open(mp / "c/train.log", "a")
-    f.write("appended while down\n")
-    with pytest.raises(OSError) as e:
-        f.close()
-    assert e.value.errno == errno.EIO
+    _append_with_the_store_down(mp / "c/train.log", "appended while down\n")
     flaky.restart()
 
     def row():
