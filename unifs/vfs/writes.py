@@ -326,14 +326,7 @@ class Writes:
                 st.opens += 1
             else:
                 st.opens += 1
-                try:
-                    if st.dirty:
-                        st.save()  # open again: recorded as open before the truncate (see open)
-                    st.truncate(0)
-                    st.write_error = 0  # the torn content is gone (see open)
-                except OSError:
-                    st.opens -= 1  # no handle holds it (ENOSPC recording it)
-                    raise
+                self._truncate_reopened(st, self._record_reopened(st, truncate=True))
             st.touch()  # an empty new file is uploaded too
         self.fs.meta.invalidate(path)
         return st
@@ -363,33 +356,40 @@ class Writes:
                 st.replaces_object = True  # never written back half-way: only close/fsync replace it
                 self._staged[path] = st
             st.opens += 1
-            # written again: a new attempt (the store may take it now, or the new bytes)
-            st.rejected = False
-            record_after_truncate = False
-            if st.dirty:
-                # closed with a pending upload and open again: recorded as open before any
-                # write, or a daemon dying mid-rewrite left "pending" and the next one
-                # uploaded the half-rewritten file
-                try:
-                    st.save()
-                except OSError as e:
-                    # a full disk, often full of this very copy: O_TRUNC frees it first
-                    record_after_truncate = truncate and e.errno == errno.ENOSPC
-                    if not record_after_truncate:
-                        st.opens -= 1  # no handle holds it
-                        raise
+            record_late = self._record_reopened(st, truncate)
         if truncate:
-            try:
-                st.truncate(0)
-                if record_after_truncate:
-                    st.save()
-            except OSError:
-                self.release(st)  # the open fails: no handle holds it
-                raise
-            # a copy a reader kept after a local write failed (ENOSPC): truncated, nothing torn
-            # is left, and the new content uploads (its close failed on the old error)
-            st.write_error = 0
+            self._truncate_reopened(st, record_late)
         return st
+
+    def _record_reopened(self, st: StagedFile, truncate: bool) -> bool:
+        """A writer opens a staged copy again (counted in st.opens; under self._lock, as an
+        upload records its result under it). True: record it after the truncate."""
+        st.rejected = False  # written again: a new attempt (the store may take it now)
+        if not st.dirty:
+            return False
+        # closed with a pending upload and open again: recorded as open before any write, or
+        # a daemon dying mid-rewrite left "pending" and the next one uploaded a half-rewritten file
+        try:
+            st.save()
+            return False
+        except OSError as e:
+            # a full disk, often full of this very copy: O_TRUNC frees it first
+            if truncate and e.errno == errno.ENOSPC:
+                return True
+            st.opens -= 1  # the open fails; the copy stays pending as recorded before
+            raise
+
+    def _truncate_reopened(self, st: StagedFile, record_late: bool) -> None:
+        try:
+            st.truncate(0)
+            if record_late:
+                st.save()
+        except OSError:
+            self.release(st)  # the open fails: no handle holds it
+            raise
+        # a copy a reader kept after a local write failed (ENOSPC): truncated, nothing torn
+        # is left, and the new content uploads (its close failed on the old error)
+        st.write_error = 0
 
     def flush(self, st: StagedFile) -> None:
         """Upload if changed; EIO (data kept) if the store cannot take it."""
