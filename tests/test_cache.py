@@ -625,3 +625,34 @@ def test_a_bound_above_the_free_space_starts_within_it(tmp_path, monkeypatch, ca
     big = DiskTier(tmp_path, 50 * BS, BS)  # fits: untouched
     assert big.limit == 50 * BS
     big.close()
+
+
+def test_dropping_an_object_waits_only_for_its_own_disk_writes(tmp_path, monkeypatch):
+    """A stream whose disk copies cannot land (a disk slower than the store) does not hold up
+    dropping another object: every close of a written file drops its old blocks."""
+    stuck = threading.Event()
+    put = DiskTier.put
+
+    def slow_put(self, bid, data):
+        if bid[0].key == "data/stream.bin":
+            stuck.wait(30)
+        return put(self, bid, data)
+
+    monkeypatch.setattr(DiskTier, "put", slow_put)
+    stream, other = blob(2 * BS, 1), blob(BS, 2)
+    with BlockCache(BS, 100 * BS, 100 * BS, tmp_path, "tiered") as cache:
+        cache.get_block(oid(key="data/other.bin"), 0, BS, Fetcher(other))
+        cache.flush(key="data/other.bin")
+        cache.get_range(oid(key="data/stream.bin"), 0, 2 * BS, 2 * BS, Fetcher(stream))
+        done = []
+        forget = threading.Thread(target=lambda: done.append(
+            cache.forget_object("s3://bucket", "data/other.bin")))
+        clear = threading.Thread(target=lambda: done.append(cache.clear(key_prefix="data/o")))
+        forget.start(), clear.start()
+        forget.join(10), clear.join(10)
+        blocked = forget.is_alive() or clear.is_alive()
+        stuck.set()
+        assert not blocked, "dropping data/other.bin waited for data/stream.bin's disk writes"
+        assert cache.get_block(oid(key="data/other.bin"), 0, BS, Fetcher(other)) == other
+        cache.flush()
+        assert cache.get_range(oid(key="data/stream.bin"), 0, 2 * BS, 2 * BS, must_not_fetch) == stream

@@ -219,10 +219,21 @@ class BlockCache:
         except RuntimeError:  # closed
             landed()
 
-    def flush(self) -> None:
-        """Wait until every block fetched so far is on disk (before invalidations and stats)."""
+    def flush(self, store: Optional[str] = None, key: Optional[str] = None,
+              key_prefix: Optional[str] = None) -> None:
+        """Wait until the blocks fetched so far (of `store`, of `key` or under `key_prefix`
+        where given) are on disk, before they are dropped. Only those waiting now: a stream
+        reading onto a disk slower than the store refills the queue faster than it drains,
+        and a close waiting for it to empty waited for the whole stream."""
+        def wanted(bid: BlockId) -> bool:
+            o = bid[0]
+            return ((store is None or o.store == store) and (key is None or o.key == key)
+                    and (key_prefix is None or o.key.startswith(key_prefix)))
+
         with self._written:
-            self._written.wait_for(lambda: not self._pending)
+            waiting = [(bid, data) for bid, data in self._pending.items() if wanted(bid)]
+            # the same data object: a block fetched again later is not waited for
+            self._written.wait_for(lambda: all(self._pending.get(b) is not d for b, d in waiting))
 
     def _cached(self, bid: BlockId, mode: str, count: bool = True) -> Optional[bytes]:
         """Second look for the flight's leader: a flight for this block may have ended
@@ -265,14 +276,14 @@ class BlockCache:
 
     def forget_object(self, store: str, key: str, keep_version: Optional[str] = None) -> None:
         """Drop the blocks of (store, key) in both tiers, except those of `keep_version`."""
-        self.flush()
+        self.flush(store, key)
         self.ram.drop_object(store, key, keep_version)
         if self.disk is not None:
             self.disk.drop_object(store, key, keep_version)
 
     def clear(self, store: Optional[str] = None, key_prefix: Optional[str] = None) -> None:
         """Drop blocks in `store` (None: every store) under `key_prefix` (None: every key)."""
-        self.flush()
+        self.flush(store, key_prefix=key_prefix)
         self.ram.clear(store, key_prefix)
         if self.disk is not None:
             self.disk.clear(store, key_prefix)
