@@ -36,10 +36,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def unifs(*args, env=None, check=False, timeout=120) -> subprocess.CompletedProcess:
+def unifs(*args, env=None, check=False, timeout=120, cwd=None) -> subprocess.CompletedProcess:
     """Run the unifs command line exactly as a user would."""
     res = subprocess.run([sys.executable, "-m", "unifs", *args], capture_output=True, text=True,
-                         env=env, timeout=timeout)
+                         env=env, timeout=timeout, cwd=cwd)
     if check and res.returncode != 0:
         raise AssertionError(f"unifs {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res

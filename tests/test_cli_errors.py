@@ -132,3 +132,25 @@ def test_an_unexpected_os_error_is_one_internal_error_line(monkeypatch):
     monkeypatch.setattr(daemon, "status", denied)
     res = CliRunner().invoke(cli.main, ["status"])
     assert res.exit_code == 2 and res.output.startswith("unifs: internal error: PermissionError"), res.output
+
+
+def test_run_directory_from_the_environment_is_checked_not_taken_over(tmp_path):
+    """UNIFS_RUN_DIR empty (the cwd), relative, or a shared directory: never made 0700 (the
+    daemon runs in /, which an empty value made private)."""
+    here = tmp_path / "here"
+    shared = tmp_path / "shared"
+    here.mkdir(mode=0o755)
+    shared.mkdir()
+    os.chmod(here, 0o755)
+    os.chmod(shared, 0o1777)
+    env = dict(os.environ, UNIFS_RUN_DIR="")
+    assert unifs("status", env=env, cwd=here).returncode == 0
+    assert oct(os.stat(here).st_mode & 0o7777) == oct(0o755)
+    _one_line_error(unifs("status", env=dict(os.environ, UNIFS_RUN_DIR="run"), cwd=here),
+                    "UNIFS_RUN_DIR", "absolute")
+    _one_line_error(unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(shared))), "UNIFS_RUN_DIR",
+                    str(shared), "1777")
+    assert oct(os.stat(shared).st_mode & 0o7777) == oct(0o1777)
+    fresh = tmp_path / "fresh" / "run"
+    assert unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(fresh))).returncode == 0
+    assert oct(os.stat(fresh).st_mode & 0o777) == oct(0o700)

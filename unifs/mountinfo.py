@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,27 @@ FSTYPE = "fuse.unifs"
 
 
 def state_dir() -> Path:
-    if os.geteuid() == 0:
-        base = Path(os.environ.get("UNIFS_RUN_DIR", "/run/unifs"))
+    chosen = os.environ.get("UNIFS_RUN_DIR") or None  # empty is unset: Path("") is the cwd
+    if chosen is not None and not os.path.isabs(chosen):
+        # the command line and the daemon it starts (cwd /) would read it differently
+        raise UserError(f"UNIFS_RUN_DIR={chosen!r} is not an absolute path")
+    if chosen is not None:
+        base = Path(chosen)
+    elif os.geteuid() == 0:
+        base = Path("/run/unifs")
     else:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
-        base = Path(os.environ.get("UNIFS_RUN_DIR") or
-                    (Path(runtime) / "unifs" if runtime else Path.home() / ".cache" / "unifs" / "run"))
+        base = Path(runtime) / "unifs" if runtime else Path.home() / ".cache" / "unifs" / "run"
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        os.chmod(base, 0o700)
+        existed = base.is_dir()
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if chosen is None or not existed:
+            os.chmod(base, 0o700)  # a directory unifs names or made itself
+        elif stat.S_IMODE(os.stat(base).st_mode) & 0o077:
+            # never tightened: UNIFS_RUN_DIR=/tmp (or /run, or .) made the host's directory 0700
+            raise UserError(f"UNIFS_RUN_DIR {base} is open to other users (mode "
+                            f"{stat.S_IMODE(os.stat(base).st_mode):o}); unifs keeps its state files "
+                            "there: name a directory of its own (it is created with mode 700)")
     except OSError as e:
         if not base.is_dir():
             # readers (status, cache stats) then find no mounts; `mount` reports this
