@@ -437,3 +437,16 @@ def test_an_option_the_client_does_not_take_is_named_with_a_suggestion():
 
     assert unknown_option_hint("s3", "endpoint_ur1") == \
         "options.endpoint_ur1 is not an option of s3fs (did you mean endpoint_url?)"
+
+
+def test_a_secret_quoted_by_a_failing_check_is_not_printed(tmp_path):
+    # a GCS token with a '/' was taken for a key file name, and the error quoted it in clear
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /gs\n    url: gs://b\n    options: {token: 'eyJhb/TOKEN_SECRET_9+x/y'}\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1 and "options.token" in res.stderr, res.stderr
+    assert "TOKEN_SECRET_9" not in res.stdout + res.stderr
+    # a key file's name is no secret: the error names it
+    cfg.write_text("mounts:\n  - path: /gs\n    url: gs://b\n    options: {token: /etc/nope/sa-key.json}\n")
+    res = unifs("config", "check", "--config", str(cfg))
+    assert res.returncode == 1 and "/etc/nope/sa-key.json does not exist" in res.stderr, res.stderr

@@ -845,6 +845,9 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
     interp = _Interpolation(env)
     interp.apply(raw)
     problems = [(loc, msg) for loc, msg in interp.problems]
+    for m in raw.get("mounts") if isinstance(raw.get("mounts"), list) else []:
+        if isinstance(m, dict):  # before any check can quote a value in its message
+            remember_secrets(m.get("options"))
 
     table = None
     unset = [loc for loc, _ in problems]
@@ -983,7 +986,7 @@ def remember_secrets(options: Any, key: str = "") -> None:
         for v in options:
             remember_secrets(v, key)
     elif isinstance(options, str) and key and is_secret_key(key) and len(options) >= 4 \
-            and not (key == "token" and options in GCS_TOKEN_MODES):  # "cloud" is no secret
+            and not (key == "token" and (options in GCS_TOKEN_MODES or _names_a_file(options))):
         from urllib.parse import quote, quote_plus
 
         for form in (options, quote(options, safe=""), quote_plus(options)):
@@ -992,6 +995,11 @@ def remember_secrets(options: Any, key: str = "") -> None:
         for line in options.splitlines():
             if len(line.strip()) >= 16:
                 _KNOWN_SECRETS.add(line.strip())
+
+
+def _names_a_file(token: str) -> bool:
+    """A GCS token that is a key file's name, not a secret (an error may name it)."""
+    return token.startswith(("/", "~", "./", "../")) or token.endswith(".json")
 
 
 def scrub(text: str) -> str:
