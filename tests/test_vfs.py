@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -546,3 +547,19 @@ def test_per_path_records_stay_bounded(memfs, monkeypatch):
     assert "/m/many/f000" in fs._open_seq and "/m/many/f000" in fs._last_etag  # still open: kept
     assert bytes(fs.read_buffer(held, 10, 0)) == b"0"
     fs.release(held)
+
+
+def test_a_local_file_rewritten_in_place_with_its_old_mtime_is_a_new_version(tmp_path):
+    """`cp -p` over an existing file keeps its inode, size and mtime: the stand-in ETag of a
+    file:// object must still change, or the page cache and the disk tier served the old bytes."""
+    f = tmp_path / "f"
+    f.write_bytes(b"A" * 1000)
+    os.utime(f, (1_700_000_000, 1_700_000_000))
+    store = open_store(MountEntry(path="/l", url=f"file://{tmp_path}", read_only=True), StoreSettings())
+    before = store.head("f").etag
+    time.sleep(0.05)  # past the coarse clock's tick, which file times may be taken from
+    with open(f, "r+b") as out:
+        out.write(b"B" * 1000)
+    os.utime(f, (1_700_000_000, 1_700_000_000))
+    after = store.head("f").etag
+    assert before and after and before != after

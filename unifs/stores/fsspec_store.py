@@ -58,9 +58,10 @@ def info_to_object(key: str, info: dict) -> ObjectInfo:
     etag = next((str(info[k]) for k in ("ETag", "generation", "etag", "md5Hash") if info.get(k)), None)
     version = next((str(info[k]) for k in ("VersionId", "version_id", "generation") if info.get(k)), None)
     if etag is None and info.get("ino") and info.get("mtime"):
-        # local files: inode, size and mtime stand in for an ETag, so an unchanged file
-        # keeps the kernel page cache across opens
-        etag = f"local-{info['ino']}-{info.get('size')}-{info['mtime']}"
+        # local files: inode, size, mtime and ctime stand in for an ETag, so an unchanged file
+        # keeps the kernel page cache across opens; ctime because `cp -p` and `touch -r` put an
+        # old mtime back after rewriting a file in place, and nobody can set the ctime
+        etag = f"local-{info['ino']}-{info.get('size')}-{info['mtime']}-{info.get('created')}"
     return ObjectInfo(key=key, size=int(info.get("size") or 0), mtime=mtime, etag=etag, version=version)
 
 
