@@ -218,6 +218,21 @@ def test_warmup_loads_a_directory_into_the_cache(mounter, objects, tmp_path):
     assert bad.returncode != 0 and "not inside a live unifs mount" in bad.stderr
 
 
+def test_warmup_loads_a_file_the_page_cache_still_holds(mounter, objects, tmp_path):
+    # evicted from the daemon's cache but still in the kernel's: warmup's reads never reached
+    # the daemon ("warmed", no GET), then it dropped the kernel's pages: colder than before
+    mp = _mount(mounter, tmp_path, cache={"mode": "ram", "ram": "8MiB"})
+    img = mp / "c/imgs/img_000.jpg"
+    img.read_bytes()
+    read_all(sorted((mp / "c/bulk").iterdir()))  # 48 MiB through an 8 MiB tier
+    n = gets(mp)
+    unifs("warmup", str(img), check=True)
+    assert gets(mp) == n + 1
+    drop_page_cache()
+    assert sha256(img.read_bytes()) == objects["cache/imgs/img_000.jpg"]
+    assert gets(mp) == n + 1
+
+
 def test_warmup_fails_on_a_directory_it_cannot_list(mounter, seaweed, objects, tmp_path):
     # os.walk skipped a directory whose listing failed (EIO): "warmed 0 file(s)", exit 0
     import re

@@ -202,6 +202,8 @@ def warmup(paths: list[str], threads: int = 16, progress: bool = True,
             return
         fd = os.open(f, os.O_RDONLY)
         try:
+            # pages the kernel still holds would answer the reads, and the daemon never see them
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             while not stop.is_set():
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
