@@ -6,6 +6,7 @@ import os
 import random
 import stat
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -154,6 +155,25 @@ def test_disk_bound_holds_after_three_times_the_limit(tmp_path):
     assert disk.get((oid(), 15)) == blob(BS, 15)
     assert disk.get((oid(), 29)) == blob(BS, 29)
     assert disk.get((oid(), 0)) is None
+
+
+def test_a_restart_keeps_the_order_of_use_not_of_writing(tmp_path):
+    # the order is rebuilt from file mtimes, which a hit never moved: a restart evicted the
+    # block read last (written first) before one never read again
+    d = tmp_path / "cache"
+    limit = 2 * (BS + 200)
+    disk = DiskTier(d, limit, BS)
+    a, b = (oid(), 0), (oid(), 1)
+    disk.put(a, blob(BS, 0))
+    disk.put(b, blob(BS, 1))
+    for bid, age in ((a, 3600), (b, 1800)):  # written an hour and half an hour ago
+        t = time.time() - age
+        os.utime(disk._path(bid), (t, t))
+    assert disk.get(a) == blob(BS, 0)
+    disk.close()
+    disk = DiskTier(d, limit, BS)
+    disk.put((oid(), 2), blob(BS, 2))
+    assert disk.get(a) == blob(BS, 0) and disk.get(b) is None
 
 
 def test_disk_bound_holds_under_concurrent_writers(tmp_path):

@@ -168,6 +168,19 @@ def _unlink(path: str) -> None:
         pass
 
 
+TOUCH_AFTER_NS = 60 * 10**9
+
+
+def _mark_used(fd: int) -> None:
+    """A hit moves the block's mtime to now (at most once a minute): a restart rebuilds the
+    LRU order from mtimes, and without this it evicted in write order, the hottest first."""
+    try:
+        if time.time_ns() - os.fstat(fd).st_mtime_ns > TOUCH_AFTER_NS:
+            os.utime(fd)
+    except OSError:
+        pass  # a read-only or odd file system: the order after a restart is only a hint
+
+
 class DiskTier:
     """Blocks of one `block_size` under `directory`, at most `limit_bytes` of files (headers
     included). A new instance on the same directory serves what the previous one wrote."""
@@ -297,6 +310,8 @@ class DiskTier:
                         or header.block_size != self.block_size):
                     raise _Corrupt("identity mismatch")
                 data = f.read(header.data_len)
+                if len(data) == header.data_len:
+                    _mark_used(f.fileno())
             if len(data) != header.data_len or zlib.crc32(data) != header.data_crc:
                 raise _Corrupt("data checksum mismatch")
         except _Corrupt as e:
