@@ -150,6 +150,28 @@ def test_restart_keeps_the_disk_tier_warm_and_drops_corrupt_blocks(mounter, obje
             unifs("umount", str(mp))
 
 
+def test_blocks_of_an_object_replaced_while_unmounted_are_dropped(mounter, seaweed, dataset, tmp_path):
+    # only the running daemon knew the old ETag: the old version's blocks stayed on disk,
+    # unreachable, counted against the bound
+    store = seaweed.obstore(SCRATCH)
+    obstore.put(store, "cache-rw/obj.bin", b"o" * (3 * MiB))
+    mp = tmp_path / "mnt-rw"
+    mp.mkdir()
+    try:
+        _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache-rw", mp=mp)
+        assert (mp / "c/obj.bin").read_bytes() == b"o" * (3 * MiB)
+        unifs("umount", str(mp), check=True)
+        obstore.put(store, "cache-rw/obj.bin", b"n" * (3 * MiB))
+        _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache-rw", mp=mp)
+        assert (mp / "c/obj.bin").read_bytes() == b"n" * (3 * MiB)
+        unifs("umount", str(mp), check=True)  # the disk copies are written by then
+        _mount(mounter, tmp_path, url=f"s3://{SCRATCH}/cache-rw", mp=mp)
+        assert stats(mp)["cache"]["disk"]["blocks"] == 3
+    finally:
+        if is_mounted(mp):
+            unifs("umount", str(mp))
+
+
 def test_an_overwritten_object_is_served_new_after_the_ttl(mounter, seaweed, dataset, tmp_path):
     store = seaweed.obstore(SCRATCH)
     obstore.put(store, "cache-ow/obj.bin", b"old" * 100_000)

@@ -347,6 +347,7 @@ class FileSystem:
             self._kernel_may_hold([path], mount.ttl)
         stale_kernel = self._kernel_stale(path)
         with self._lock:
+            unseen = path not in self._last_etag
             last = self._last_etag.get(path)
             keep = attr.etag is not None and last == attr.etag
             self._last_etag[path] = attr.etag
@@ -362,7 +363,10 @@ class FileSystem:
             if direct:
                 self._last_etag[path] = None
         source = Source((path, key, attr.etag))
-        reader = self._new_reader(path, mount, key, attr, source, drop_old=last is not None and not keep)
+        # first open in this daemon: the disk tier may hold blocks of a version the store
+        # replaced while unmounted, unreachable but counted against its bound
+        drop_old = last is not None and not keep or unseen and not direct
+        reader = self._new_reader(path, mount, key, attr, source, drop_old=drop_old)
         handle = Handle(path, reader=reader, version=attr.etag, direct=direct, source=source,
                         kept=keep and not direct, open_seq=seq)
         # an unchanged file (keep) is likely in the page cache: prefetching it is wasted work
