@@ -538,6 +538,13 @@ def test_cache_and_staging_dirs_other_users_can_swap_are_refused(mounter, datase
     mp, res = mount(theirs)
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "other users can change" in res.stderr and str(theirs) in res.stderr, res.stderr
+    # further up: anyone may rename ww/deep away and put a tree of their own in its place
+    ww = tmp_path / "ww"
+    ww.mkdir()
+    os.chmod(ww, 0o777)
+    mp, res = mount(ww / "deep" / which)
+    assert res.returncode == 1 and "other users can change" in res.stderr, res.stderr
+    assert f"inside {ww}," in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     # a root of our own, whose per-mount subdirectory was replaced by a link
     mp, res = mount(mine / which)
     assert res.returncode == 0, res.stderr

@@ -17,11 +17,19 @@ def private_directory(path: str, what: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory", path)
     os.makedirs(parent, mode=0o700, exist_ok=True)
     me = os.geteuid()
-    pst = os.stat(parent)
-    if pst.st_uid not in (0, me) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
-        raise PermissionError(errno.EPERM, f"{what} is inside {parent}, which other users can change "
-                              f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o}): use a "
-                              "directory only you (or root) can write to", path)
+    # every directory above it: whoever can rename one (/tmp/ww in /tmp/ww/staging/...) can
+    # swap in a tree of their own below it
+    above = parent
+    while True:
+        pst = os.stat(above)
+        if pst.st_uid not in (0, me) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
+            raise PermissionError(errno.EPERM, f"{what} is inside {above}, which other users can change "
+                                  f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o}): use a "
+                                  "directory only you (or root) can write to", path)
+        up = os.path.dirname(above)
+        if up == above:
+            break
+        above = up
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
