@@ -450,3 +450,16 @@ def test_a_secret_quoted_by_a_failing_check_is_not_printed(tmp_path):
     cfg.write_text("mounts:\n  - path: /gs\n    url: gs://b\n    options: {token: /etc/nope/sa-key.json}\n")
     res = unifs("config", "check", "--config", str(cfg))
     assert res.returncode == 1 and "/etc/nope/sa-key.json does not exist" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("name", ["endpoint_url", "account_url"])
+def test_an_azure_endpoint_option_adlfs_would_ignore_is_refused(name):
+    # adlfs hands unknown names to azure-identity: the mount reached the public endpoint
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_table(f"mounts:\n  - path: /l\n    url: abfs://c/p\n    options: {{account_name: a, "
+                    f"account_key: k, {name}: 'http://127.0.0.1:1/a'}}\n", env={})
+    assert len(e.value.problems) == 1 and f"options.{name}: adlfs takes no such option" in e.value.problems[0]
+    assert "connection_string" in e.value.problems[0]

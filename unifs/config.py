@@ -579,6 +579,10 @@ _AZURE = ("az", "abfs", "abfss")
 _CHECKED_OPTIONS = ("gs", "gcs", "file", "local", "memory") + _AZURE
 
 
+_AZURE_NOT_ENDPOINTS = {"endpoint_url", "endpoint", "account_url", "blob_endpoint", "url", "endpoint_suffix",
+                        "blob_service_url", "account_endpoint"}
+
+
 def check_option_names(scheme: str, options: dict) -> None:
     """gcsfs, adlfs and the local and memory file systems take **kwargs, so a misspelled
     option was accepted and ignored (`tokn: anon` mounted with the default credentials instead
@@ -607,6 +611,12 @@ def check_option_names(scheme: str, options: dict) -> None:
     for name in options:
         if name in known:
             continue
+        if scheme in _AZURE and name in _AZURE_NOT_ENDPOINTS:
+            # handed on to azure-identity, which ignores it: the mount reached the public endpoint
+            raise ValueError(f"options.{name}: adlfs takes no such option (it would be ignored and "
+                             "the mount would reach <account>.blob.core.windows.net); for another "
+                             "endpoint such as Azurite give connection_string with BlobEndpoint=..., "
+                             "or account_host: host[:port] (https)")
         if scheme in _AZURE and (name.startswith("exclude_")
                                  or not difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)):
             continue  # adlfs hands other keywords to azure-identity's DefaultAzureCredential
