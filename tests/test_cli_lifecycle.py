@@ -19,6 +19,31 @@ def _table(mounter):
     return mounter.write_table({"mounts": [mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)]})
 
 
+@pytest.mark.parametrize("how", ["stdin", "process substitution"])
+def test_a_mount_table_from_a_pipe(mounter, dataset, tmp_path, how):
+    # `--config <(sops -d t.yaml)`: the daemon opened the pipe again and found nothing there
+    import subprocess
+    import sys
+
+    cfg = _table(mounter)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    if how == "stdin":
+        res = subprocess.run([sys.executable, "-m", "unifs", "mount", str(mp), "--config", "-"],
+                             input=cfg.read_text(), capture_output=True, text=True, timeout=120)
+    else:
+        res = subprocess.run(["bash", "-c", f'"{sys.executable}" -m unifs mount "{mp}" --config <(cat "{cfg}")'],
+                             capture_output=True, text=True, timeout=120)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(mp) and sorted(os.listdir(mp)) == ["data"] and os.listdir(mp / "data")
+        row = next(r for r in json.loads(unifs("status", "--json", check=True).stdout)
+                   if r["mountpoint"] == str(mp))
+        assert row["config"] == "(standard input)"
+    finally:
+        unifs("umount", str(mp))
+
+
 def test_mount_status_umount(mounter, dataset, tmp_path):
     cfg = _table(mounter)
     mp = tmp_path / "mp"

@@ -85,7 +85,7 @@ _LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=Fal
 
 @main.command()
 @click.argument("mountpoint")
-@click.option("--config", "-c", "config", metavar="FILE", help="mount table (default: search order)")
+@click.option("--config", "-c", "config", metavar="FILE", help="mount table (default: search order; - reads it from standard input)")
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground (for systemd and docker)")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="FUSE option, e.g. -o allow_other (repeatable)")
@@ -95,7 +95,7 @@ _LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=Fal
 def mount(mountpoint, config, foreground, options, log_level, log_file, status_fd):
     """Mount the namespace of the mount table at MOUNTPOINT."""
     from unifs import daemon, mountinfo
-    from unifs.config import load_config
+    from unifs.config import STDIN, parse_table, read_config
 
     mp = mountinfo.normalise_mountpoint(mountpoint)
     if log_file:
@@ -104,7 +104,8 @@ def mount(mountpoint, config, foreground, options, log_level, log_file, status_f
     try:
         if config is not None and not config.strip():
             raise UserError("--config needs a file name (it was empty)")
-        table, cfg_path = load_config(config)
+        text, cfg_path = read_config(config)
+        table = parse_table(text, "<stdin>" if str(cfg_path) == STDIN else str(cfg_path))
         opts = daemon.parse_fuse_options(options)
         daemon.check_local_dirs(mp, table)
         if log_file:
@@ -121,7 +122,11 @@ def mount(mountpoint, config, foreground, options, log_level, log_file, status_f
     if foreground:
         daemon.run_foreground(mp, table, cfg_path, options, log_level, log_file, status_fd)
         return
-    log_path = daemon.start_background(mp, cfg_path, options, log_level, log_file)
+    # a table from a pipe (`--config <(sops -d t.yaml)`, `--config -`) cannot be read twice:
+    # the daemon gets its text on its standard input
+    piped = str(cfg_path) == STDIN or not cfg_path.is_file()
+    log_path = daemon.start_background(mp, cfg_path, options, log_level, log_file,
+                                       config_text=text if piped else None)
     _done(f"unifs: mounted {mp} ({len(table.mounts)} store mount(s)); log: {log_path}")
 
 
@@ -267,7 +272,7 @@ def config():
 
 
 @config.command("check")
-@click.option("--config", "-c", "config_file", metavar="FILE", help="mount table (default: search order)")
+@click.option("--config", "-c", "config_file", metavar="FILE", help="mount table (default: search order; - reads it from standard input)")
 def config_check(config_file):
     """Validate the mount table and print it resolved, secrets redacted."""
     from unifs.config import describe_table, load_config, s3_option_problems

@@ -11,6 +11,7 @@ import json
 import os
 import posixpath
 import re
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -932,15 +933,28 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
     return problems
 
 
-def load_config(path: Optional[str] = None) -> tuple[MountTable, Path]:
+STDIN = "-"  # --config -: the table on standard input (from a secrets manager, no file)
+
+
+def read_config(path: Optional[str] = None) -> tuple[str, Path]:
+    """The mount table's text and where it came from (Path("-") for standard input)."""
+    if path == STDIN:
+        try:
+            return sys.stdin.read(), Path(STDIN)
+        except UnicodeDecodeError:
+            raise UserError("the config on standard input is not UTF-8 text") from None
     cfg_path = find_config(path)
     try:
-        text = cfg_path.read_text()
+        return cfg_path.read_text(), cfg_path
     except OSError as e:
         raise UserError(f"cannot read config file {cfg_path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {cfg_path} is not UTF-8 text") from None
-    return parse_table(text, str(cfg_path)), cfg_path
+
+
+def load_config(path: Optional[str] = None) -> tuple[MountTable, Path]:
+    text, cfg_path = read_config(path)
+    return parse_table(text, "<stdin>" if str(cfg_path) == STDIN else str(cfg_path)), cfg_path
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-from unifs.config import MountTable, describe_table, redact_url, scrub
+from unifs.config import STDIN, MountTable, describe_table, redact_url, scrub
 from unifs.control import ControlServer
 from unifs.errors import StoreError, UserError
 from unifs.logs import WARNINGS, setup_logging
@@ -31,6 +31,8 @@ from unifs.paths import under
 from unifs.stopsignal import SignalStop
 from unifs import bdi, mountinfo
 from unifs.vfs.staging import NOT_WAITED_FOR, pending_files
+
+STDIN_LABEL = "(standard input)"  # the state file's config of a table read from a pipe
 
 log = logging.getLogger("unifs.daemon")
 
@@ -289,7 +291,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
 
     def ready():
         mountinfo.write_state(mountpoint, {
-            "mountpoint": mountpoint, "pid": os.getpid(), "config": os.path.abspath(str(config_path)),
+            "mountpoint": mountpoint, "pid": os.getpid(), "config": STDIN_LABEL if str(config_path) == STDIN else os.path.abspath(str(config_path)),
             "log_file": log_path, "started": time.time(), "staging_dir": staging,
             "control_socket": control_path, "cache_dir": cache.disk.directory if cache and cache.disk else None,
             "mounts": describe_table(table)["mounts"],
@@ -376,13 +378,14 @@ def open_cache(table: MountTable, mountpoint: str):
 
 
 def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], log_level: str,
-                     log_file: Optional[str]) -> str:
-    """Start the daemon; return its log path once the mount is live, or raise UserError."""
+                     log_file: Optional[str], config_text: Optional[str] = None) -> str:
+    """Start the daemon; return its log path once the mount is live, or raise UserError.
+    config_text: the table, handed over on the daemon's standard input instead of its file."""
     log_path = log_file or str(mountinfo.log_file(mountpoint))
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "unifs", "mount", mountpoint, "--foreground",
-           "--config", str(config_path.resolve()), "--log-level", log_level, "--log-file", log_path,
-           "--status-fd", str(w)]
+           "--config", STDIN if config_text is not None else str(config_path.resolve()),
+           "--log-level", log_level, "--log-file", log_path, "--status-fd", str(w)]
     for o in opts:
         cmd += ["-o", o]
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -391,9 +394,20 @@ def start_background(mountpoint: str, config_path: Path, opts: tuple[str, ...], 
     with open(os.devnull, "rb") as devnull, open(log_path, "ab") as logf:
         os.chmod(log_path, 0o600)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # the unit's main process is this one
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=logf, stderr=logf,
-                                pass_fds=(w,), start_new_session=True, cwd="/", env=env)
+        proc = subprocess.Popen(cmd, stdin=devnull if config_text is None else subprocess.PIPE,
+                                stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True, cwd="/",
+                                env=env)
     os.close(w)
+    if config_text is not None:
+        try:
+            proc.stdin.write(config_text.encode())
+        except OSError:
+            pass  # it died at once: its status says why
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
     deadline = time.monotonic() + READY_TIMEOUT
     msg = b""
 
