@@ -154,3 +154,12 @@ def test_run_directory_from_the_environment_is_checked_not_taken_over(tmp_path):
     fresh = tmp_path / "fresh" / "run"
     assert unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(fresh))).returncode == 0
     assert oct(os.stat(fresh).st_mode & 0o777) == oct(0o700)
+
+
+def test_a_damaged_state_file_does_not_break_status(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    (run / "mount-0000.json").write_text("[1, 2]")
+    (run / "mount-0001.json").write_text('{"pid": 1}')
+    res = unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(run)))
+    assert res.returncode == 0 and "Traceback" not in res.stderr and "error" not in res.stderr, res.stderr

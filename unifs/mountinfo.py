@@ -259,11 +259,18 @@ def write_state(mountpoint: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_state(mountpoint: str) -> Optional[dict]:
+def _load_state(path: Path) -> Optional[dict]:
+    """A state file's record; None for one that is unreadable or not a record (a damaged or
+    foreign file broke `unifs status` for every mount)."""
     try:
-        return json.loads(state_file(mountpoint).read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("mountpoint"), str) else None
+
+
+def read_state(mountpoint: str) -> Optional[dict]:
+    return _load_state(state_file(mountpoint))
 
 
 def all_states() -> list[dict]:
@@ -273,10 +280,9 @@ def all_states() -> list[dict]:
     except UserError:
         return []  # no run directory: nothing was mounted from here
     for p in sorted(base.glob("mount-*.json")):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue
+        doc = _load_state(p)
+        if doc is not None:
+            out.append(doc)
     return out
 
 
