@@ -463,3 +463,15 @@ def test_an_azure_endpoint_option_adlfs_would_ignore_is_refused(name):
                     f"account_key: k, {name}: 'http://127.0.0.1:1/a'}}\n", env={})
     assert len(e.value.problems) == 1 and f"options.{name}: adlfs takes no such option" in e.value.problems[0]
     assert "connection_string" in e.value.problems[0]
+
+
+def test_a_reference_inside_a_default_is_refused_not_kept_as_text():
+    # `${X:-${PART}}` became the literal text "${PART}"
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_table("mounts:\n  - path: /a\n    url: 's3://b/${X:-${PART}}'\n", env={"PART": "p"})
+    assert len(e.value.problems) == 1 and "'${' that is not a ${VAR}" in e.value.problems[0], e.value.problems
+    t = parse_table("mounts:\n  - path: /a\n    url: 's3://b/${X:-a-b}/${Y:-}c'\n", env={})
+    assert t.mounts[0].url == "s3://b/a-b/c"

@@ -129,7 +129,8 @@ def _line_of(raw: Any, loc: tuple) -> Optional[int]:
 # ${VAR} interpolation
 # ---------------------------------------------------------------------------
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+# a default holds no "${": `${X:-${Y}}` is not nested (it read as default "${Y" plus a "}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:(?!\$\{)[^}])*))?\}|\$\$")
 
 
 class _Interpolation:
