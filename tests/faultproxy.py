@@ -17,7 +17,9 @@ from typing import Callable, Optional
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
-# (method, path, headers) -> an HTTP status to answer instead of forwarding, or None
+# (method, path, headers) -> an HTTP status to answer instead of forwarding, or None; a
+# negative status is forwarded first and then answered as its absolute value: the store did
+# it, the client saw it fail (a timeout whose request landed)
 Rule = Callable[[str, str, dict], Optional[int]]
 
 
@@ -46,6 +48,9 @@ class FaultProxy:
                     status = proxy.rule(self.command, self.path, dict(self.headers)) if proxy.rule else None
                     if status:
                         proxy.failed.append((self.command, self.path))
+                if status and status < 0:
+                    self._forward(body)
+                    status = -status
                 if status:
                     msg = b"injected fault"
                     self.send_response(status)
@@ -53,24 +58,7 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
-                with proxy.lock:
-                    proxy.in_flight += 1
-                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
-                up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
-                try:
-                    if self.command == "GET" and proxy.get_delay:
-                        time.sleep(proxy.get_delay)
-                    if proxy.delays.get(self.command):
-                        time.sleep(proxy.delays[self.command])
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                    headers["Content-Length"] = str(len(body))
-                    up.request(self.command, self.path, body=body, headers=headers)
-                    resp = up.getresponse()
-                    data = resp.read()
-                finally:
-                    up.close()
-                    with proxy.lock:
-                        proxy.in_flight -= 1
+                resp, data = self._forward(body)
                 self.send_response_only(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() in _HOP or k.lower() == "content-length":
@@ -87,6 +75,26 @@ class FaultProxy:
                 self.wfile.flush()
                 with proxy.lock:
                     proxy.answered.append((self.command, self.path))
+
+            def _forward(self, body: bytes):
+                with proxy.lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                try:
+                    if self.command == "GET" and proxy.get_delay:
+                        time.sleep(proxy.get_delay)
+                    if proxy.delays.get(self.command):
+                        time.sleep(proxy.delays[self.command])
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                    headers["Content-Length"] = str(len(body))
+                    up.request(self.command, self.path, body=body, headers=headers)
+                    resp = up.getresponse()
+                    return resp, resp.read()
+                finally:
+                    up.close()
+                    with proxy.lock:
+                        proxy.in_flight -= 1
 
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

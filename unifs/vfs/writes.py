@@ -903,9 +903,12 @@ class Writes:
             return
         keys = self._store(old, mount.store.list_keys, k1)
         moved: list[tuple[str, str]] = []  # (key, new key) of the moves done: see _undo_moves
+        tried: list[tuple[str, str]] = []  # and of those begun: a failed one may have landed
 
         def move(k):
             dst = k2 + k[len(k1):]
+            with self._lock:
+                tried.append((k, dst))
             if k.endswith("/"):  # another tool's directory marker: made anew, removed below
                 mount.store.put_marker(dst.rstrip("/"))
             else:
@@ -918,7 +921,7 @@ class Writes:
         # landing behind them
         failure = self._each_until_failure(move, keys)
         if failure is not None:
-            self._undo_moves(mount, old, new, k2, moved)
+            self._undo_moves(mount, old, new, k2, moved, tried)
             if isinstance(failure, StoreError):
                 raise self.fs.store_error(failure, old) from None
             raise failure
@@ -946,19 +949,43 @@ class Writes:
         futures_wait(futures)
         return next((f.exception() for f in futures if f.exception() is not None), None)
 
-    def _undo_moves(self, mount: Mount, old: str, new: str, k2: str, moved: list) -> None:
+    def _undo_moves(self, mount: Mount, old: str, new: str, k2: str, moved: list, tried: list) -> None:
         """A directory rename the store broke off: put back what moved (in parallel, stopping at
         the first failure) and remove the new directory, so the rename fails as a whole. Left
         half-moved, the new name existed: `mv` then moved the rest into it, one level down, and
         exited 0 (a store that hung for 12 s). Staged files keep their new names (they upload
-        there). Best effort: a store still failing leaves both halves, and the log says so."""
+        there). Best effort: a store still failing leaves both halves, and the log says so.
+        A move that failed may still have landed (its copy timed out here and completed in the
+        store, or its delete failed): the new name's keys of every move begun are looked at
+        again, listed after the rest is back, so late copies are found too."""
         def back(pair):
             key, dst = pair
             if key.endswith("/"):
                 mount.store.delete(dst)  # a marker made anew: the old one is still there
             else:
                 mount.store.move(dst, key)
-        if self._each_until_failure(back, moved) is not None:
+
+        def settle(pair):
+            key, dst = pair
+            if key.endswith("/") or mount.store.head(key) is not None:
+                mount.store.delete(dst)  # the copy landed, the original stayed
+            else:
+                mount.store.move(dst, key)  # the original went too
+        done = set(moved)
+        if self._each_until_failure(back, moved) is None:
+            begun = {dst: key for key, dst in tried if (key, dst) not in done}
+            try:
+                landed = [(begun[k], k) for k in mount.store.list_keys(k2.rstrip("/")) if k in begun] \
+                    if begun else []
+            except StoreError:
+                landed = None
+            if landed is not None and self._each_until_failure(settle, landed) is None:
+                moved = moved + landed
+            else:
+                moved = None
+        else:
+            moved = None
+        if moved is None:
             log.error("rename of %s to %s failed half-way and could not be undone (the store fails): "
                       "some of its files are under %s now", old, new, new)
             return
