@@ -432,8 +432,14 @@ class FsspecStore:
             raw = str(e.get("name", ""))
             name = raw.rstrip("/")
             if name == base or not name:
-                if e.get("type") == "directory":  # gcsfs lists the prefix "dir//" as "dir" itself
-                    self._hide(f"{key}//..." if key else "/...", _EMPTY_SEGMENT)
+                if e.get("type") == "directory":
+                    # gcsfs lists the prefix "dir//" as "dir" itself, and a marker object "dir/"
+                    # the same way (nothing tells them apart): said quietly, once
+                    where = f"{key}//..." if key else "/..."
+                    if where not in self._hidden:
+                        self._hidden.add(where)
+                        log.info("not shown, if there: %r (%s); or only the directory marker %r",
+                                 where, _EMPTY_SEGMENT, f"{key}/")
                 continue
             leaf = posixpath.basename(name)
             if leaf in ("", ".", ".."):

@@ -108,6 +108,7 @@ class FileSystem:
         self._forget_queue: Optional[queue.SimpleQueue] = None  # see forget_in_kernel
         self._stale_kernel: dict[str, float] = {}  # see _kernel_may_hold
         self._failed: dict[str, tuple[float, int, str]] = {}  # path -> (until, errno, why): see getattr
+        self._said_too_long: set[str] = set()  # see _without_long_names
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
         # a lookup asks for the object and for keys below its name at once (see _lookup): one
@@ -286,6 +287,7 @@ class FileSystem:
             for d in listing.dirs:
                 # a prefix shadows an object of the same name ("a" and "a/b")
                 children[d] = Attr.directory(mount.read_only)
+            self._without_long_names(path, children)
             # a listing reply need not carry attributes the kernel takes (a plain readdir of a
             # big directory does not): files that changed since the daemon last said are flagged
             before = self.meta.previous_children(path, children)
@@ -307,6 +309,18 @@ class FileSystem:
                     self._note_versions({p: children.get(p[len(prefix):]) for p in mine})
             return children
         return self._flights.do(("list", path), _fetch)
+
+    def _without_long_names(self, path: str, children: dict) -> None:
+        """Keys whose last part is over NAME_MAX bytes: listed, `ls` showed them and every open,
+        stat and rm failed (ENAMETOOLONG: the kernel refuses such a name before asking). Left
+        out, and said once (rmdir still finds the directory not empty)."""
+        for name in [n for n in children if len(n.encode("utf-8", "surrogateescape")) > NAME_MAX]:
+            del children[name]
+            where = f"{path.rstrip('/')}/{name}"
+            if where not in self._said_too_long and len(self._said_too_long) < PER_PATH_LIMIT:
+                self._said_too_long.add(where)
+                log.warning("not shown: %r (a name over %d bytes, which no program can open)",
+                            where[:80] + "...", NAME_MAX)
 
     # -- handles -------------------------------------------------------------
     def open(self, path: str, flags: int, owner: Optional[int] = None) -> tuple[int, bool]:

@@ -737,7 +737,7 @@ class Writes:
         if not attr.is_dir:
             raise _err(errno.ENOTDIR, path)
         self.fs.meta.invalidate(path)
-        if self.fs.readdir(path):
+        if self.fs.readdir(path) or self._hidden_keys_below(mount, path, key):
             raise _err(errno.ENOTEMPTY, path)
         with self._lock:
             self._dirs.discard(path)
@@ -746,6 +746,20 @@ class Writes:
         self._store(path, mount.store.remove_dir, key)
         self._keep_parent(mount, path)
         self.fs.changed(path, None)
+
+    def _hidden_keys_below(self, mount: Mount, path: str, key: str) -> bool:
+        """Objects below an empty-looking directory that the listing does not show (`a//b`, a
+        name no client can address): rmdir said done and the directory stayed. A store with
+        real directories refuses to remove a non-empty one itself."""
+        if mount.store.has_dirs:
+            return False
+        top = mount.path.rstrip("/")
+        left = [k for k in self._store(path, mount.store.list_keys, key)
+                if k != key + "/" and not self.is_tombstoned(f"{top}/{k.rstrip('/')}")]
+        if left:
+            log.info("rmdir %s: the store holds %d object(s) below it that are not shown, e.g. %r",
+                     path, len(left), left[0])
+        return bool(left)
 
     # -- rename ------------------------------------------------------------------------
     def check_rename(self, old: str, new: str) -> tuple:
