@@ -288,6 +288,7 @@ MORE_BAD = [
     ("list as key", "{[1, 2]: 3, mounts: [{path: /a, url: 's3://b'}]}\n", ["bad.yaml:1:", "plain name"]),
     ("newline in path", "mounts:\n  - path: \"/a\\nb\"\n    url: s3://b\n", ["path", "control characters"]),
     ("bool retries", "mounts:\n  - path: /a\n    url: s3://b\nstore: {retries: true}\n", ["store.retries"]),
+    ("huge timeout", "mounts:\n  - path: /a\n    url: s3://b\nstore: {timeout: 1.0e+20}\n", ["store.timeout", "at most 24h"]),
     ("odd kernel read-ahead", "mounts:\n  - path: /a\n    url: s3://b\nread: {kernel_read_ahead: 1000}\n",
      ["read.kernel_read_ahead", "multiple of 4KiB"]),
     ("huge kernel read-ahead", "mounts:\n  - path: /a\n    url: s3://b\nread: {kernel_read_ahead: 1GiB}\n",

@@ -292,6 +292,9 @@ class MountEntry(BaseModel):
         return v
 
 
+MAX_STORE_TIMEOUT = 24 * 3600.0
+
+
 class StoreSettings(BaseModel):
     """How unifs talks to stores: every call has a timeout and bounded retries."""
 
@@ -311,7 +314,11 @@ class StoreSettings(BaseModel):
     @field_validator("timeout", "connect_timeout", mode="before")
     @classmethod
     def _d(cls, v):
-        return _positive_duration(v)
+        d = _positive_duration(v)
+        if d > MAX_STORE_TIMEOUT:  # 1e20 passed the check and overflowed in the store client
+            raise ValueError(f"must be at most {MAX_STORE_TIMEOUT // 3600:.0f}h (a store call that may take "
+                             "longer is a hung call), got " + str(v))
+        return d
 
 
 class ReadSettings(BaseModel):
