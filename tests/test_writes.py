@@ -733,3 +733,32 @@ def test_truncate_by_path_while_a_writer_has_the_file_open_waits_for_its_close(r
     # with nobody else writing, truncate(2) is a change of its own, uploaded at once
     os.truncate(root / "model.ckpt", 4)
     assert _store_bytes(seaweed, f"{prefix}/model.ckpt") == b"done"
+
+
+def test_files_created_in_a_known_directory_ask_the_store_nothing_before_their_upload(mounter, dataset):
+    # each new file of a checkpoint directory cost a HEAD and a LIST (the kernel's lookup of
+    # its name) besides its upload: the directory was made here, or listed, and the first
+    # create dropped that listing
+    import re
+
+    from faultproxy import FaultProxy
+
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    mounter.seaweed.put_many(SCRATCH, {"known/listed/old.txt": b"old"})
+    with FaultProxy(upstream) as proxy:
+        entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/known", options=dict(
+            opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port))))
+        root = mounter.mount([entry]) / "w"
+        os.mkdir(root / "made")
+        assert os.listdir(root / "listed") == ["old.txt"]
+        start = len(proxy.answered)
+        for d in ("made", "listed"):
+            for i in range(4):
+                (root / d / f"f{i}").write_bytes(b"%d" % i)
+        asked = proxy.answered[start:]
+        assert sorted(m for m, _ in asked) == ["PUT"] * 8, asked
+        assert sorted(os.listdir(root / "listed")) == ["f0", "f1", "f2", "f3", "old.txt"]
+        assert sorted(os.listdir(root / "made")) == ["f0", "f1", "f2", "f3"]
+        assert (root / "made/f3").read_bytes() == b"3"
+    assert _store_bytes(mounter.seaweed, "known/made/f2") == b"2"

@@ -185,6 +185,15 @@ class MetaCache:
                 found.extend(prefix + n for n, a in listing[1].items() if a is None or not a.is_dir)
         return sorted(set(found))
 
+    def forget_entry(self, path: str) -> None:
+        """A name created locally: its entry goes (a cached "no such file"), its parent's
+        listing stays (what the store holds, within its TTL; the local file is found before
+        it), so the next names created there are looked up without asking the store."""
+        with self._lock:
+            self._changed(path, posixpath.dirname(path))
+            self._entries.pop(path, None)
+            self._listings.pop(path, None)
+
     def invalidate(self, path: str) -> None:
         with self._lock:
             self._changed(path, posixpath.dirname(path))

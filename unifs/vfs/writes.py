@@ -328,7 +328,7 @@ class Writes:
                 st.opens += 1
                 self._truncate_reopened(st, self._record_reopened(st, truncate=True))
             st.touch()  # an empty new file is uploaded too
-        self.fs.meta.invalidate(path)
+        self.fs.meta.forget_entry(path)
         return st
 
     def open(self, path: str, truncate: bool) -> StagedFile:
@@ -726,6 +726,10 @@ class Writes:
             with self._lock:
                 self._dirs.add(path)
         self.fs.changed(path, Attr.directory())
+        # it was not there (within the TTL, as any listing): empty, so each file then created
+        # in it is looked up without asking the store (a HEAD and a LIST per new file of a
+        # checkpoint directory); unless something changed in it meanwhile
+        self.fs.meta.put_listing(path, {}, mount.ttl, self.fs.meta.changes(path))
 
     def rmdir(self, path: str) -> None:
         if self.is_tombstoned(path):
