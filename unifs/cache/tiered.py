@@ -220,15 +220,18 @@ class BlockCache:
             landed()
 
     def flush(self, store: Optional[str] = None, key: Optional[str] = None,
-              key_prefix: Optional[str] = None) -> None:
+              key_prefix: Optional[str] = None, keep_version: Optional[str] = None) -> None:
         """Wait until the blocks fetched so far (of `store`, of `key` or under `key_prefix`
-        where given) are on disk, before they are dropped. Only those waiting now: a stream
-        reading onto a disk slower than the store refills the queue faster than it drains,
-        and a close waiting for it to empty waited for the whole stream."""
+        where given; not those of `keep_version`) are on disk, before they are dropped. Only
+        those waiting now: a stream reading onto a disk slower than the store refills the
+        queue faster than it drains, and a close waiting for it to empty waited for the whole
+        stream; nor blocks that stay: an open dropping older versions waited for the disk
+        copies of the very version it was about to read (prefetched ahead of it)."""
         def wanted(bid: BlockId) -> bool:
             o = bid[0]
             return ((store is None or o.store == store) and (key is None or o.key == key)
-                    and (key_prefix is None or o.key.startswith(key_prefix)))
+                    and (key_prefix is None or o.key.startswith(key_prefix))
+                    and (keep_version is None or o.version != keep_version))
 
         with self._written:
             waiting = [(bid, data) for bid, data in self._pending.items() if wanted(bid)]
@@ -276,7 +279,7 @@ class BlockCache:
 
     def forget_object(self, store: str, key: str, keep_version: Optional[str] = None) -> None:
         """Drop the blocks of (store, key) in both tiers, except those of `keep_version`."""
-        self.flush(store, key)
+        self.flush(store, key, keep_version=keep_version)
         self.ram.drop_object(store, key, keep_version)
         if self.disk is not None:
             self.disk.drop_object(store, key, keep_version)
