@@ -154,6 +154,17 @@ def test_run_directory_from_the_environment_is_checked_not_taken_over(tmp_path):
     fresh = tmp_path / "fresh" / "run"
     assert unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(fresh))).returncode == 0
     assert oct(os.stat(fresh).st_mode & 0o777) == oct(0o700)
+    # made by `mkdir` or systemd's RuntimeDirectory= (0755, empty): taken and made private;
+    # one holding other files is someone else's directory
+    own = tmp_path / "own"
+    own.mkdir()
+    os.chmod(own, 0o755)
+    assert unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(own))).returncode == 0
+    assert oct(os.stat(own).st_mode & 0o777) == oct(0o700)
+    (here / "notes.txt").write_text("x")
+    _one_line_error(unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(here))), "UNIFS_RUN_DIR",
+                    "notes.txt")
+    assert oct(os.stat(here).st_mode & 0o7777) == oct(0o755)
 
 
 def test_a_damaged_state_file_does_not_break_status(tmp_path):

@@ -35,17 +35,38 @@ def state_dir() -> Path:
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         if chosen is None or not existed:
             os.chmod(base, 0o700)  # a directory unifs names or made itself
-        elif stat.S_IMODE(os.stat(base).st_mode) & 0o077:
-            # never tightened: UNIFS_RUN_DIR=/tmp (or /run, or .) made the host's directory 0700
-            raise UserError(f"UNIFS_RUN_DIR {base} is open to other users (mode "
-                            f"{stat.S_IMODE(os.stat(base).st_mode):o}); unifs keeps its state files "
-                            "there: name a directory of its own (it is created with mode 700)")
+        else:
+            _check_chosen_run_dir(base)
     except OSError as e:
         if not base.is_dir():
             # readers (status, cache stats) then find no mounts; `mount` reports this
-            raise UserError(f"cannot create the run directory {base} ({e.strerror}); set UNIFS_RUN_DIR "
-                            "or XDG_RUNTIME_DIR to a writable directory") from None
+            raise RunDirMissing(f"cannot create the run directory {base} ({e.strerror}); set UNIFS_RUN_DIR "
+                                "or XDG_RUNTIME_DIR to a writable directory") from None
     return base
+
+
+class RunDirMissing(UserError):
+    """No run directory could be made: nothing was mounted from here either."""
+
+
+def _check_chosen_run_dir(base: Path) -> None:
+    """UNIFS_RUN_DIR names an existing directory: made private if it is the user's own and
+    holds nothing but unifs' files (`mkdir` and systemd's RuntimeDirectory= make it 0755);
+    refused otherwise, never tightened: UNIFS_RUN_DIR=/tmp (or /run, or .) made the host's
+    directory 0700."""
+    st = os.stat(base)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise UserError(f"UNIFS_RUN_DIR {base} belongs to uid {st.st_uid}; unifs keeps its state files "
+                        "there: name a directory of its own (it is created with mode 700)")
+    if not mode & 0o077:
+        return
+    foreign = [n for n in os.listdir(base) if not n.startswith("mount-")]
+    if mode & 0o022 or st.st_mode & stat.S_ISVTX or foreign:
+        raise UserError(f"UNIFS_RUN_DIR {base} is shared (mode {mode:o}"
+                        + (f", holds {foreign[0]!r}" if foreign else "") + "); unifs keeps its state files "
+                        "there: name a directory of its own (it is created with mode 700)")
+    os.chmod(base, 0o700)
 
 
 def _unescape(field: str) -> str:
@@ -277,8 +298,8 @@ def all_states() -> list[dict]:
     out = []
     try:
         base = state_dir()
-    except UserError:
-        return []  # no run directory: nothing was mounted from here
+    except RunDirMissing:
+        return []  # nothing was mounted from here
     for p in sorted(base.glob("mount-*.json")):
         doc = _load_state(p)
         if doc is not None:
