@@ -570,6 +570,18 @@ def test_cache_and_staging_dirs_other_users_can_swap_are_refused(mounter, datase
     mp, res = mount(ww / "deep" / which)
     assert res.returncode == 1 and "other users can change" in res.stderr, res.stderr
     assert f"inside {ww}," in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (ww / "deep").exists()  # nothing made on the way to a refusal
+    (ww / "real").mkdir()
+    os.symlink(ww / "real", tmp_path / "link")  # the same, spelled through a link
+    mp, res = mount(tmp_path / "link" / which)
+    assert res.returncode == 1 and f"inside {ww}," in res.stderr, res.stderr
+    # a group-writable directory further up (/var/local is 2775 root:staff) is the group's
+    grp = tmp_path / "grp"
+    grp.mkdir()
+    os.chmod(grp, 0o2775)
+    mp, res = mount(grp / "deep" / which)
+    assert res.returncode == 0, res.stderr
+    unifs("umount", str(mp), check=True)
     # a root of our own, whose per-mount subdirectory was replaced by a link
     mp, res = mount(mine / which)
     assert res.returncode == 0, res.stderr

@@ -370,8 +370,7 @@ def open_cache(table: MountTable, mountpoint: str):
     if directory is not None and os.path.exists(c.dir) and not os.path.isdir(c.dir):
         raise UserError(f"cache.dir {c.dir} is not a directory")
     try:
-        if directory is not None and not os.path.isdir(c.dir):
-            os.makedirs(c.dir, mode=0o700)  # a root we create is private too
+        # a root it creates is private too (private_directory, once the path is checked)
         return BlockCache(c.block_size, c.ram, c.disk if needs_disk else 0, directory, mode)
     except OSError as e:
         raise UserError(f"cache.dir {c.dir}: cannot use {directory}: {e.strerror}") from None

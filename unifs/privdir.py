@@ -15,21 +15,29 @@ def private_directory(path: str, what: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.lexists(parent) and not os.path.isdir(parent):
         raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory", path)
-    os.makedirs(parent, mode=0o700, exist_ok=True)
+    # every directory above it, as written and as the kernel walks it (links resolved), before
+    # any is made: whoever may rename one (/tmp/ww in /tmp/ww/staging/...) or a link on the
+    # way can swap in a tree of their own. Sticky ones (/tmp) let nobody else rename what is
+    # ours; above its own directory group-writable ones are trusted (/var/local is 2775
+    # root:staff: the group is whoever set it so)
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     me = os.geteuid()
-    # every directory above it: whoever can rename one (/tmp/ww in /tmp/ww/staging/...) can
-    # swap in a tree of their own below it
-    above = parent
-    while True:
-        pst = os.stat(above)
-        if pst.st_uid not in (0, me) or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
-            raise PermissionError(errno.EPERM, f"{what} is inside {above}, which other users can change "
-                                  f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o}): use a "
-                                  "directory only you (or root) can write to", path)
-        up = os.path.dirname(above)
-        if up == above:
-            break
-        above = up
+    for chain in (existing, os.path.realpath(existing)):
+        above = chain
+        while True:
+            pst = os.stat(above)
+            writable = 0o022 if above == parent else 0o002
+            if pst.st_uid not in (0, me) or (pst.st_mode & writable and not pst.st_mode & stat.S_ISVTX):
+                raise PermissionError(errno.EPERM, f"{what} is inside {above}, which other users can change "
+                                      f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):o}): use "
+                                      "a directory only you (or root) can write to", path)
+            up = os.path.dirname(above)
+            if up == above:
+                break
+            above = up
+    os.makedirs(parent, mode=0o700, exist_ok=True)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
