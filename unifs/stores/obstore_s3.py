@@ -262,6 +262,11 @@ class ObstoreS3Store:
 
     @_s3fs_for_unparseable_keys
     def delete(self, key: str) -> None:
+        if key.endswith("/"):
+            # a directory marker: obstore makes "dir/" into "dir", and would delete a file of
+            # that name instead (see remove_dir)
+            self._s3fs().delete(key)
+            return
         self._call(f"delete {key}", obstore.delete, self.store, key)
 
     def name_problem(self, key: str) -> Optional[str]:
