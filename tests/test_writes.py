@@ -587,8 +587,9 @@ def test_a_directory_rename_stops_at_the_first_move_the_store_fails(mounter, dat
     assert len(_store_keys(mounter.seaweed, "stopmove/src/")) == 64  # nothing was moved
 
 
-@pytest.mark.parametrize("landed", [False, True], ids=["failed", "failed-but-landed"])
-def test_a_directory_rename_the_store_breaks_off_is_undone(mounter, dataset, landed):
+@pytest.mark.parametrize("landed,onto", [(False, False), (True, False), (True, True)],
+                         ids=["failed", "failed-but-landed", "onto-an-empty-directory"])
+def test_a_directory_rename_the_store_breaks_off_is_undone(mounter, dataset, landed, onto):
     # stopping at the first failed move left part of the tree under the new name: `mv` then
     # moved the rest into it, one level down, and exited 0 (a store that hung for 12 s).
     # landed: the failed copy was done in the store (its answer lost, as a timeout's)
@@ -617,12 +618,19 @@ def test_a_directory_rename_the_store_breaks_off_is_undone(mounter, dataset, lan
         want = {f"undo/src/d{i % 4}/f{i:02d}": b"%d" % i for i in range(64)}
         mounter.seaweed.put_many(SCRATCH, want)
         assert len(os.listdir(root / "src")) == 4
-        res = subprocess.run(["mv", str(root / "src"), str(root / "dst")], capture_output=True, text=True)
+        if onto:
+            os.mkdir(root / "dst")  # renamed onto: mv's rename(2) replaces an empty directory
+            res = subprocess.run(["mv", "-T", str(root / "src"), str(root / "dst")], capture_output=True,
+                                 text=True)
+        else:
+            res = subprocess.run(["mv", str(root / "src"), str(root / "dst")], capture_output=True, text=True)
         assert res.returncode != 0, res
         assert len([p for m, p in proxy.answered if m == "PUT" and "/undo/dst/" in p]) >= 1  # some had moved
     assert _store_keys(mounter.seaweed, "undo/") == set(want)
     assert {k: _store_bytes(mounter.seaweed, k) for k in want} == want
-    assert sorted(os.listdir(root)) == ["src"]
+    assert sorted(os.listdir(root)) == (["dst", "src"] if onto else ["src"])
+    if onto:
+        assert os.listdir(root / "dst") == []
 
 
 def _run_for(seconds, stop, targets):

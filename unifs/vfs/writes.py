@@ -801,10 +801,10 @@ class Writes:
                 raise _err(errno.ENOTDIR, new)
             if dst is not None:
                 self.fs.meta.invalidate(new)
-                if self.fs.readdir(new):
+                if self.fs.readdir(new) or self._hidden_keys_below(m1, new, k2):
                     raise _err(errno.ENOTEMPTY, new)
             try:
-                self._rename_dir(m1, old, k1, new, k2)
+                self._rename_dir(m1, old, k1, new, k2, onto=dst is not None)
             except BaseException:
                 # half done (store gone mid-way): both trees hold some of the objects now, which
                 # the cached listings of either do not show
@@ -897,11 +897,14 @@ class Writes:
                 self._staged[new] = st
             st.save()
 
-    def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
+    def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str, onto: bool = False) -> None:
+        """onto: over an existing (empty) directory, which a failed rename leaves in place."""
         # staged files first: their uploads must not land under the old name afterwards
         with self._lock:
             moving = [st for p, st in self._staged.items() if under(p, old)]
-            for d in [d for d in self._dirs if under(d, old)]:
+            kept = [d for d in self._dirs if under(d, old)]  # directories only the daemon knows
+            had_new = new in self._dirs
+            for d in kept:
                 self._dirs.discard(d)
                 self._dirs.add(new + d[len(old):])
         for st in moving:
@@ -939,7 +942,13 @@ class Writes:
         # landing behind them
         failure = self._each_until_failure(move, keys)
         if failure is not None:
-            self._undo_moves(mount, old, new, k2, moved, tried)
+            with self._lock:
+                for d in kept:
+                    self._dirs.discard(new + d[len(old):])
+                    self._dirs.add(d)
+                if had_new:
+                    self._dirs.add(new)
+            self._undo_moves(mount, old, new, k2, moved, tried, onto)
             if isinstance(failure, StoreError):
                 raise self.fs.store_error(failure, old) from None
             raise failure
@@ -967,7 +976,8 @@ class Writes:
         futures_wait(futures)
         return next((f.exception() for f in futures if f.exception() is not None), None)
 
-    def _undo_moves(self, mount: Mount, old: str, new: str, k2: str, moved: list, tried: list) -> None:
+    def _undo_moves(self, mount: Mount, old: str, new: str, k2: str, moved: list, tried: list,
+                    onto: bool = False) -> None:
         """A directory rename the store broke off: put back what moved (in parallel, stopping at
         the first failure) and remove the new directory, so the rename fails as a whole. Left
         half-moved, the new name existed: `mv` then moved the rest into it, one level down, and
@@ -979,13 +989,16 @@ class Writes:
         def back(pair):
             key, dst = pair
             if key.endswith("/"):
-                mount.store.delete(dst)  # a marker made anew: the old one is still there
+                if not (onto and dst == k2 + "/"):  # the marker of the directory renamed onto
+                    mount.store.delete(dst)  # a marker made anew: the old one is still there
             else:
                 mount.store.move(dst, key)
 
         def settle(pair):
             key, dst = pair
-            if key.endswith("/") or mount.store.head(key) is not None:
+            if key.endswith("/"):
+                back(pair)
+            elif mount.store.head(key) is not None:
                 mount.store.delete(dst)  # the copy landed, the original stayed
             else:
                 mount.store.move(dst, key)  # the original went too
@@ -1008,6 +1021,8 @@ class Writes:
                       "some of its files are under %s now", old, new, new)
             return
         for d in _dirs_from(k2, [dst.rstrip("/") for _, dst in moved]):
+            if onto and d == k2:
+                continue  # it was there before
             try:
                 mount.store.remove_dir(d)
             except StoreError:
