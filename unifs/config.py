@@ -866,7 +866,7 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
     problems = [(loc, msg) for loc, msg in interp.problems]
     for m in raw.get("mounts") if isinstance(raw.get("mounts"), list) else []:
         if isinstance(m, dict):  # before any check can quote a value in its message
-            remember_secrets(m.get("options"))
+            remember_secrets(m.get("options"), gcs=_is_gcs(m.get("url")))
 
     table = None
     unset = [loc for loc, _ in problems]
@@ -882,7 +882,7 @@ def parse_table(text: str, source: str = "mounts.yaml", env=None) -> MountTable:
     if table is not None:
         problems.extend(_cross_checks(table))
         for m in table.mounts:
-            remember_secrets(m.options)
+            remember_secrets(m.options, gcs=_is_gcs(m.url))
 
     if problems:
         lines = []
@@ -1010,15 +1010,20 @@ _QUERY_SECRET = re.compile(r"([?&;](?:sig|signature|token|code|key|x-amz-signatu
 _KNOWN_SECRETS: set[str] = set()
 
 
-def remember_secrets(options: Any, key: str = "") -> None:
+def _is_gcs(url) -> bool:
+    return isinstance(url, str) and url.lower().startswith(("gs://", "gcs://"))
+
+
+def remember_secrets(options: Any, key: str = "", gcs: bool = False) -> None:
+    """gcs: the options of a GCS mount, whose `token` may name a key file or a mode."""
     if isinstance(options, dict):
         for k, v in options.items():
-            remember_secrets(v, str(k))
+            remember_secrets(v, str(k), gcs and not key)
     elif isinstance(options, list):
         for v in options:
             remember_secrets(v, key)
     elif isinstance(options, str) and key and is_secret_key(key) and len(options) >= 4 \
-            and not (key == "token" and (options in GCS_TOKEN_MODES or _names_a_file(options))):
+            and not (gcs and key == "token" and (options in GCS_TOKEN_MODES or _names_a_file(options))):
         from urllib.parse import quote, quote_plus
 
         for form in (options, quote(options, safe=""), quote_plus(options)):

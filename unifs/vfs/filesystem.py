@@ -314,7 +314,9 @@ class FileSystem:
         """Keys whose last part is over NAME_MAX bytes: listed, `ls` showed them and every open,
         stat and rm failed (ENAMETOOLONG: the kernel refuses such a name before asking). Left
         out, and said once (rmdir still finds the directory not empty)."""
-        for name in [n for n in children if len(n.encode("utf-8", "surrogateescape")) > NAME_MAX]:
+        # a name of NAME_MAX // 4 characters or fewer fits in any UTF-8 (no encoding per name)
+        for name in [n for n in children if len(n) > NAME_MAX // 4
+                     and len(n.encode("utf-8", "surrogateescape")) > NAME_MAX]:
             del children[name]
             where = f"{path.rstrip('/')}/{name}"
             if where not in self._said_too_long and len(self._said_too_long) < PER_PATH_LIMIT:
