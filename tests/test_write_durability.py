@@ -366,6 +366,24 @@ def test_a_log_opened_for_appending_while_the_store_is_down_is_kept_and_uploaded
     assert wait_for(lambda: _in_store(flaky, "run/train.log") == b"epoch 1\n", timeout=60)
 
 
+def test_a_file_touched_while_the_store_was_down_is_the_object_found_there_after(mounter, flaky):
+    # the uploader found another client's object and kept it, then dropped the empty staged
+    # file; the name was gone from the mount (ls, cat: ENOENT) until the listing expired
+    mp = _mount(mounter, flaky)
+    assert os.listdir(mp / "c") == []
+    obstore.put(flaky.obstore(BUCKET), "run/z", b"fromB")
+    flaky.stop()
+    f = open(mp / "c/z", "a")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EIO
+    flaky.restart()
+    assert wait_for(lambda: not _status(mp)["pending"], timeout=60), _status(mp)
+    assert os.listdir(mp / "c") == ["z"]
+    assert (mp / "c/z").read_bytes() == b"fromB"
+    assert _in_store(flaky, "run/z") == b"fromB"
+
+
 def test_an_append_while_the_store_is_down_never_replaces_an_object_put_since_the_listing(mounter, flaky):
     # the create could not ask the store: the object another client put there since the
     # listing turns up before the first upload, and the appended lines stay local instead of
@@ -378,6 +396,7 @@ def test_an_append_while_the_store_is_down_never_replaces_an_object_put_since_th
     # filelock's SoftFileLock opens with O_EXCL|O_TRUNC: the lock another host holds is found
     with pytest.raises(FileExistsError):
         os.open(mp / "c/held.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+    assert (mp / "c/held.lock").read_bytes() == b"host-a"  # stat and open agree with the EEXIST
     flaky.stop()
     # a lock file needs certainty: O_EXCL cannot be granted without asking the store
     for flags in (os.O_EXCL, os.O_EXCL | os.O_TRUNC):

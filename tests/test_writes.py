@@ -770,3 +770,21 @@ def test_files_created_in_a_known_directory_ask_the_store_nothing_before_their_u
         assert sorted(os.listdir(root / "made")) == ["f0", "f1", "f2", "f3"]
         assert (root / "made/f3").read_bytes() == b"3"
     assert _store_bytes(mounter.seaweed, "known/made/f2") == b"2"
+
+
+def test_mkdir_and_directory_renames_ask_the_store_not_an_older_listing(rw, seaweed):
+    # another client's directory made since the parent was listed: mkdir succeeded and its
+    # (assumed empty) listing hid the files in it; a directory renamed onto one made since our
+    # own mkdir merged into it and overwrote its files
+    root, prefix = rw
+    assert os.listdir(root) == []
+    seaweed.put_many(SCRATCH, {f"{prefix}/theirs/x": b"x"})
+    assert _errno_of(os.mkdir, root / "theirs") == errno.EEXIST
+    assert os.listdir(root / "theirs") == ["x"]
+    os.makedirs(root / "src/g")
+    (root / "src/g/f").write_bytes(b"ours")
+    os.mkdir(root / "r2")
+    seaweed.put_many(SCRATCH, {f"{prefix}/r2/e/f": b"theirs"})
+    assert _errno_of(os.rename, root / "src/g", root / "r2/e") == errno.ENOTEMPTY
+    assert _store_bytes(seaweed, f"{prefix}/r2/e/f") == b"theirs"
+    assert _store_bytes(seaweed, f"{prefix}/src/g/f") == b"ours"

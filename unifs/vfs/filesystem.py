@@ -174,6 +174,14 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         return attr
 
+    def fresh_lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
+        """What the store has at path now (not what a cached listing says), cached for next time;
+        a staged file or a directory only the daemon knows first."""
+        local = self.writes.attr(path)
+        if local is not None:
+            return local
+        return self._lookup(path, mount, key)
+
     def _lookup(self, path: str, mount: Mount, key: str, flag_change: bool = True) -> Optional[Attr]:
         """A name that is both an object and a prefix ("a" and "a/b") is a directory, as in a
         listing: so the keys below it are asked for too, at the same time as the object

@@ -303,6 +303,9 @@ class Writes:
                              "and not uploaded over an object the store turns out to have", path, e.strerror)
                 if info is not None:
                     if exclusive:
+                        # a cached "no such file" (a listing) is stale: stat and open must
+                        # agree with this EEXIST; the listing stays, with the file in it
+                        self.fs.meta.put_child(path, Attr.from_object(info, mount.read_only), mount.ttl)
                         raise _err(errno.EEXIST, path)
                     self.fs.changed(path, None)
                     return self.open(path, truncate=False), False
@@ -627,8 +630,14 @@ class Writes:
 
     def release_if_idle(self, st: StagedFile) -> None:
         with self._lock:
-            if not st.held and not st.dirty:
-                self._discard(st)
+            if st.held or st.dirty:
+                return
+            self._discard(st)
+        if st.found_in_store and not st.deleted:
+            # the store's object stayed (another client's, found before the upload): the name
+            # is that object now, not the empty file the kernel and the cached listing knew
+            self.fs.changed(st.path, None)
+            self.fs.forget_in_kernel([st.path])
 
     def unlink(self, path: str) -> None:
         with self._lock:
@@ -718,6 +727,9 @@ class Writes:
         mount, key = self.writable(path)
         if not key or self._exists(path) is not None:
             raise _err(errno.EEXIST, path)
+        # asked afresh, not from a listing of the parent that may be older than another
+        # client's mkdir: then it is known to be empty (below)
+        absent = self._absent_in_store(mount, path, key)
         with self._lock:
             if self._tombstones.get(path) == "":
                 del self._tombstones[path]
@@ -726,10 +738,24 @@ class Writes:
             with self._lock:
                 self._dirs.add(path)
         self.fs.changed(path, Attr.directory())
-        # it was not there (within the TTL, as any listing): empty, so each file then created
-        # in it is looked up without asking the store (a HEAD and a LIST per new file of a
-        # checkpoint directory); unless something changed in it meanwhile
-        self.fs.meta.put_listing(path, {}, mount.ttl, self.fs.meta.changes(path))
+        if absent:
+            # empty, so each file then created in it is looked up without asking the store (a
+            # HEAD and a LIST per new file of a checkpoint directory)
+            self.fs.meta.put_listing(path, {}, mount.ttl, self.fs.meta.changes(path))
+
+    def _absent_in_store(self, mount: Mount, path: str, key: str) -> bool:
+        """No object and no key below `key`, asked now (EEXIST if there is one). False where
+        that is not known: the store cannot be asked (a mkdir still works, kept in the
+        daemon), or it has real directories (listed cheaply, not worth a guess)."""
+        if mount.store.has_dirs or path in self._staged:
+            return False
+        try:
+            found = self.fs.fresh_lookup(path, mount, key)
+        except OSError:
+            return False
+        if found is not None:
+            raise _err(errno.EEXIST, path)
+        return True
 
     def rmdir(self, path: str) -> None:
         if self.is_tombstoned(path):
@@ -793,6 +819,10 @@ class Writes:
             return
         self._parent_is_dir(new)
         dst = self._exists(new)
+        if dst is None and src.is_dir and not m1.store.has_dirs:
+            # asked afresh: a cached "no such name" (a listing, a mkdir's) may be older than
+            # another client's directory there, which the moves would merge into and overwrite
+            dst = self.fs.fresh_lookup(new, m1, k2)
         self._revive(new)  # a name unlinked while open, now replaced
         if src.is_dir:
             if under(new, old):
