@@ -264,6 +264,30 @@ def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, data
     assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
 
 
+def test_a_file_that_fills_the_staging_disk_is_still_uploaded(mounter, seaweed, dataset, tiny_staging):
+    # its record had to be rewritten before the upload, with no room left for it: close
+    # failed with ENOSPC and the uploader retried with a traceback until space was freed
+    from conftest import SCRATCH
+
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/enospc-full")],
+                       extra={"write": {"staging_dir": str(tiny_staging / "s")}})
+    with open(mp / "c/fills.bin", "wb") as f:
+        vfs = os.statvfs(tiny_staging)
+        data = os.urandom(vfs.f_bavail * vfs.f_bsize)  # every block left, its record's included
+        f.write(data)
+        f.flush()
+        # no room for another file's record: its open fails, and leaves no empty data file
+        with pytest.raises(OSError) as e:
+            open(mp / "c/another.bin", "wb")
+        assert e.value.errno == errno.ENOSPC
+        left = [n for d in os.listdir(tiny_staging / "s") for n in os.listdir(tiny_staging / "s" / d)]
+        assert len([n for n in left if n.endswith(".data")]) == 1 and not [n for n in left if n.endswith(".tmp")], \
+            left
+    assert _in_store_s3(seaweed, SCRATCH, "enospc-full/fills.bin") == data
+    left = [n for d in os.listdir(tiny_staging / "s") for n in os.listdir(tiny_staging / "s" / d)]
+    assert not [n for n in left if n.endswith((".data", ".tmp"))], left  # the space is free again
+
+
 def test_a_rewrite_after_a_full_disk_uploads_while_a_reader_keeps_the_failed_copy(mounter, seaweed, dataset,
                                                                                  tiny_staging):
     # the reader kept the staged copy of the write that failed, and with it the write error:

@@ -250,7 +250,11 @@ class StagingArea:
     def create(self, path: str, mount_path: str, key: str, url: str,
                base: Optional[Base] = None) -> StagedFile:
         st = self.with_room(0, lambda: StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base))
-        self.write_sidecar(st, OPEN)
+        try:
+            self.write_sidecar(st, OPEN)
+        except OSError:
+            st.remove()  # the open fails (ENOSPC): no empty data file left behind
+            raise
         return st
 
     def write_sidecar(self, st: StagedFile, state: str) -> None:
@@ -320,9 +324,16 @@ def _replace_file(path: str, text: str) -> None:
     """path holds text, whole or not at all (a sidecar read during a crash or a concurrent
     `unifs status` is the old one or the new one); 0600 like the data it describes."""
     tmp = path + ".tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)  # a full disk: not left for `unifs status` and the next start to find
+        except OSError:
+            pass
+        raise
 
 
 def pending_files(directory: str, daemon_dead: bool = False) -> list[dict]:

@@ -456,7 +456,7 @@ class Writes:
                 return
             st.load()
             mount, _ = self.fs.ns.resolve(st.path)
-            st.save()
+            self._record(st)
             started = time.monotonic()
             try:
                 if self._found_unknown_object(st, mount, write_back, gen):
@@ -468,7 +468,7 @@ class Writes:
                 st.rejected = isinstance(e, StoreRejected)
                 st.next_retry = time.monotonic() + min(self.settings.retry_max_interval,
                                                        2.0 ** min(st.failures, 10))
-                st.save()
+                self._record(st)
                 if write_back and st.opens > 0 and st.gen != gen and not isinstance(e, (AccessDenied, StoreRejected)):
                     # a write-back of a file its writer went on changing: the upload read a file
                     # growing under it (gcsfs then finds its upload session gone). Its close
@@ -491,9 +491,21 @@ class Writes:
                 # recorded clean, whoever holds it now or opens it next: a restarted daemon drops
                 # it. Left "pending" for a handle that came in before release_if_idle, it was
                 # uploaded again after a crash, over newer objects
-                st.save()
+                self._record(st)
             log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
             self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
+
+    def _record(self, st: StagedFile) -> None:
+        """The staged file's record, around an upload: a staging disk full (often of this very
+        file) must not stop the upload that frees it; the record on disk stays the one of its
+        last open (a daemon dying now lists it as orphaned, nothing is lost)."""
+        try:
+            st.save()
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            log.warning("%s: cannot update its record in the staging directory (disk full); "
+                        "uploading it all the same", st.path)
 
     def _found_unknown_object(self, st: StagedFile, mount: Mount, write_back: bool, gen: int) -> bool:
         """A file created where the daemon knew no object (from a listing within its TTL), about
