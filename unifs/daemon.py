@@ -597,7 +597,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     if lazy and not stale and health != "hung" and pid and mountinfo.pid_alive(pid):
         # still serving its open files, and retires its state itself when it exits: `unifs
         # status` lists it as detached (it showed "unmounted, pid ?" while it ran on)
-        mountinfo.write_state(mountpoint, {**(state or {}), "detached": True})
+        mountinfo.write_state(mountpoint, {**(state or {}), "mountpoint": mountpoint, "detached": True})
     else:
         retire_state(mountpoint)
     report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "") + \
