@@ -788,3 +788,21 @@ def test_mkdir_and_directory_renames_ask_the_store_not_an_older_listing(rw, seaw
     assert _errno_of(os.rename, root / "src/g", root / "r2/e") == errno.ENOTEMPTY
     assert _store_bytes(seaweed, f"{prefix}/r2/e/f") == b"theirs"
     assert _store_bytes(seaweed, f"{prefix}/src/g/f") == b"ours"
+
+
+def test_mkdir_of_a_name_removed_while_a_file_under_it_is_open(rw, seaweed):
+    # `rm -rf out; mkdir out` while a log tail still holds out/log: the object stays in the
+    # store until that close, and mkdir's check of the store said EEXIST
+    root, prefix = rw
+    os.mkdir(root / "out")
+    (root / "out/log").write_bytes(b"hi\n")
+    with open(root / "out/log", "rb") as held:
+        shutil.rmtree(root / "out")
+        os.mkdir(root / "out")
+        assert os.listdir(root / "out") == []
+        assert held.read() == b"hi\n"
+        (root / "g").write_bytes(b"g")
+        with open(root / "g", "rb"):
+            os.unlink(root / "g")
+            os.mkdir(root / "g")
+    assert os.path.isdir(root / "g") and os.listdir(root / "out") == []

@@ -109,6 +109,7 @@ class FileSystem:
         self._stale_kernel: dict[str, float] = {}  # see _kernel_may_hold
         self._failed: dict[str, tuple[float, int, str]] = {}  # path -> (until, errno, why): see getattr
         self._said_too_long: set[str] = set()  # see _without_long_names
+        self._asked_absent: dict[str, float] = {}  # see asked_store_lately
         self.budget = ReadBudget(self.read_settings.budget)
         self.pool = ThreadPoolExecutor(self.read_settings.threads, thread_name_prefix="unifs-ra")
         # a lookup asks for the object and for keys below its name at once (see _lookup): one
@@ -174,6 +175,12 @@ class FileSystem:
             raise _err(errno.ENOENT, path)
         return attr
 
+    def asked_store_lately(self, path: str, within: float = 2.0) -> bool:
+        """The store said "no such name" to a lookup of path within the last `within` seconds
+        (the kernel's lookup just before a mkdir): no need to ask it again."""
+        at = self._asked_absent.pop(path, None)
+        return at is not None and time.monotonic() - at <= within
+
     def fresh_lookup(self, path: str, mount: Mount, key: str) -> Optional[Attr]:
         """What the store has at path now (not what a cached listing says), cached for next time;
         a staged file or a directory only the daemon knows first."""
@@ -208,6 +215,10 @@ class FileSystem:
             raise self.store_error(e, path) from None
         before = self.meta.previous(path) if flag_change else None
         self.meta.put(path, attr, mount.ttl, since)
+        if attr is None:
+            if len(self._asked_absent) > 10_000:
+                self._asked_absent.clear()
+            self._asked_absent[path] = time.monotonic()
         if _differs(before, attr):
             # an answer the kernel does not get (an open's, a reader's re-pin after a prefetch
             # found the object replaced) leaves it holding the old size, and the next open,

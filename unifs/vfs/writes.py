@@ -17,7 +17,7 @@ import posixpath
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout, wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -37,6 +37,7 @@ MAX_KEY_BYTES = 1024  # S3, GCS and Azure all cap object names at 1,024 bytes
 # a file name (one path component) longer than this is refused with ENAMETOOLONG on every store,
 # as local file systems do: GCS and Azure would take it, SeaweedFS refuses it only at upload
 NAME_MAX = 255
+FRESH_CHECK_S = 2.0  # how long a mkdir asks the store whether its name is free (see _absent_in_store)
 # libfuse renames a file that is unlinked (or renamed over) while open to this name and
 # unlinks that at the last close
 HIDE_GRACE_S = 0.05  # see Writes.settle_hidden
@@ -98,6 +99,7 @@ class Writes:
         self._hid_at: dict[str, tuple[float, int]] = {}
         self._revived = threading.Condition(self._lock)
         self.pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="unifs-up")
+        self._fresh = ThreadPoolExecutor(4, thread_name_prefix="unifs-mkdir")  # see _absent_in_store
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock_fd: Optional[int] = None
@@ -491,19 +493,24 @@ class Writes:
                 # recorded clean, whoever holds it now or opens it next: a restarted daemon drops
                 # it. Left "pending" for a handle that came in before release_if_idle, it was
                 # uploaded again after a crash, over newer objects
-                self._record(st)
+                self._record(st, uploaded=True)
             log.debug("%s: uploaded %d bytes in %.2fs", st.path, info.size, time.monotonic() - started)
             self.fs.uploaded(st.path, mount, info, current=gen == st.gen)
 
-    def _record(self, st: StagedFile) -> None:
+    def _record(self, st: StagedFile, uploaded: bool = False) -> None:
         """The staged file's record, around an upload: a staging disk full (often of this very
-        file) must not stop the upload that frees it; the record on disk stays the one of its
-        last open (a daemon dying now lists it as orphaned, nothing is lost)."""
+        file) must not stop the upload that frees it; the record on disk stays as it was (open
+        or pending: a daemon dying now lists or uploads it, nothing is lost). uploaded: the store
+        has exactly this copy; a record that cannot say so is removed instead (an unlink needs
+        no room), or a restart would upload it again over newer objects."""
         try:
             st.save()
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
+            if uploaded:
+                st.drop_record()
+                return
             log.warning("%s: cannot update its record in the staging directory (disk full); "
                         "uploading it all the same", st.path)
 
@@ -761,9 +768,17 @@ class Writes:
         daemon), or it has real directories (listed cheaply, not worth a guess)."""
         if mount.store.has_dirs or path in self._staged:
             return False
+        with self._lock:
+            if any(under(t, path) for t in self._tombstones):
+                return False  # removed while open: its object is still there, the name is free
+        if self.fs.asked_store_lately(path):
+            return True  # the kernel's lookup of the name, a moment ago, went to the store
+        # with the store down a mkdir works as before (kept in the daemon), without waiting out
+        # the store's timeouts and retries
+        check = self._fresh.submit(self.fs.fresh_lookup, path, mount, key)
         try:
-            found = self.fs.fresh_lookup(path, mount, key)
-        except OSError:
+            found = check.result(timeout=FRESH_CHECK_S)
+        except (OSError, FutureTimeout):
             return False
         if found is not None:
             raise _err(errno.EEXIST, path)
@@ -1088,6 +1103,7 @@ class Writes:
     def close(self) -> None:
         self._stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self._fresh.shutdown(wait=False, cancel_futures=True)
         pending, still_open = [], []
         for st in self.all_staged():
             if st.opens > 0 and st.dirty:
