@@ -95,7 +95,7 @@ _LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=Fal
 def mount(mountpoint, config, foreground, options, log_level, log_file, status_fd):
     """Mount the namespace of the mount table at MOUNTPOINT."""
     from unifs import daemon, mountinfo
-    from unifs.config import STDIN, parse_table, read_config
+    from unifs.config import STDIN, parse_config, read_config
 
     mp = mountinfo.normalise_mountpoint(mountpoint)
     if log_file:
@@ -105,7 +105,7 @@ def mount(mountpoint, config, foreground, options, log_level, log_file, status_f
         if config is not None and not config.strip():
             raise UserError("--config needs a file name (it was empty)")
         text, cfg_path = read_config(config)
-        table = parse_table(text, "<stdin>" if str(cfg_path) == STDIN else str(cfg_path))
+        table = parse_config(text, cfg_path)
         opts = daemon.parse_fuse_options(options)
         daemon.check_local_dirs(mp, table)
         if log_file:

@@ -960,9 +960,14 @@ def read_config(path: Optional[str] = None) -> tuple[str, Path]:
         raise UserError(f"config file {cfg_path} is not UTF-8 text") from None
 
 
+def parse_config(text: str, cfg_path: Path) -> MountTable:
+    """parse_table of what read_config gave, its messages naming where it came from."""
+    return parse_table(text, "<stdin>" if str(cfg_path) == STDIN else str(cfg_path))
+
+
 def load_config(path: Optional[str] = None) -> tuple[MountTable, Path]:
     text, cfg_path = read_config(path)
-    return parse_table(text, "<stdin>" if str(cfg_path) == STDIN else str(cfg_path)), cfg_path
+    return parse_config(text, cfg_path), cfg_path
 
 
 # ---------------------------------------------------------------------------

@@ -413,10 +413,10 @@ class FsspecStore:
                 self._hide(child, problem)
         return listing
 
-    def _hide(self, key: str, why: str) -> None:
+    def _hide(self, key: str, why: str, level: int = logging.WARNING) -> None:
         if key not in self._hidden:
             self._hidden.add(key)
-            log.warning("not shown: %r (%s)", key, why)
+            log.log(level, "not shown: %r (%s)", key, why)
 
     def _list_dir(self, key: str) -> Listing:
         if self.scheme in _AZ_SCHEMES:
@@ -435,11 +435,9 @@ class FsspecStore:
                 if e.get("type") == "directory":
                     # gcsfs lists the prefix "dir//" as "dir" itself, and a marker object "dir/"
                     # the same way (nothing tells them apart): said quietly, once
-                    where = f"{key}//..." if key else "/..."
-                    if where not in self._hidden:
-                        self._hidden.add(where)
-                        log.info("not shown, if there: %r (%s); or only the directory marker %r",
-                                 where, _EMPTY_SEGMENT, f"{key}/")
+                    self._hide(f"{key}//..." if key else "/...",
+                               f"if there: {_EMPTY_SEGMENT}; or it is only the directory marker {key}/",
+                               logging.INFO)
                 continue
             leaf = posixpath.basename(name)
             if leaf in ("", ".", ".."):

@@ -190,16 +190,17 @@ class MetaCache:
         listing stays (what the store holds, within its TTL; the local file is found before
         it), so the next names created there are looked up without asking the store."""
         with self._lock:
-            self._changed(path, posixpath.dirname(path))
-            self._entries.pop(path, None)
-            self._listings.pop(path, None)
+            self._forget_locked(path)
 
     def invalidate(self, path: str) -> None:
         with self._lock:
-            self._changed(path, posixpath.dirname(path))
-            self._entries.pop(path, None)
-            self._listings.pop(path, None)
+            self._forget_locked(path)
             self._listings.pop(posixpath.dirname(path), None)
+
+    def _forget_locked(self, path: str) -> None:
+        self._changed(path, posixpath.dirname(path))
+        self._entries.pop(path, None)
+        self._listings.pop(path, None)
 
     def clear(self) -> None:
         with self._lock:

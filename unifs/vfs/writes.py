@@ -1060,23 +1060,19 @@ class Writes:
             else:
                 mount.store.move(dst, key)  # the original went too
         done = set(moved)
-        if self._each_until_failure(back, moved) is None:
-            begun = {dst: key for key, dst in tried if (key, dst) not in done}
-            try:
-                landed = [(begun[k], k) for k in mount.store.list_keys(k2.rstrip("/")) if k in begun] \
-                    if begun else []
-            except StoreError:
-                landed = None
-            if landed is not None and self._each_until_failure(settle, landed) is None:
-                moved = moved + landed
-            else:
-                moved = None
-        else:
-            moved = None
-        if moved is None:
+        begun = {dst: key for key, dst in tried if (key, dst) not in done}  # failed, maybe landed
+        try:
+            undone = self._each_until_failure(back, moved) is None
+            landed = [(begun[k], k) for k in mount.store.list_keys(k2.rstrip("/")) if k in begun] \
+                if undone and begun else []
+            undone = undone and self._each_until_failure(settle, landed) is None
+        except StoreError:  # the listing
+            undone = False
+        if not undone:
             log.error("rename of %s to %s failed half-way and could not be undone (the store fails): "
                       "some of its files are under %s now", old, new, new)
             return
+        moved = moved + landed
         for d in _dirs_from(k2, [dst.rstrip("/") for _, dst in moved]):
             if onto and d == k2:
                 continue  # it was there before
