@@ -50,6 +50,35 @@ def test_create_write_close_lands_in_the_store(rw, seaweed):
     assert _store_bytes(seaweed, f"{prefix}/empty") == b""
 
 
+def test_a_file_too_big_for_the_store_s_part_limit_is_uploaded_in_larger_parts(mounter, dataset, seaweed,
+                                                                                 request, monkeypatch):
+    # S3 takes at most 10,000 parts per upload: with fixed 8 MiB parts a checkpoint over 78 GiB
+    # could never be uploaded. The same rule with a limit of 2 parts, through the mount
+    from unifs.stores import obstore_s3
+    monkeypatch.setattr(obstore_s3, "MAX_PARTS", 2)
+    prefix = f"{PREFIX}/{request.node.name}"
+    root = mounter.mount([mounter.s3_entry("/w", f"s3://{SCRATCH}/{prefix}")], inprocess=True) / "w"
+    data = os.urandom(20 * 1024 * 1024 + 5)
+    with open(root / "big.ckpt", "wb") as f:
+        f.write(data)
+    # a multipart object's ETag ends with its number of parts (8 MiB parts: 3)
+    head = obstore.head(seaweed.obstore(SCRATCH), f"{prefix}/big.ckpt")
+    assert head["e_tag"].strip('"').endswith("-2"), head["e_tag"]
+    assert head["size"] == len(data)
+    assert sha256(_store_bytes(seaweed, f"{prefix}/big.ckpt")) == sha256(data)
+
+
+def test_upload_parts_fit_s3_s_limit_and_bound_memory():
+    from unifs.stores.obstore_s3 import MAX_PARTS, PART_SIZE, upload_parts
+    assert upload_parts(5 << 20) == (PART_SIZE, 8)
+    assert upload_parts(PART_SIZE * MAX_PARTS) == (PART_SIZE, 8)
+    for size in (PART_SIZE * MAX_PARTS + 1, 100 << 30, 5 << 40):
+        part, in_flight = upload_parts(size)
+        assert part % (1 << 20) == 0 and part * MAX_PARTS >= size and (part - (1 << 20)) * MAX_PARTS < size
+        assert 2 <= in_flight <= 8 and (part * in_flight <= 64 << 20 or in_flight == 2)
+    assert upload_parts(100 << 30) == (11 << 20, 5)
+
+
 def test_a_reader_open_before_the_writer_sees_its_appends_and_none_is_lost(rw, seaweed):
     # a monitor (tail -f) had the stored log open when the resumed run began to append: its
     # reads past the stored end answered end-of-file, the kernel cut the file to that size,

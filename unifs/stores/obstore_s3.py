@@ -26,10 +26,22 @@ from unifs.stores.retry import call_store, call_store_first
 log = logging.getLogger("unifs.store")
 
 PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000  # S3 refuses part numbers above this: 8 MiB parts end at 78 GiB
+PARTS_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # an upload's parts held in memory at once
 SMALL_BODY = 64 * 1024
 
 _PASSTHROUGH = {"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "default_block_size",
                 "default_fill_cache", "default_cache_type", "max_concurrency"}
+
+
+def upload_parts(size: int) -> tuple[int, int]:
+    """(part size, parts in flight) of a multipart upload of size bytes: PART_SIZE, or whole
+    MiB large enough that the parts fit under MAX_PARTS (a 100 GiB checkpoint takes 11 MiB
+    parts); fewer parts in flight when they are large, so memory stays near the same bound."""
+    mib = 1 << 20
+    part = max(PART_SIZE, -(-size // MAX_PARTS))
+    part = -(-part // mib) * mib
+    return part, max(2, min(8, PARTS_IN_FLIGHT_BYTES // part))
 
 
 def map_s3_options(options: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -254,8 +266,9 @@ class ObstoreS3Store:
         # multipart above one part, parts in parallel; obstore aborts a failed upload's parts.
         # The client retries each request (upload_store); starting the whole upload again is the
         # last resort, once (a timed-out PUT is not retried by the client).
+        part, in_flight = upload_parts(size)
         res = call_store(min(self.retries, 1), f"upload {key}", obstore.put, self.upload_store, key, Path(local_path),
-                         chunk_size=PART_SIZE, max_concurrency=8)
+                         chunk_size=part, max_concurrency=in_flight)
         # S3 keeps whole seconds: a later listing must not move the mtime back by a fraction
         return ObjectInfo(key=key, size=size, mtime=float(int(time.time())), etag=res.get("e_tag"),
                           version=res.get("version"))
