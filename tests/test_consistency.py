@@ -37,6 +37,26 @@ def test_overwrite_while_open_never_gives_a_torn_read(mounter, dataset, client):
     assert wait_for(lambda: open(path, "rb").read(4096) == new[:4096], timeout=10)
 
 
+@pytest.mark.parametrize("client", ["obstore", "fsspec"])
+def test_an_object_replaced_within_the_ttl_fails_once_then_reads_new(mounter, dataset, client):
+    # s3fs turns HTTP 412 (If-Match failed) into a plain EINVAL: with client fsspec every open
+    # failed with "Invalid argument" until the metadata TTL ran out
+    key = f"replaced/{client}.bin"
+    _put(mounter, key, os.urandom(8 << 20))
+    mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/replaced", read_only=True,
+                                          client=client, metadata_ttl="5min")], extra={"cache": {"mode": "none"}})
+    path = mp / "d" / f"{client}.bin"
+    with open(path, "rb") as f:
+        f.read(4096)  # the kernel holds the first pages at most: the rest must come from the store
+    new = os.urandom(8 << 20)
+    _put(mounter, key, new)
+    with pytest.raises(OSError) as e:
+        with open(path, "rb") as f:
+            f.read()
+    assert e.value.errno == errno.ESTALE
+    assert path.read_bytes() == new
+
+
 def test_new_objects_appear_after_ttl(mounter, dataset):
     mp = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/appear", read_only=True, metadata_ttl="1s")])
     assert not os.path.exists(mp / "d/late.txt")

@@ -109,6 +109,10 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return ObjectNotFound(f"{what}: not found")
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno in (errno.ENOENT,):
         return ObjectNotFound(f"{what}: not found")
+    if name in ("PreconditionError",) or status in (412, 416):
+        # 416: a range inside the size seen at open is past the end now: the object shrank.
+        # Asked before the local errnos below: s3fs turns both into a plain EINVAL
+        return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
     if type(exc) in (OSError, IsADirectoryError, NotADirectoryError, FileExistsError) \
             and exc.errno in _LOCAL_FINAL:
         # a local file system (file://) answers these the same way every time: no retry, and
@@ -123,9 +127,6 @@ def normalise(exc: BaseException, what: str) -> StoreError:
         return AccessDenied(f"{what}: access denied by the store ({text})")
     if "NoSuchBucket" in str(exc):
         return ObjectNotFound(f"{what}: bucket not found")
-    if name in ("PreconditionError",) or status in (412, 416):
-        # 416: a range inside the size seen at open is past the end now: the object shrank
-        return ObjectChanged(f"{what}: object changed in the store while open; reopen it")
     # 409 is a conflict of the moment more often than a refusal (S3 OperationAborted, an Azure
     # lease held by another client, a container being deleted): retried, not given up
     if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
