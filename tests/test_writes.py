@@ -188,6 +188,24 @@ def test_mkdir_rmdir_unlink(rw, seaweed):
     assert "run1" not in os.listdir(root)
 
 
+def test_a_directory_holding_only_an_emptied_one_stays_after_the_ttl(mounter, dataset, seaweed, request):
+    # SeaweedFS keeps an emptied folder: the listing of "run" showed "sub", so "run" was taken
+    # as existing through the store's keys and no longer kept; its lookup (a list of the keys
+    # below it) then found none: ENOENT for a directory its parent's listing showed, and the
+    # job could not write into it any more. On AWS "run" also loses its last key
+    prefix = f"{PREFIX}/{request.node.name}"
+    root = mounter.mount([mounter.s3_entry("/w", f"s3://{SCRATCH}/{prefix}", metadata_ttl="1s")]) / "w"
+    os.makedirs(root / "run/sub")
+    (root / "run/sub/f").write_bytes(b"x")
+    os.unlink(root / "run/sub/f")
+    assert os.listdir(root / "run") == ["sub"]
+    time.sleep(1.5)
+    assert (root / "run").is_dir() and (root / "run/sub").is_dir()
+    assert os.listdir(root) == ["run"] and os.listdir(root / "run") == ["sub"]
+    (root / "run/new.txt").write_bytes(b"y")
+    assert _store_bytes(seaweed, f"{prefix}/run/new.txt") == b"y"
+
+
 def test_rename_files_and_directories(rw, seaweed):
     root, prefix = rw
     os.makedirs(root / "tmp/deep")

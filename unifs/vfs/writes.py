@@ -192,13 +192,23 @@ class Writes:
         st = self._staged.get(path)
         if st is not None:
             return Attr(is_dir=False, size=st.size, mtime=st.mtime)
-        if path in self._dirs:
+        if path in self._dirs or self._keeps_below(path):
             return Attr.directory()
         return None
 
-    def children(self, path: str) -> dict[str, Attr]:
+    def _keeps_below(self, path: str) -> bool:
+        """A directory kept in the daemon below path makes path one too: path may have existed
+        only through keys that are gone (the last one removed, by us or another client; and
+        SeaweedFS lists an emptied folder in its parent's listing, but no key below it)."""
+        top = path.rstrip("/") + "/"
         with self._lock:
-            paths = [p for p in list(self._staged) + list(self._dirs) if posixpath.split(p)[0] == path]
+            return any(d.startswith(top) for d in self._dirs)
+
+    def children(self, path: str) -> dict[str, Attr]:
+        top = path.rstrip("/") + "/"
+        with self._lock:
+            paths = {p for p in list(self._staged) + list(self._dirs) if posixpath.split(p)[0] == path}
+            paths.update(top + d[len(top):].split("/", 1)[0] for d in self._dirs if d.startswith(top))
         # attr() outside the lock: it may drop a hand-deleted staged copy, which calls into the
         # file system (its own lock)
         out = {posixpath.basename(p): self.attr(p) for p in paths if posixpath.basename(p)}
