@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,6 +263,25 @@ def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, data
     assert os.listdir(mp / "c") == []
     (mp / "c/fits.bin").write_bytes(b"small enough")
     assert _keys(seaweed, SCRATCH, "enospc") == {"enospc/fits.bin"}
+
+
+def test_df_of_a_writable_mount_tells_the_room_of_its_staging_disk(mounter, seaweed, dataset, tiny_staging):
+    # it said 4 PiB free: a program checking for room before a big checkpoint went ahead and
+    # met ENOSPC half-way
+    from conftest import SCRATCH
+
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/df")],
+                       extra={"write": {"staging_dir": str(tiny_staging / "s")}})
+    usage, room = shutil.disk_usage(mp / "c"), shutil.disk_usage(tiny_staging)
+    assert usage.total == room.total == 1 << 20
+    assert abs(usage.free - room.free) <= 64 << 10
+    with open(mp / "c/part.bin", "wb") as f:
+        f.write(os.urandom(512 << 10))
+        f.flush()
+        assert shutil.disk_usage(mp / "c").free <= usage.free - (512 << 10)
+    ro = mounter.mount([mounter.s3_entry("/d", f"s3://{SCRATCH}/df", read_only=True)],
+                       extra={"write": {"staging_dir": str(tiny_staging / "s2")}})
+    assert shutil.disk_usage(ro / "d").free >= 1 << 50  # nothing to write: no bound to tell
 
 
 def test_a_file_that_fills_the_staging_disk_is_still_uploaded(mounter, seaweed, dataset, tiny_staging):

@@ -882,10 +882,22 @@ class FileSystem:
             self.writes.writable(path)
 
     def statfs(self) -> dict:
+        """Plenty, except the room: with a writable mount, its staging directory's. Each file
+        is written there whole before its upload, so that is what a writer can put at once:
+        `df` and programs that check for room before a big checkpoint learn it up front instead
+        of from an ENOSPC half-way."""
         big = 1 << 40
-        return {"f_bsize": 1 << 20, "f_frsize": 4096, "f_blocks": big, "f_bfree": big,
-                "f_bavail": big, "f_files": 1 << 32, "f_ffree": 1 << 32, "f_favail": 1 << 32,
-                "f_namemax": NAME_MAX}  # what create, mkdir and rename enforce
+        out = {"f_bsize": 1 << 20, "f_frsize": 4096, "f_blocks": big, "f_bfree": big,
+               "f_bavail": big, "f_files": 1 << 32, "f_ffree": 1 << 32, "f_favail": 1 << 32,
+               "f_namemax": NAME_MAX}  # what create, mkdir and rename enforce
+        if self.writes.started:
+            try:
+                room = os.statvfs(self.writes.area.directory)
+            except OSError:
+                return out
+            out.update(f_frsize=room.f_frsize, f_blocks=room.f_blocks, f_bfree=room.f_bfree,
+                       f_bavail=room.f_bavail)
+        return out
 
     def refuse_change(self, path: str, code: int = errno.EPERM) -> None:
         """Changes no store can hold: EROFS on read-only mounts, else `code` (EPERM for

@@ -122,6 +122,10 @@ class Writes:
         self._thread = threading.Thread(target=self._loop, name="unifs-uploader", daemon=True)
         self._thread.start()
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
             try:
