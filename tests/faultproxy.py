@@ -30,6 +30,7 @@ class FaultProxy:
         self.rule = rule
         self.get_delay = get_delay  # seconds added to every GET: a store far away
         self.delays = dict(delays or {})  # method -> seconds before it is forwarded (a slow DELETE)
+        self.get_rate = 0  # bytes per second of GET bodies, in small pieces (a slow link); 0: at once
         self.in_flight = 0
         self.max_in_flight = 0  # most requests served at the same time
         self.sent_bytes = 0  # request body bytes received, failed requests included
@@ -70,9 +71,17 @@ class FaultProxy:
                 length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
                 self.send_header("Content-Length", length)
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                self.wfile.flush()
+                try:
+                    if self.command == "GET" and proxy.get_rate:
+                        for i in range(0, len(data), 4096):
+                            self.wfile.write(data[i:i + 4096])
+                            self.wfile.flush()
+                            time.sleep(4096 / proxy.get_rate)
+                    elif self.command != "HEAD":
+                        self.wfile.write(data)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client gave up
                 with proxy.lock:
                     proxy.answered.append((self.command, self.path))
 

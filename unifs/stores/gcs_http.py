@@ -15,7 +15,9 @@ carries the headers gcsfs would send.
 
 from __future__ import annotations
 
+import heapq
 import http.client
+import itertools
 import socket
 import ssl
 import threading
@@ -23,7 +25,7 @@ import time
 from typing import Optional
 from urllib.parse import quote, urlencode, urlsplit
 
-from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreUnavailable
+from unifs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreTimedOut, StoreUnavailable
 
 # a kept-alive connection the server has closed meanwhile fails on first use: one fresh try
 _STALE = (http.client.RemoteDisconnected, http.client.CannotSendRequest, BrokenPipeError,
@@ -32,6 +34,58 @@ MAX_IDLE = 64  # kept-alive connections waiting for the next request
 # an idle connection older than this is closed rather than reused: servers, proxies and NAT
 # drop idle connections, and one dropped silently would cost a whole read timeout
 IDLE_MAX_S = 30.0
+
+
+class _Deadlines:
+    """Cuts the connection of a request still running at its deadline. The socket timeout
+    bounds each read only: a store or link trickling bytes held a 4 MiB read (and its FUSE
+    thread) for minutes. One thread for all requests, woken only when a request's deadline
+    comes before every other's; finished requests leave the heap when they reach its top."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int]] = []  # (deadline, request)
+        self._live: dict[int, http.client.HTTPConnection] = {}
+        self._ids = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, conn: http.client.HTTPConnection, seconds: float) -> int:
+        with self._cv:
+            rid = next(self._ids)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, rid))
+            self._live[rid] = conn
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="unifs-gcs-deadline", daemon=True)
+                self._thread.start()
+            if self._heap[0][1] == rid:
+                self._cv.notify()
+        return rid
+
+    def done(self, rid: int) -> bool:
+        """False: the request was cut at its deadline."""
+        with self._cv:
+            return self._live.pop(rid, None) is not None
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cv.wait()
+                    continue
+                left = self._heap[0][0] - time.monotonic()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                conn = self._live.pop(heapq.heappop(self._heap)[1])
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+                except (OSError, AttributeError):
+                    pass
+
+
+_DEADLINES = _Deadlines()
 
 
 class GcsRangeReader:
@@ -50,7 +104,8 @@ class GcsRangeReader:
 
     def get(self, bucket: str, key: str, start: int, end: int, generation: Optional[str],
             timeout: Optional[float] = None) -> bytes:
-        """timeout: accepted for the fsspec call convention; the socket timeouts apply per request."""
+        """timeout: accepted for the fsspec call convention; the reader's own timeout bounds each
+        request as a whole (as obstore's does on S3), connect_timeout its connect."""
         params = {"alt": "media", "generation": generation or None}
         # gcsfs' own query parameters: userProject for a requester-pays bucket
         get_params = getattr(self.fs, "_get_params", None)
@@ -75,15 +130,21 @@ class GcsRangeReader:
         for attempt in (0, 1):
             # the retry gets a new connection: idle ones went stale together (a server idle timeout)
             conn, reused = self._take() if attempt == 0 else (None, False)
+            rid = None
             try:
                 if conn is None:
                     conn = self._connect()
+                rid = _DEADLINES.watch(conn, self.timeout)
                 conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                if not _DEADLINES.done(rid):
+                    raise TimeoutError
             except _STALE as e:
                 if conn is not None:
                     conn.close()
+                if rid is not None and not _DEADLINES.done(rid):
+                    raise StoreTimedOut(f"read {key}: timed out after {self.timeout:g} s") from None
                 if reused and attempt == 0:
                     self._close_idle()
                     continue
@@ -91,6 +152,8 @@ class GcsRangeReader:
             except (OSError, http.client.HTTPException) as e:
                 if conn is not None:
                     conn.close()
+                if rid is not None and not _DEADLINES.done(rid) or isinstance(e, TimeoutError):
+                    raise StoreTimedOut(f"read {key}: timed out after {self.timeout:g} s") from None
                 raise StoreUnavailable(f"read {key}: {type(e).__name__}") from None
             self._give(conn, keep=not resp.will_close)
             return resp.status, data
