@@ -204,9 +204,13 @@ def test_umount_force_leaves_staged_files_and_says_where(mounter, flaky):
     assert not [r for r in rows if r["mountpoint"] == str(mp)], rows
 
 
-def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mounter, flaky, tmp_path):
+@pytest.mark.parametrize("change", ["path", "endpoint"])
+def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mounter, flaky, tmp_path, change):
     # remounted with another table: the old daemon's pending file cannot be uploaded, and
-    # `unifs umount` waited for it forever (systemd: a stop hung for TimeoutStopSec)
+    # `unifs umount` waited for it forever (systemd: a stop hung for TimeoutStopSec). The same
+    # bucket and prefix at another endpoint is another store: the file went there (review)
+    from faultproxy import FaultProxy
+
     mp = tmp_path / "mnt-strand"
     _mount_bg(mounter, flaky, mp)
     data = os.urandom(50_000)
@@ -214,13 +218,19 @@ def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mount
     assert unifs("umount", "--force", str(mp)).returncode == 0
     flaky.restart()
     other = _table(mounter, flaky)
-    other["mounts"][0]["path"] = "/elsewhere"
+    # a proxy stands for the other endpoint: what went through it would land in the same store
+    proxy = FaultProxy(flaky.port).__enter__()
+    if change == "path":
+        other["mounts"][0]["path"] = "/elsewhere"
+    else:
+        other["mounts"][0]["options"]["endpoint_url"] = f"http://127.0.0.1:{proxy.port}"
     cfg = mounter.write_table(other)
     unifs("mount", str(mp), "--config", str(cfg), check=True)
     try:
         left = {p["path"]: p["state"] for p in _status(mp)["pending"]}
         assert left == {"/c/stranded.bin": "stranded"}, left
         assert "the mount table no longer maps this path" in unifs("status").stdout
+        assert _in_store(flaky, "run/stranded.bin") is None
         res = unifs("umount", str(mp), timeout=60)
         assert res.returncode == 0 and "1 file(s) not in the store are kept" in res.stdout, (res.stdout, res.stderr)
         # the original table again: uploaded after all
@@ -231,6 +241,7 @@ def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mount
     finally:
         if is_mounted(mp):
             unifs("umount", "--force", str(mp))
+        proxy.__exit__(None, None, None)
 
 
 def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):

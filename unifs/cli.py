@@ -187,7 +187,8 @@ def status(as_json):
                     "stranded": "not uploaded: the mount table no longer maps this path to its store"}.get(
                 p.get("state"), "not uploaded (was open when a daemon stopped)")
             err = f"; last error: {p['error']}" if p.get("error") else ""
-            click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}"
+            site = f" at {p['site']}" if p.get("site") else ""
+            click.echo(f"  {what}: {p['path']} ({p.get('size', 0)} bytes) -> {p['url']}/{p['key']}{site}"
                        f"  local copy: {p['data']}{err}")
         if r["state"] == "unmounted":
             click.echo("  not mounted: mounting it again with a mount table that maps these paths uploads "

@@ -36,6 +36,31 @@ class Mount:
     def entry_url_redacted(self) -> str:  # part of every block-cache key: computed once
         return redact_url(self.entry.url)
 
+    @functools.cached_property
+    def site(self) -> str:
+        """What in the options sends the URL to one store rather than another (endpoint,
+        account, host, profile), without secrets: a pending upload found at start goes only to
+        the store it was written for (the same bucket name on another endpoint is another
+        store)."""
+        return store_site(self.entry.options)
+
+
+_SITE_OPTIONS = ("endpoint_url", "endpoint", "account_name", "host", "port", "profile")
+_SITE_CONNECTION_PARTS = ("accountname", "blobendpoint", "endpointsuffix")
+
+
+def store_site(options: dict) -> str:
+    found = {k: options[k] for k in _SITE_OPTIONS if options.get(k) not in (None, "")}
+    client_kwargs = options.get("client_kwargs")
+    if isinstance(client_kwargs, dict) and client_kwargs.get("endpoint_url"):
+        found["endpoint_url"] = client_kwargs["endpoint_url"]
+    if isinstance(options.get("connection_string"), str):
+        for part in options["connection_string"].split(";"):
+            k, _, v = part.partition("=")
+            if k.strip().lower() in _SITE_CONNECTION_PARTS:
+                found[k.strip().lower()] = v.strip()
+    return ", ".join(f"{k}={redact_url(str(v))}" for k, v in sorted(found.items()))
+
 
 def split(path: str) -> list[str]:
     return [p for p in path.split("/") if p]

@@ -52,13 +52,14 @@ class Base:
 
 class StagedFile:
     def __init__(self, area: "StagingArea", sid: str, path: str, mount_path: str, key: str, url: str,
-                 base: Optional[Base] = None, gen: int = 0):
+                 base: Optional[Base] = None, gen: int = 0, site: Optional[str] = None):
         self.area = area
         self.sid = sid
         self.path = path
         self.mount_path = mount_path
         self.key = key
         self.url = url
+        self.site = site  # Mount.site of its store; None: recorded before unifs kept it
         self.base = base
         self.data_path = os.path.join(area.directory, sid + ".data")
         self.meta_path = os.path.join(area.directory, sid + ".json")
@@ -247,9 +248,10 @@ class StagingArea:
                             f"{e.holder}), e.g. an earlier mount of this mount point unmounted with --lazy that "
                             "still serves open files: close them or stop that daemon first") from None
 
-    def create(self, path: str, mount_path: str, key: str, url: str,
+    def create(self, path: str, mount_path: str, key: str, url: str, site: str = "",
                base: Optional[Base] = None) -> StagedFile:
-        st = self.with_room(0, lambda: StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base))
+        st = self.with_room(0, lambda: StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base,
+                                                  site=site))
         try:
             self.write_sidecar(st, OPEN)
         except OSError:
@@ -258,7 +260,7 @@ class StagingArea:
         return st
 
     def write_sidecar(self, st: StagedFile, state: str) -> None:
-        doc = {"path": st.path, "mount": st.mount_path, "key": st.key, "url": st.url, "state": state,
+        doc = {"path": st.path, "mount": st.mount_path, "key": st.key, "url": st.url, "site": st.site, "state": state,
                "size": st.size, "data": st.data_path, "error": st.error, "updated": time.time(),
                # False while the object it was opened over is not fetched yet: the data file then
                # holds only the changes, and must never be uploaded as the whole object
@@ -314,7 +316,7 @@ class StagingArea:
 
     def adopt(self, doc: dict, sid: str) -> StagedFile:
         """A pending file from an earlier daemon, to be uploaded again."""
-        st = StagedFile(self, sid, doc["path"], doc["mount"], doc["key"], doc["url"], gen=1)
+        st = StagedFile(self, sid, doc["path"], doc["mount"], doc["key"], doc["url"], gen=1, site=doc.get("site"))
         st.error = doc.get("error")
         st.unchecked_create = bool(doc.get("unchecked"))
         return st

@@ -339,7 +339,7 @@ class Writes:
         with self._lock:
             st = self._staged.get(path)
             if st is None:
-                st = self.area.create(path, mount.path, key, mount.entry_url_redacted)
+                st = self.area.create(path, mount.path, key, mount.entry_url_redacted, mount.site)
                 st.created_truncating = truncate
                 self._staged[path] = st
                 st.opens += 1
@@ -370,7 +370,7 @@ class Writes:
                 if attr is None:
                     attr = self.fs.getattr(path)  # staged a moment ago, uploaded and discarded since
                 base = Base(attr.size, self.fs.fetcher(path, mount, key, attr.etag)) if attr.size else None
-                st = self.area.create(path, mount.path, key, mount.entry_url_redacted, base)
+                st = self.area.create(path, mount.path, key, mount.entry_url_redacted, mount.site, base)
                 st.opened_over = (attr.etag,)  # which readers of the stored version may join it
                 st.replaces_object = True  # never written back half-way: only close/fsync replace it
                 self._staged[path] = st
@@ -616,10 +616,10 @@ class Writes:
                 continue
             mount, key = self.fs.ns.resolve(doc["path"])
             if mount is None or mount.read_only or key != doc["key"] or \
-                    mount.entry_url_redacted != doc["url"]:
+                    mount.entry_url_redacted != doc["url"] or doc.get("site") not in (None, mount.site):
                 log.warning("%s: a pending upload from an earlier run no longer matches the mount table "
-                            "(it was for %s/%s); not uploaded, its data stays at %s", doc["path"], doc["url"],
-                            doc["key"], doc.get("data"))
+                            "(it was for %s/%s%s); not uploaded, its data stays at %s", doc["path"], doc["url"],
+                            doc["key"], f" at {doc['site']}" if doc.get("site") else "", doc.get("data"))
                 try:
                     self.area.strand(doc, sid)  # `umount` must not wait for it
                 except OSError as e:
