@@ -295,6 +295,21 @@ def test_df_of_a_writable_mount_tells_the_room_of_its_staging_disk(mounter, seaw
     assert shutil.disk_usage(ro / "d").free >= 1 << 50  # nothing to write: no bound to tell
 
 
+def test_a_staging_directory_deleted_under_the_daemon_is_eio_not_enoent(mounter, seaweed, dataset, tmp_path):
+    # "No such file or directory" for a new file in a directory that exists, and no word in the log
+    from conftest import SCRATCH
+
+    staging = tmp_path / "gone-staging"
+    mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/staging-gone")],
+                       extra={"write": {"staging_dir": str(staging)}})
+    (mp / "c/first.txt").write_bytes(b"1")
+    shutil.rmtree(staging)
+    with pytest.raises(OSError) as e:
+        (mp / "c/second.txt").write_bytes(b"2")
+    assert e.value.errno == errno.EIO
+    assert os.listdir(mp / "c") == ["first.txt"]
+
+
 def test_a_file_that_fills_the_staging_disk_is_still_uploaded(mounter, seaweed, dataset, tiny_staging):
     # its record had to be rewritten before the upload, with no room left for it: close
     # failed with ENOSPC and the uploader retried with a traceback until space was freed

@@ -250,8 +250,14 @@ class StagingArea:
 
     def create(self, path: str, mount_path: str, key: str, url: str, site: str = "",
                base: Optional[Base] = None) -> StagedFile:
-        st = self.with_room(0, lambda: StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base,
-                                                  site=site))
+        try:
+            st = self.with_room(0, lambda: StagedFile(self, uuid.uuid4().hex, path, mount_path, key, url, base,
+                                                      site=site))
+        except FileNotFoundError:
+            # not the writer's ENOENT: its directory exists
+            log.error("%s: the staging directory %s is gone (deleted while the daemon runs); no file can "
+                      "be written until the mount point is mounted again", path, self.directory)
+            raise OSError(errno.EIO, f"staging directory {self.directory} is gone") from None
         try:
             self.write_sidecar(st, OPEN)
         except OSError:
