@@ -244,6 +244,28 @@ def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mount
         proxy.__exit__(None, None, None)
 
 
+def test_a_mount_with_another_staging_dir_than_its_pending_files_is_refused(mounter, flaky, tmp_path):
+    # the new daemon neither uploaded nor listed them, and `unifs status` lost them (review)
+    mp = tmp_path / "mnt-moved"
+    _mount_bg(mounter, flaky, mp)
+    data = os.urandom(50_000)
+    _write_across_outage(mp / "c/waiting.bin", data, flaky)
+    assert unifs("umount", "--force", str(mp)).returncode == 0
+    flaky.restart()
+    moved = mounter.write_table(_table(mounter, flaky, staging_dir=str(tmp_path / "staging2")))
+    res = unifs("mount", str(mp), "--config", str(moved))
+    assert res.returncode != 0 and not is_mounted(mp)
+    assert str(mounter.tmp / "staging") in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert {p["path"] for p in _status(mp)["pending"]} == {"/c/waiting.bin"}
+    # with the staging_dir it had: uploaded
+    unifs("mount", str(mp), "--config", str(mounter.write_table(_table(mounter, flaky))), check=True)
+    try:
+        assert wait_for(lambda: _in_store(flaky, "run/waiting.bin") is not None, timeout=30)
+        assert sha256(_in_store(flaky, "run/waiting.bin")) == sha256(data)
+    finally:
+        unifs("umount", "--force", str(mp))
+
+
 def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):
     mp = _mount(mounter, flaky)
     with open(mp / "c/events.out.tfevents", "wb") as f:

@@ -268,6 +268,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         _tune_malloc()
         mounts, round_trip = _open_mounts(table)
         staging = mountinfo.mountpoint_dir(table.write.staging_dir, mountpoint)
+        _check_earlier_staging(mountpoint, staging)
         cache = open_cache(table, mountpoint)
         fs = FileSystem(Namespace(mounts), table.read, table.write, staging, cache, table.cache.mode)
         control_path = str(mountinfo.state_file(mountpoint).with_suffix(".sock"))
@@ -641,6 +642,21 @@ def status() -> list[dict]:
             continue
         rows.append(_status_row(mp, st, None, "unmounted", left))
     return rows
+
+
+def _check_earlier_staging(mountpoint: str, staging: str) -> None:
+    """An earlier daemon of this mount point left files not in the store in another staging
+    directory (write.staging_dir changed since): this one would neither upload nor list them,
+    and its state would replace the record that names them. Refused, saying where they are."""
+    earlier = (mountinfo.read_state(mountpoint) or {}).get("staging_dir")
+    if not earlier or os.path.realpath(earlier) == os.path.realpath(staging):
+        return
+    left = pending_files(earlier, daemon_dead=True)
+    if left:
+        raise UserError(f"{mountpoint}: {len(left)} file(s) written through an earlier mount are not in the "
+                        f"store and wait in {earlier} (write.staging_dir was {os.path.dirname(earlier)}): "
+                        "mount with that staging_dir so they upload, or move them away first "
+                        "(`unifs status` lists them)")
 
 
 def retire_state(mountpoint: str, owner: Optional[int] = None) -> None:
