@@ -326,6 +326,59 @@ def test_unlink_while_open_for_writing(rw, seaweed):
     assert f"{prefix}/gone.bin" not in _store_keys(seaweed, prefix)
 
 
+def _old_bytes_or_estale(reader, old: bytes) -> None:
+    try:
+        assert reader.read() == old
+    except OSError as e:
+        assert e.errno == errno.ESTALE
+
+
+def test_a_directory_moved_over_one_removed_while_its_file_was_open_keeps_its_files(rw, seaweed):
+    # rm -rf ckpt && mv ckpt.new ckpt while an evaluator read ckpt/model.bin: the moved-in
+    # model.bin was hidden (ENOENT, not listed), and the reader's close deleted it (review)
+    root, prefix = rw
+    os.makedirs(root / "ckpt.new")
+    os.makedirs(root / "ckpt")
+    (root / "ckpt/model.bin").write_bytes(b"old")
+    (root / "ckpt.new/model.bin").write_bytes(b"NEW")
+    reader = open(root / "ckpt/model.bin", "rb")
+    try:
+        shutil.rmtree(root / "ckpt")
+        os.rename(root / "ckpt.new", root / "ckpt")
+        assert (root / "ckpt/model.bin").read_bytes() == b"NEW"
+        assert os.listdir(root / "ckpt") == ["model.bin"]
+        _old_bytes_or_estale(reader, b"old")  # its object was replaced while open
+    finally:
+        reader.close()
+    assert (root / "ckpt/model.bin").read_bytes() == b"NEW"
+    assert _store_bytes(seaweed, f"{prefix}/ckpt/model.bin") == b"NEW"
+
+
+def test_the_last_close_of_a_removed_file_leaves_another_client_s_new_object(rw, seaweed):
+    root, prefix = rw
+    (root / "f").write_bytes(b"old")
+    reader = open(root / "f", "rb")
+    os.unlink(root / "f")
+    obstore.put(seaweed.obstore(SCRATCH), f"{prefix}/f", b"NEW from elsewhere")
+    reader.close()
+    assert _store_bytes(seaweed, f"{prefix}/f") == b"NEW from elsewhere"
+
+
+def test_a_file_removed_while_open_stays_removed_when_its_directory_moves(rw, seaweed):
+    root, prefix = rw
+    os.makedirs(root / "d")
+    (root / "d/deleted.bin").write_bytes(b"x")
+    (root / "d/keep.bin").write_bytes(b"k")
+    reader = open(root / "d/deleted.bin", "rb")
+    os.unlink(root / "d/deleted.bin")
+    os.rename(root / "d", root / "d2")
+    assert os.listdir(root / "d2") == ["keep.bin"]
+    _old_bytes_or_estale(reader, b"x")  # its object moved while open
+    reader.close()
+    assert os.listdir(root / "d2") == ["keep.bin"]
+    assert _store_keys(seaweed, prefix) == {f"{prefix}/d2/keep.bin"}
+
+
 def test_read_only_mount_next_to_a_writable_one(mounter, dataset, seaweed):
     from conftest import BUCKET
 

@@ -53,6 +53,7 @@ class _Hidden:
     staged: Optional[StagedFile]
     attr: Attr
     delete: bool  # the object is deleted from the store at the last close, unless the name was reused
+    moved: bool = False  # with its directory: a copy, whose version is not the one unlinked
     # held while that delete is decided and made: a reuse of the name waits for it, or the delete,
     # already on its way, removed the new object uploaded right after (seen under load)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -930,7 +931,7 @@ class Writes:
         if st is not None and not st.held:
             st.remove()
         with h.lock:
-            if h.delete:
+            if h.delete and not self._replaced_since(h):
                 try:
                     h.mount.store.delete(h.key)
                 except StoreError as e:
@@ -943,6 +944,56 @@ class Writes:
                 # (its own entry goes only after this, in unlink: it does not count)
                 if not any(under(t, d) and t not in (d, h.old) for t, v2 in self._tombstones.items() if v2):
                     del self._tombstones[d]
+
+    def _replaced_since(self, h: _Hidden) -> bool:
+        """Another client put a new object under the unlinked name since: it is not the one
+        to delete at the last close (one HEAD; a store that cannot answer gets the delete)."""
+        if h.moved or not h.attr.etag:
+            return False
+        try:
+            info = h.mount.store.head(h.key)
+        except StoreError:
+            return False
+        if info is None or not info.etag or info.etag.strip('"') == h.attr.etag.strip('"'):
+            return False
+        log.info("%s: unlinked while open; %s holds another version now, which stays", h.old, h.key)
+        return True
+
+    def _carry_hidden(self, old: str, new: str, k1: str, k2: str) -> None:
+        """Files unlinked while open below a directory being renamed move with it: libfuse
+        names them by their new path at the last close, and their objects, still in the
+        store, are moved with the rest, to be deleted from there (a close deleted the old key
+        and the moved copy came back)."""
+        with self._lock:
+            for t, hn in [(t, hn) for t, hn in self._tombstones.items() if under(t, old) and t != old]:
+                del self._tombstones[t]
+                nt = new + t[len(old):]
+                if hn:
+                    h = self._hidden.pop(hn, None)
+                    hn = new + hn[len(old):] if under(hn, old) else hn
+                    if h is not None:
+                        h.old, h.moved = nt, True
+                        if h.key.startswith(k1 + "/"):
+                            h.key = k2 + h.key[len(k1):]
+                        self._hidden[hn] = h
+                self._tombstones[nt] = hn
+                if t in self._hid_at:
+                    self._hid_at[nt] = self._hid_at.pop(t)
+
+    def _revive_replaced(self, mount: Mount, old: str, new: str, k1: str) -> None:
+        """Names unlinked while open below the destination of a directory rename that the
+        moved tree fills again: their last close must not delete the objects moved in (`rm -rf
+        ckpt && mv ckpt.new ckpt` while ckpt/model.bin was being read lost the new model.bin).
+        Before any object moves; names the tree does not fill stay unlinked."""
+        with self._lock:
+            below = [t for t in self._tombstones if under(t, new) and t != new]
+            incoming = {new + p[len(old):] for p in self._staged if under(p, old)}
+        if not below:
+            return
+        incoming.update(new + k[len(k1):].rstrip("/") for k in self._store(old, mount.store.list_keys, k1))
+        for t in below:
+            if t in incoming:
+                self._revive(t)
 
     def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
         self._drop_staged(new)  # a file renamed over one still open: the open one is unlinked
@@ -970,6 +1021,9 @@ class Writes:
 
     def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str, onto: bool = False) -> None:
         """onto: over an existing (empty) directory, which a failed rename leaves in place."""
+        if self._tombstones:
+            self._revive_replaced(mount, old, new, k1)
+            self._carry_hidden(old, new, k1, k2)
         # staged files first: their uploads must not land under the old name afterwards
         with self._lock:
             moving = [st for p, st in self._staged.items() if under(p, old)]
