@@ -364,6 +364,32 @@ def test_the_last_close_of_a_removed_file_leaves_another_client_s_new_object(rw,
     assert _store_bytes(seaweed, f"{prefix}/f") == b"NEW from elsewhere"
 
 
+def test_the_last_close_of_a_removed_file_deletes_what_was_there_at_the_unlink(rw, seaweed):
+    # the version to spare was told from the cached attributes: an object another client had
+    # replaced before the unlink (within the metadata TTL) was taken for a newer one and stayed
+    root, prefix = rw
+    (root / "f").write_bytes(b"v1")
+    reader = open(root / "f", "rb")
+    assert reader.read() == b"v1"
+    obstore.put(seaweed.obstore(SCRATCH), f"{prefix}/f", b"v2, before the unlink")
+    os.unlink(root / "f")
+    time.sleep(0.5)  # the unlink's HEAD, in the background
+    reader.close()
+    assert f"{prefix}/f" not in _store_keys(seaweed, prefix)
+    assert not (root / "f").exists()
+
+
+def test_store_site_ignores_spelling_and_credentials():
+    from unifs.namespace import store_site
+    assert store_site({"endpoint_url": "http://h:8333/", "key": "a"}) == \
+        store_site({"endpoint_url": "http://h:8333", "key": "b", "profile": "other"})
+    assert store_site({"account_name": "Dev", "account_key": "k1"}) == store_site(
+        {"connection_string": "DefaultEndpointsProtocol=https;AccountName=dev;AccountKey=k2;"
+                              "EndpointSuffix=core.windows.net"})
+    assert store_site({"endpoint_url": "http://h:8333"}) != store_site({"endpoint_url": "http://h:9000"})
+    assert store_site({"account_name": "a"}) != store_site({"account_name": "b"})
+
+
 def test_a_file_removed_while_open_stays_removed_when_its_directory_moves(rw, seaweed):
     root, prefix = rw
     os.makedirs(root / "d")

@@ -39,27 +39,37 @@ class Mount:
     @functools.cached_property
     def site(self) -> str:
         """What in the options sends the URL to one store rather than another (endpoint,
-        account, host, profile), without secrets: a pending upload found at start goes only to
+        account, host), without secrets: a pending upload found at start goes only to
         the store it was written for (the same bucket name on another endpoint is another
         store)."""
         return store_site(self.entry.options)
 
 
-_SITE_OPTIONS = ("endpoint_url", "endpoint", "account_name", "host", "port", "profile")
-_SITE_CONNECTION_PARTS = ("accountname", "blobendpoint", "endpointsuffix")
+# option (or connection-string part) -> what it names; credentials (keys, tokens, profiles)
+# may change between runs and are left out
+_SITE_OPTIONS = {"endpoint_url": "endpoint", "endpoint": "endpoint", "blobendpoint": "endpoint",
+                 "account_name": "account", "accountname": "account", "host": "host", "port": "port",
+                 "endpointsuffix": "suffix"}
+_DEFAULT_SUFFIX = "core.windows.net"
 
 
 def store_site(options: dict) -> str:
-    found = {k: options[k] for k in _SITE_OPTIONS if options.get(k) not in (None, "")}
+    given = [(k.lower(), v) for k, v in options.items() if k.lower() in _SITE_OPTIONS]
     client_kwargs = options.get("client_kwargs")
     if isinstance(client_kwargs, dict) and client_kwargs.get("endpoint_url"):
-        found["endpoint_url"] = client_kwargs["endpoint_url"]
+        given.append(("endpoint_url", client_kwargs["endpoint_url"]))
     if isinstance(options.get("connection_string"), str):
         for part in options["connection_string"].split(";"):
             k, _, v = part.partition("=")
-            if k.strip().lower() in _SITE_CONNECTION_PARTS:
-                found[k.strip().lower()] = v.strip()
-    return ", ".join(f"{k}={redact_url(str(v))}" for k, v in sorted(found.items()))
+            given.append((k.strip().lower(), v.strip()))
+    found = {}
+    for k, v in given:
+        what = _SITE_OPTIONS.get(k)
+        v = str(v).strip().rstrip("/")
+        if what is None or not v or what == "suffix" and v.lower() == _DEFAULT_SUFFIX:
+            continue  # spelled out or not, the public endpoint is the same store
+        found[what] = v.lower() if what in ("account", "host", "suffix") else v
+    return ", ".join(f"{k}={redact_url(v)}" for k, v in sorted(found.items()))
 
 
 def split(path: str) -> list[str]:

@@ -148,7 +148,7 @@ class FileSystem:
                 return local
         hit = self.meta.get(path)
         if hit is NEGATIVE:
-            raise _err(errno.ENOENT, path)
+            return self._kept_dir_or_enoent(path, mount)
         if hit is not None:
             return hit
         if self._failed:
@@ -172,8 +172,13 @@ class FileSystem:
                     self._failed[path] = (now + FAILED_LOOKUP_S, e.errno, e.strerror)
             raise
         if attr is None:
-            raise _err(errno.ENOENT, path)
+            return self._kept_dir_or_enoent(path, mount)
         return attr
+
+    def _kept_dir_or_enoent(self, path: str, mount: Mount) -> Attr:
+        if self.writes.keeps_below(path):
+            return Attr.directory(mount.read_only)
+        raise _err(errno.ENOENT, path)
 
     def asked_store_lately(self, path: str, within: float = 2.0) -> bool:
         """The store said "no such name" to a lookup of path within the last `within` seconds
@@ -187,7 +192,8 @@ class FileSystem:
         local = self.writes.attr(path)
         if local is not None:
             return local
-        return self._lookup(path, mount, key)
+        attr = self._lookup(path, mount, key)
+        return Attr.directory(mount.read_only) if attr is None and self.writes.keeps_below(path) else attr
 
     def _lookup(self, path: str, mount: Mount, key: str, flag_change: bool = True) -> Optional[Attr]:
         """A name that is both an object and a prefix ("a" and "a/b") is a directory, as in a

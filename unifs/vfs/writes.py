@@ -17,7 +17,7 @@ import posixpath
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout, wait as futures_wait
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout, wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -54,6 +54,7 @@ class _Hidden:
     attr: Attr
     delete: bool  # the object is deleted from the store at the last close, unless the name was reused
     moved: bool = False  # with its directory: a copy, whose version is not the one unlinked
+    seen: Optional[Future] = None  # a HEAD made at the unlink: the version to delete at the last close
     # held while that delete is decided and made: a reuse of the name waits for it, or the delete,
     # already on its way, removed the new object uploaded right after (seen under load)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -197,14 +198,15 @@ class Writes:
         st = self._staged.get(path)
         if st is not None:
             return Attr(is_dir=False, size=st.size, mtime=st.mtime)
-        if path in self._dirs or self._keeps_below(path):
+        if path in self._dirs:
             return Attr.directory()
         return None
 
-    def _keeps_below(self, path: str) -> bool:
+    def keeps_below(self, path: str) -> bool:
         """A directory kept in the daemon below path makes path one too: path may have existed
         only through keys that are gone (the last one removed, by us or another client; and
-        SeaweedFS lists an emptied folder in its parent's listing, but no key below it)."""
+        SeaweedFS lists an emptied folder in its parent's listing, but no key below it). Asked
+        only once the store has no such name: a scan of the kept directories."""
         top = path.rstrip("/") + "/"
         with self._lock:
             return any(d.startswith(top) for d in self._dirs)
@@ -916,8 +918,12 @@ class Writes:
                 st.path = new
                 if st.opens == 0:
                     st.drop_record(deleted=True)  # closed, held by readers: its changes must never upload
+        hidden = _Hidden(old, mount, key, st, attr, delete=in_store)
+        if in_store:
+            # in the background: an unlink (`rm` of an open file) must not wait on the store
+            hidden.seen = self._fresh.submit(mount.store.head, key)
         with self._lock:
-            self._hidden[new] = _Hidden(old, mount, key, st, attr, delete=in_store)
+            self._hidden[new] = hidden
             self._tombstones[old] = new
             now = time.monotonic()
             for name in [n for n, (t, _) in self._hid_at.items() if now - t > HIDE_GRACE_S]:
@@ -947,14 +953,17 @@ class Writes:
 
     def _replaced_since(self, h: _Hidden) -> bool:
         """Another client put a new object under the unlinked name since: it is not the one
-        to delete at the last close (one HEAD; a store that cannot answer gets the delete)."""
-        if h.moved or not h.attr.etag:
+        to delete at the last close. Known from the version a HEAD saw at the unlink; without
+        one (the store did not answer), the delete goes ahead as before."""
+        if h.moved or h.seen is None or not h.seen.done() or h.seen.exception() is not None:
             return False
+        then = h.seen.result()
         try:
-            info = h.mount.store.head(h.key)
+            now = h.mount.store.head(h.key)
         except StoreError:
             return False
-        if info is None or not info.etag or info.etag.strip('"') == h.attr.etag.strip('"'):
+        if now is None or then is not None and (now.etag, now.mtime, now.version) == (then.etag, then.mtime,
+                                                                                      then.version):
             return False
         log.info("%s: unlinked while open; %s holds another version now, which stays", h.old, h.key)
         return True
