@@ -379,6 +379,20 @@ def test_the_last_close_of_a_removed_file_deletes_what_was_there_at_the_unlink(r
     assert not (root / "f").exists()
 
 
+def test_a_directory_removed_while_its_file_was_open_stays_removed(mounter, dataset, seaweed, request):
+    # SeaweedFS kept the emptied folder: after the last close the directory came back
+    prefix = f"{PREFIX}/{request.node.name}"
+    root = mounter.mount([mounter.s3_entry("/w", f"s3://{SCRATCH}/{prefix}", metadata_ttl="1s")]) / "w"
+    os.makedirs(root / "d")
+    (root / "d/x").write_bytes(b"x")
+    reader = open(root / "d/x", "rb")
+    os.unlink(root / "d/x")
+    os.rmdir(root / "d")
+    reader.close()
+    time.sleep(1.5)
+    assert os.listdir(root) == [] and not (root / "d").exists()
+
+
 def test_store_site_ignores_spelling_and_credentials():
     from unifs.namespace import store_site
     assert store_site({"endpoint_url": "http://h:8333/", "key": "a"}) == \

@@ -944,12 +944,24 @@ class Writes:
                     if e.errno != errno.ENOENT:
                         log.warning("%s: unlinked while open; deleting %s at its last close failed: %s",
                                     h.old, h.key, e.strerror)
+        gone = []
         with self._lock:
             # directories removed around it are gone for real now
             for d in [d for d, v in self._tombstones.items() if v == "" and under(h.old, d)]:
                 # (its own entry goes only after this, in unlink: it does not count)
                 if not any(under(t, d) and t not in (d, h.old) for t, v2 in self._tombstones.items() if v2):
                     del self._tombstones[d]
+                    gone.append(d)
+        for d in sorted(gone, reverse=True):
+            # their rmdir found the file's object still there: a store that keeps emptied
+            # prefixes (SeaweedFS) would list them again
+            mount, key = self.fs.ns.resolve(d)
+            if mount is not None and key and not mount.store.has_dirs:
+                try:
+                    mount.store.remove_dir(key)
+                except StoreError as e:
+                    log.warning("%s: removed while a file in it was open; removing what is left of it "
+                                "in the store failed: %s", d, e.strerror)
 
     def _replaced_since(self, h: _Hidden) -> bool:
         """Another client put a new object under the unlinked name since: it is not the one
