@@ -214,7 +214,8 @@ class Writes:
     def children(self, path: str) -> dict[str, Attr]:
         top = path.rstrip("/") + "/"
         with self._lock:
-            paths = {p for p in list(self._staged) + list(self._dirs) if posixpath.split(p)[0] == path}
+            paths = {p for p in self._staged if posixpath.split(p)[0] == path}
+            # kept directories here, and those holding one kept further down
             paths.update(top + d[len(top):].split("/", 1)[0] for d in self._dirs if d.startswith(top))
         # attr() outside the lock: it may drop a hand-deleted staged copy, which calls into the
         # file system (its own lock)
