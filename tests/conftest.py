@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,11 @@ import yaml
 
 from unifs.daemon import select_libfuse
 from unifs.devstores.seaweed import SeaweedS3
+
+# A suite started in the background of a shell script (`make test &`) inherits SIGINT ignored,
+# and so would every unifs process it starts: the Ctrl-C tests then failed for want of a Ctrl-C
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 select_libfuse()  # in-process mounts bind the same libfuse as the daemons the tests start
 
