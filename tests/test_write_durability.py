@@ -325,7 +325,7 @@ def test_a_staging_directory_deleted_under_the_daemon_is_eio_not_enoent(mounter,
     mp = mounter.mount([mounter.s3_entry("/c", f"s3://{SCRATCH}/staging-gone")],
                        extra={"write": {"staging_dir": str(staging)}})
     (mp / "c/first.txt").write_bytes(b"1")
-    shutil.rmtree(staging)
+    assert wait_for(lambda: not shutil.rmtree(staging, ignore_errors=True) and not staging.exists(), timeout=10)
     with pytest.raises(OSError) as e:
         (mp / "c/second.txt").write_bytes(b"2")
     assert e.value.errno == errno.EIO
