@@ -137,6 +137,12 @@ class FaultProxy:
         self.server.server_close()
 
 
+def via(options: dict, upstream: int, proxy: int) -> dict:
+    """A mount entry's store options with the upstream's address replaced by the proxy's."""
+    return {k: v.replace(f"127.0.0.1:{upstream}", f"127.0.0.1:{proxy}") if isinstance(v, str) else v
+            for k, v in options.items()}
+
+
 def fail_once(pred: Callable[[str, str, dict], bool], status: int = 503) -> Rule:
     """A rule answering `status` to the first request that matches pred, then passing all."""
     done = []

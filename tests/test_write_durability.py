@@ -91,6 +91,17 @@ def _write_across_outage(path, data, server):
     assert e.value.errno == errno.EIO, e.value
 
 
+def _left_pending(mounter, server, mp, name: str) -> bytes:
+    """A file written through a mount at mp across an outage, left pending by `umount --force`;
+    the store is back. Returns its bytes."""
+    _mount_bg(mounter, server, mp)
+    data = os.urandom(50_000)
+    _write_across_outage(mp / name, data, server)
+    assert unifs("umount", "--force", str(mp)).returncode == 0
+    server.restart()
+    return data
+
+
 def _append_with_the_store_down(path, text):
     """A logging handler's open (mode 'a') and write: its close fails with EIO."""
     f = open(path, "a")
@@ -212,11 +223,7 @@ def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mount
     from faultproxy import FaultProxy
 
     mp = tmp_path / "mnt-strand"
-    _mount_bg(mounter, flaky, mp)
-    data = os.urandom(50_000)
-    _write_across_outage(mp / "c/stranded.bin", data, flaky)
-    assert unifs("umount", "--force", str(mp)).returncode == 0
-    flaky.restart()
+    data = _left_pending(mounter, flaky, mp, "c/stranded.bin")
     other = _table(mounter, flaky)
     # a proxy stands for the other endpoint: what went through it would land in the same store
     proxy = FaultProxy(flaky.port).__enter__()
@@ -247,11 +254,7 @@ def test_a_pending_upload_the_mount_table_no_longer_maps_is_not_waited_for(mount
 def test_a_mount_with_another_staging_dir_than_its_pending_files_is_refused(mounter, flaky, tmp_path):
     # the new daemon neither uploaded nor listed them, and `unifs status` lost them (review)
     mp = tmp_path / "mnt-moved"
-    _mount_bg(mounter, flaky, mp)
-    data = os.urandom(50_000)
-    _write_across_outage(mp / "c/waiting.bin", data, flaky)
-    assert unifs("umount", "--force", str(mp)).returncode == 0
-    flaky.restart()
+    data = _left_pending(mounter, flaky, mp, "c/waiting.bin")
     moved = mounter.write_table(_table(mounter, flaky, staging_dir=str(tmp_path / "staging2")))
     res = unifs("mount", str(mp), "--config", str(moved))
     assert res.returncode != 0 and not is_mounted(mp)

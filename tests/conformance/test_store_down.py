@@ -75,7 +75,7 @@ def test_a_store_trickling_its_answer_gives_eio_not_a_hang(mounter, _providers, 
     # each socket read got its answer within the timeout, so only a bound on the whole request
     # ends it: on GCS a 4 MiB block read at 64 KiB/s held the reader (and a FUSE thread) for a
     # minute per try, and finished, however slow
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, via
 
     provider = _providers(kind)
     upstream = int(re.search(r"127\.0\.0\.1:(\d+)", str(provider.options())).group(1))
@@ -83,8 +83,7 @@ def test_a_store_trickling_its_answer_gives_eio_not_a_hang(mounter, _providers, 
     with FaultProxy(upstream) as proxy:
         entry = provider.entry("/t", f"trickle/{kind}")
         entry.update(read_only=True, prefetch=False, cache="none",
-                     options={k: v.replace(f"127.0.0.1:{upstream}", f"127.0.0.1:{proxy.port}")
-                              if isinstance(v, str) else v for k, v in provider.options().items()})
+                     options=via(provider.options(), upstream, proxy.port))
         mp = mounter.mount([entry], extra={"store": STORE})
         with open(mp / "t/big", "rb") as f:
             assert len(f.read(1000)) == 1000
@@ -96,14 +95,13 @@ def test_a_store_trickling_its_answer_gives_eio_not_a_hang(mounter, _providers, 
 def test_a_listing_of_many_pages_is_bounded_per_page_not_as_a_whole(mounter, _providers):
     # each page answered well within the timeout, but the whole paged listing was given one
     # timeout: a directory of 3,000 objects on GCS (3 pages) could never be listed
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, via
 
     provider = _providers("gcs")
     upstream = int(re.search(r"127\.0\.0\.1:(\d+)", str(provider.options())).group(1))
     provider.put_many({f"pages/big/f{i:05d}": b"x" for i in range(3000)})
     with FaultProxy(upstream, get_delay=0.5) as proxy:
         entry = provider.entry("/p", "pages", read_only=True,
-                               options={k: v.replace(f"127.0.0.1:{upstream}", f"127.0.0.1:{proxy.port}")
-                                        if isinstance(v, str) else v for k, v in provider.options().items()})
+                               options=via(provider.options(), upstream, proxy.port))
         mp = mounter.mount([entry], extra={"store": {"timeout": "1s", "connect_timeout": "1s", "retries": 1}})
         assert len(os.listdir(mp / "p/big")) == 3000

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from conftest import sha256
-from faultproxy import FaultProxy, fail_once
+from faultproxy import FaultProxy, fail_once, via
 from unifs.stores.fsspec_store import FsspecStore
 
 MIB = 1 << 20
@@ -48,11 +48,6 @@ CASES = {
 }
 
 
-def _via(options: dict, upstream: int, proxy: int) -> dict:
-    return {k: v.replace(f"127.0.0.1:{upstream}", f"127.0.0.1:{proxy}") if isinstance(v, str) else v
-            for k, v in options.items()}
-
-
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_a_failed_part_is_sent_again_not_the_whole_upload(mounter, _providers, kind):
     provider = _providers(kind)
@@ -61,7 +56,7 @@ def test_a_failed_part_is_sent_again_not_the_whole_upload(mounter, _providers, k
     data = os.urandom(size)
     with FaultProxy(upstream, fail_once(pred())) as proxy:
         entry = provider.entry("/w", f"upload-faults/{kind}")
-        entry["options"] = _via(provider.options(), upstream, proxy.port)
+        entry["options"] = via(provider.options(), upstream, proxy.port)
         mp = mounter.mount([entry])
         sent_before = proxy.sent_bytes
         with open(mp / "w" / "big.bin", "wb") as f:
