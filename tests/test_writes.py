@@ -323,7 +323,8 @@ def test_unlink_while_open_for_writing(rw, seaweed):
     f.write(b"more")
     f.close()
     assert not (root / "gone.bin").exists()
-    assert f"{prefix}/gone.bin" not in _store_keys(seaweed, prefix)
+    # the kernel sends the release after close() returns: the delete follows it
+    assert wait_for(lambda: f"{prefix}/gone.bin" not in _store_keys(seaweed, prefix))
 
 
 def _old_bytes_or_estale(reader, old: bytes) -> None:
@@ -375,7 +376,7 @@ def test_the_last_close_of_a_removed_file_deletes_what_was_there_at_the_unlink(r
     os.unlink(root / "f")
     time.sleep(0.5)  # the unlink's HEAD, in the background
     reader.close()
-    assert f"{prefix}/f" not in _store_keys(seaweed, prefix)
+    assert wait_for(lambda: f"{prefix}/f" not in _store_keys(seaweed, prefix))  # at the (async) release
     assert not (root / "f").exists()
 
 
@@ -416,7 +417,7 @@ def test_a_file_removed_while_open_stays_removed_when_its_directory_moves(rw, se
     _old_bytes_or_estale(reader, b"x")  # its object moved while open
     reader.close()
     assert os.listdir(root / "d2") == ["keep.bin"]
-    assert _store_keys(seaweed, prefix) == {f"{prefix}/d2/keep.bin"}
+    assert wait_for(lambda: _store_keys(seaweed, prefix) == {f"{prefix}/d2/keep.bin"})  # at the release
 
 
 def test_read_only_mount_next_to_a_writable_one(mounter, dataset, seaweed):
