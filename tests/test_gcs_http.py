@@ -73,7 +73,7 @@ def test_connections_are_kept_and_a_dropped_one_is_replaced(stub):
     assert len(stub.paths) == 3
     # one connection for all three, unless the server drops each after its answer
     assert stub.connections == (3 if stub.RequestHandlerClass.drop else 1)
-    assert stub.paths[0] == "/download/storage/v1/b/bkt/o/dir%2Fobj%20name?alt=media&generation=17"
+    assert stub.paths[0] == "/download/storage/v1/b/bkt/o/dir%2Fobj%20name?alt=media&ifGenerationMatch=17"
 
 
 def test_a_dead_server_is_store_unavailable():
@@ -107,4 +107,4 @@ def test_requester_pays_reads_name_the_billed_project(stub):
                        project="billed-proj", requester_pays=True, skip_instance_cache=True)
     r = GcsRangeReader(fs, timeout=5, connect_timeout=2)
     assert r.get("bkt", "obj", 0, 10, "5") == BODY[:10]
-    assert stub.paths[-1] == "/download/storage/v1/b/bkt/o/obj?alt=media&generation=5&userProject=billed-proj"
+    assert stub.paths[-1] == "/download/storage/v1/b/bkt/o/obj?alt=media&ifGenerationMatch=5&userProject=billed-proj"
