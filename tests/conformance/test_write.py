@@ -136,6 +136,23 @@ def test_over_long_names_are_refused_alike(mounter, wprovider, request):
     assert sorted(os.listdir(root)) == ["m" * 255, "ok"]
 
 
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
+def test_a_directory_rename_that_would_make_a_key_too_long_is_refused(mounter, _providers, kind):
+    # object names are at most 1,024 bytes: the store refused the copies one by one (EIO)
+    provider = _providers(kind)
+    prefix = f"confdeep/{kind}"
+    provider.make_root(prefix)
+    root = mounter.mount([provider.entry("/w", prefix)]) / "w"
+    deep = root / "d" / ("a" * 250) / ("b" * 250) / ("c" * 250)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 200)).write_bytes(b"deep")  # about 980 bytes of key
+    (root / "d/top").write_bytes(b"top")
+    assert errno_of(os.rename, root / "d", root / ("d" * 60)) == errno.ENAMETOOLONG
+    assert (deep / ("f" * 200)).read_bytes() == b"deep" and os.listdir(root) == ["d"]
+    os.rename(root / "d", root / "e")  # a name no longer than the old one needs no check
+    assert (root / "e/top").read_bytes() == b"top"
+
+
 def test_a_nested_mount_point_does_not_move(mounter, tmp_path):
     # EXDEV here would make `mv` copy the nested store's files into the parent's store and
     # delete them from their own

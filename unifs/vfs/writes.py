@@ -65,6 +65,10 @@ def _err(code: int, path: str, why: str = "") -> OSError:
     return OSError(code, why or os.strerror(code), path)
 
 
+def _b(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
 def _full_key(mount: Mount, key: str) -> str:
     """The object name in the bucket: the mount URL's prefix plus key."""
     prefix = mount.entry.url.split("://", 1)[1].partition("/")[2].strip("/")
@@ -231,7 +235,7 @@ class Writes:
         mount, key = self.fs.ns.resolve(path)
         if mount is None or mount.read_only:
             raise _err(errno.EROFS, path)
-        if not mount.store.has_dirs and len(_full_key(mount, key).encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+        if not mount.store.has_dirs and len(_b(_full_key(mount, key))) > MAX_KEY_BYTES:
             raise _err(errno.ENAMETOOLONG, path, f"the store's keys are at most {MAX_KEY_BYTES} bytes")
         if len(posixpath.basename(path).encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG, path, f"file names are at most {NAME_MAX} bytes")
@@ -1043,6 +1047,8 @@ class Writes:
 
     def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str, onto: bool = False) -> None:
         """onto: over an existing (empty) directory, which a failed rename leaves in place."""
+        if not mount.store.has_dirs and len(_b(k2)) > len(_b(k1)):
+            self._keys_below_fit(mount, old, new, k1, k2)
         if self._tombstones:
             self._revive_replaced(mount, old, new, k1)
             self._carry_hidden(old, new, k1, k2)
@@ -1103,6 +1109,17 @@ class Writes:
         # them, and markers would too
         for d in _dirs_from(k1, keys):
             self._store(old, mount.store.remove_dir, d)
+
+    def _keys_below_fit(self, mount: Mount, old: str, new: str, k1: str, k2: str) -> None:
+        """A longer name can push keys deep below it past the store's limit: refused whole,
+        before anything moves (each copy was refused by the store: EIO after a rename half
+        made and undone). One more LIST, for renames to a longer name only."""
+        with self._lock:
+            keys = [st.key for p, st in self._staged.items() if under(p, old)]
+        keys += self._store(old, mount.store.list_keys, k1)
+        longest = max((len(_b(_full_key(mount, k))) for k in keys), default=0)
+        if longest + len(_b(k2)) - len(_b(k1)) > MAX_KEY_BYTES:
+            raise _err(errno.ENAMETOOLONG, new, f"a key below it would be over the store's {MAX_KEY_BYTES} bytes")
 
     def _each_until_failure(self, fn, items) -> Optional[BaseException]:
         """fn(item) for every item, in parallel on the upload pool; once one fails, those not
