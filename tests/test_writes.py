@@ -700,6 +700,42 @@ def test_a_directory_rename_the_store_breaks_off_shows_both_halves_at_once(mount
             assert (root / "src" / name).read_bytes() == name[1:].encode()
 
 
+def test_a_file_being_written_goes_back_with_a_directory_rename_the_store_breaks_off(mounter, dataset):
+    # it stayed under the new name, which so existed after the failed `mv`: a second `mv`
+    # moved the directory into it, one level down
+    import re
+
+    from faultproxy import FaultProxy, via
+
+    opts = mounter.seaweed.mount_options()
+    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    broken = threading.Event()
+
+    def rule(method, path, headers):
+        return 403 if broken.is_set() and method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} \
+            and path.endswith("/f3") else None
+    with FaultProxy(upstream, rule=rule) as proxy:
+        entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/openmove", options=via(opts, upstream, proxy.port))
+        root = mounter.mount([entry]) / "w"
+        os.makedirs(root / "src")
+        for i in range(6):
+            (root / f"src/f{i}").write_bytes(b"%d" % i)
+        with open(root / "src/open.bin", "wb") as w:
+            w.write(b"first")
+            w.flush()
+            broken.set()
+            assert _errno_of(os.rename, root / "src", root / "dst") in (errno.EACCES, errno.EIO)
+            assert not os.path.exists(root / "dst")
+            assert sorted(os.listdir(root / "src")) == [f"f{i}" for i in range(6)] + ["open.bin"]
+            w.write(b", second")
+        assert (root / "src/open.bin").read_bytes() == b"first, second"
+        broken.clear()
+        os.rename(root / "src", root / "src2")
+    keys = _store_keys(mounter.seaweed, "openmove/")
+    assert keys == {f"openmove/src2/{n}" for n in [f"f{i}" for i in range(6)] + ["open.bin"]}, keys
+    assert _store_bytes(mounter.seaweed, "openmove/src2/open.bin") == b"first, second"
+
+
 def test_a_directory_rename_stops_at_the_first_move_the_store_fails(mounter, dataset):
     # every move went on after one had failed, each with the store's full timeout and retries:
     # 300 objects on a hung store kept `mv` (and a FUSE thread) busy for 404 s, 75 min with defaults

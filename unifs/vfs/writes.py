@@ -1060,15 +1060,18 @@ class Writes:
             for d in kept:
                 self._dirs.discard(d)
                 self._dirs.add(new + d[len(old):])
+        renamed: list[tuple[StagedFile, str, str]] = []  # (staged file, its old path, its old key)
         for st in moving:
             with st.upload_lock:
                 self._load_base(st, st.path)  # before its key moves away (see _rename_file)
                 with self._lock:
                     self._staged.pop(st.path, None)
+                    was = (st, st.path, st.key)
                     st.path = new + st.path[len(old):]
                     st.key = k2 + st.key[len(k1):]
                     if st.removed:
                         continue  # closed and uploaded meanwhile: its object moves with the rest
+                    renamed.append(was)
                     st.uploaded_gen = -1  # upload again under the new name
                     self._staged[st.path] = st
                 st.save()
@@ -1102,6 +1105,7 @@ class Writes:
                 if had_new:
                     self._dirs.add(new)
             self._undo_moves(mount, old, new, k2, moved, tried, onto)
+            self._unrename_staged(mount, renamed)
             if isinstance(failure, StoreError):
                 raise self.fs.store_error(failure, old) from None
             raise failure
@@ -1109,6 +1113,33 @@ class Writes:
         # them, and markers would too
         for d in _dirs_from(k1, keys):
             self._store(old, mount.store.remove_dir, d)
+
+    def _unrename_staged(self, mount: Mount, renamed: list) -> None:
+        """Staged files go back to their old names with the rest of a failed directory rename
+        (they stayed under the new one, which then existed: a second `mv` moved the directory
+        into it). One uploaded under its new name meanwhile is moved back in the store."""
+        for st, path, key in renamed:
+            with st.upload_lock:
+                # uploaded under the new name while the rename ran (written back, or closed)
+                landed = st.key if st.uploaded_gen != -1 and not st.deleted else None
+                with self._lock:
+                    if self._staged.get(st.path) is st:
+                        del self._staged[st.path]
+                    st.path, st.key = path, key
+                    if not st.removed:
+                        st.uploaded_gen = -1  # upload again under the old name
+                        self._staged[path] = st
+                if not st.removed:
+                    st.save()
+            if landed is not None:
+                try:
+                    if st.removed:  # closed: its staged copy is gone, the object is the only one
+                        mount.store.move(landed, key)
+                    else:
+                        mount.store.delete(landed)
+                except StoreError as e:
+                    log.error("rename of %s failed; putting back %s in the store failed too: %s", path, landed,
+                              e.strerror)
 
     def _keys_below_fit(self, mount: Mount, old: str, new: str, k1: str, k2: str) -> None:
         """A longer name can push keys deep below it past the store's limit: refused whole,
@@ -1145,8 +1176,8 @@ class Writes:
         """A directory rename the store broke off: put back what moved (in parallel, stopping at
         the first failure) and remove the new directory, so the rename fails as a whole. Left
         half-moved, the new name existed: `mv` then moved the rest into it, one level down, and
-        exited 0 (a store that hung for 12 s). Staged files keep their new names (they upload
-        there). Best effort: a store still failing leaves both halves, and the log says so.
+        exited 0 (a store that hung for 12 s). Staged files go back too (_unrename_staged).
+        Best effort: a store still failing leaves both halves, and the log says so.
         A move that failed may still have landed (its copy timed out here and completed in the
         store, or its delete failed): the new name's keys of every move begun are looked at
         again, listed after the rest is back, so late copies are found too."""
