@@ -174,3 +174,30 @@ def test_a_damaged_state_file_does_not_break_status(tmp_path):
     (run / "mount-0001.json").write_text('{"pid": 1}')
     res = unifs("status", env=dict(os.environ, UNIFS_RUN_DIR=str(run)))
     assert res.returncode == 0 and "Traceback" not in res.stderr and "error" not in res.stderr, res.stderr
+
+
+def test_cache_or_staging_inside_another_unifs_mount_is_refused(mounter, tmp_path):
+    # accepted, every cache block became an upload to that mount's store (its fixed modes
+    # also passed the 0700 check)
+    (tmp_path / "store").mkdir()
+    other = mounter.mount([{"path": "/w", "url": f"file://{tmp_path / 'store'}"}]) / "w"
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    for key, value in (("cache", f"{{dir: {other / 'cache'}}}"), ("write", f"{{staging_dir: {other / 'st'}}}")):
+        cfg = tmp_path / f"{key}.yaml"
+        cfg.write_text(TABLE + f"{key}: {value}\n")
+        _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "inside the unifs mount", str(other.parent))
+    assert os.listdir(tmp_path / "store") == []
+
+
+def test_staging_inside_the_cache_dir_is_refused(tmp_path):
+    # `rm -rf` of the disposable cache dir would take pending uploads with it
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(TABLE + f"cache: {{dir: {tmp_path / 'c'}}}\nwrite: {{staging_dir: {tmp_path / 'c/st'}}}\n")
+    _one_line_error(unifs("config", "check", "-c", str(cfg)), "staging_dir", "inside cache.dir")
+
+
+def test_cache_commands_with_nothing_mounted_say_so(tmp_path):
+    env = dict(os.environ, UNIFS_RUN_DIR=str(tmp_path / "run"))
+    for args in (("cache", "clear"), ("cache", "stats")):
+        _one_line_error(unifs(*args, env=env), "no live unifs mounts")

@@ -66,7 +66,11 @@ def stats(mountpoint: Optional[str] = None) -> dict[str, dict]:
 
 
 def live_mountpoints() -> list[str]:
-    return sorted(_daemons())
+    """UserError when there is none: a script clearing the cache must not take that for done."""
+    found = sorted(_daemons())
+    if not found:
+        raise UserError("no live unifs mounts")
+    return found
 
 
 def _ratio(hits: int, misses: int) -> str:
@@ -87,7 +91,9 @@ def format_stats(mp: str, s: dict) -> list[str]:
                      f"hit ratio {_ratio(t['hits'], t['misses'])} ({t['hits']} hits, {t['misses']} misses); "
                      f"{t['evictions']} evictions; {t['corrupt']} corrupt blocks dropped"
                      + (f"; {t['write_errors']} blocks could not be written (see the daemon's log)"
-                        if t.get("write_errors") else ""))
+                        if t.get("write_errors") else "")
+                     + (f"; {t['delete_errors']} block files could not be removed (see the daemon's log)"
+                        if t.get("delete_errors") else ""))
     ra = s["readahead"]
     lines.append(f"  read-ahead {format_size(ra['used'])} in use, peak {format_size(ra['peak'])} "
                  f"of {format_size(ra['limit'])}")
@@ -112,7 +118,8 @@ def clear(path: str) -> str:
     if inner != "/" and not os.path.lexists(path) and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise UserError(f"{path}: no such file or directory")
     control.request(sock, "clear", path=inner or "/")
-    return f"cleared cached blocks and metadata of {path} ({mp}{inner if inner != '/' else ''})"
+    where = mp + (inner if inner != "/" else "")
+    return f"cleared cached blocks and metadata of {path}" + (f" ({where})" if where != path else "")
 
 
 def _warn_of_room(mp: str, sock: str, sizes: dict, warn: Callable[[str], None]) -> None:

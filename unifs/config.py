@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unifs.errors import ConfigError, UserError
+from unifs.paths import under
 from unifs.units import format_size, parse_duration, parse_size
 
 SEARCH_ORDER_HELP = "$UNIFS_CONFIG, ./mounts.yaml, ~/.config/unifs/mounts.yaml, /etc/unifs/mounts.yaml"
@@ -935,9 +936,13 @@ def _cross_checks(table: MountTable) -> list[tuple[tuple, str]]:
     if memory and table.cache.ram > memory:
         problems.append((("cache", "ram"), f"{format_size(table.cache.ram)} is more than this machine's memory "
                                            f"({format_size(memory)})"))
-    if os.path.realpath(table.write.staging_dir) == os.path.realpath(table.cache.dir):
-        problems.append((("write", "staging_dir"), "must differ from cache.dir: staged files may be the only "
-                         "copy of data the store has not accepted, the cache is disposable"))
+    staging, cache = os.path.realpath(table.write.staging_dir), os.path.realpath(table.cache.dir)
+    if under(staging, cache):
+        # inside it too: an operator freeing space with `rm -rf` of the cache dir would take them
+        problems.append((("write", "staging_dir"), ("must differ from cache.dir" if staging == cache else
+                                                    f"must not be inside cache.dir {table.cache.dir}")
+                         + ": staged files may be the only copy of data the store has not accepted, the "
+                           "cache is disposable"))
     return problems
 
 

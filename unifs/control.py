@@ -24,6 +24,10 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             req = json.loads(self.rfile.readline(65536) or b"{}")
             answer = self.server.dispatch(req)
+        except OSError as e:  # a file the daemon cannot touch: the user's to fix, no traceback
+            why = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            log.warning("control request %r failed: %s", req.get("cmd"), why)
+            answer = {"error": why}
         except Exception as e:  # noqa: BLE001 - answered, never fatal for the daemon
             log.exception("control request failed")
             answer = {"error": f"{type(e).__name__}: {e}"}

@@ -67,11 +67,17 @@ def check_local_dirs(mountpoint: str, table: MountTable) -> None:
     """The cache and staging directories must not live inside the mount point: the mount
     would hide them from the daemon itself."""
     mp = os.path.realpath(mountpoint)
+    live = [m for m in mountinfo.mounted() if m.fstype == mountinfo.FSTYPE]
     for name, d in (("cache.dir", table.cache.dir), ("write.staging_dir", table.write.staging_dir)):
         real = os.path.realpath(d)
         if under(real, mp):
             raise UserError(f"{name} {d} is inside the mount point {mountpoint}; the mount would hide it "
                             "from unifs: choose a directory outside it")
+        # another unifs mount: every block or staged file would be an upload to its store
+        inside = [m.mountpoint for m in live if under(real, m.mountpoint)]
+        if inside:
+            raise UserError(f"{name} {d} is inside the unifs mount {max(inside, key=len)}: it must be a local "
+                            "directory; choose one outside every unifs mount")
 
 
 def check_log_file(log_file: str) -> None:

@@ -161,11 +161,16 @@ def _private_opener(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-def _unlink(path: str) -> None:
+def _unlink(path: str) -> Optional[OSError]:
+    """The error of a file that could not be removed (a read-only or failing disk), which the
+    caller counts or reports: raised, it skipped the bookkeeping after it."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        return e
+    return None
 
 
 TOUCH_AFTER_NS = 60 * 10**9
@@ -202,6 +207,7 @@ class DiskTier:
         self._busy: Set[BlockId] = set()
         self._outside = 0
         self._hits = self._misses = self._evictions = self._corrupt = self._write_errors = 0
+        self._delete_errors = 0
         self._disk_full = 0
         self._closed = False
         self._remake_lock = threading.Lock()
@@ -507,13 +513,23 @@ class DiskTier:
             self._outside += size
         return blocks
 
-    def _delete(self, doomed: List[Tuple[BlockId, int]]) -> None:
-        for bid, _ in doomed:
-            _unlink(self._path(bid))
+    def _delete(self, doomed: List[Tuple[BlockId, int]]) -> Optional[OSError]:
+        """Returns the first error of files that could not be removed (a read-only or failing
+        disk). They are forgotten all the same: still counted, their bytes and busy ids stayed
+        for good, and the tier kept nothing more until a restart."""
+        failed = [e for e in (_unlink(self._path(bid)) for bid, _ in doomed) if e is not None]
         with self._lock:
             for bid, size in doomed:
                 self._busy.discard(bid)
                 self._outside -= size
+            first = not self._delete_errors and bool(failed)
+            self._delete_errors += len(failed)
+        if not failed:
+            return None
+        if first:  # a failing disk would otherwise log once per block
+            log.warning("cannot remove cache block files (further errors counted in stats): %s", failed[0])
+        return OSError(failed[0].errno, f"{len(failed)} cached block file(s) could not be removed "
+                                        f"({failed[0].strerror})", failed[0].filename)
 
     def _remove_locked(self, bids: List[BlockId]) -> List[Tuple[BlockId, int]]:
         return self._doom_locked([(bid, self._index.remove(bid)[1]) for bid in bids])
@@ -530,7 +546,9 @@ class DiskTier:
         """Delete blocks in `store` (None: all stores) under `key_prefix`; return how many."""
         with self._lock:
             doomed = self._remove_locked(self._index.matching(store, key_prefix))
-        self._delete(doomed)
+        failed = self._delete(doomed)
+        if failed is not None:
+            raise failed
         return len(doomed)
 
     # ------------------------------------------------------------------ the rest
@@ -540,7 +558,7 @@ class DiskTier:
             return {"bytes": self._index.bytes + self._outside, "blocks": len(self._index),
                     "limit": self.limit, "hits": self._hits, "misses": self._misses,
                     "evictions": self._evictions, "corrupt": self._corrupt,
-                    "write_errors": self._write_errors}
+                    "write_errors": self._write_errors, "delete_errors": self._delete_errors}
 
     def close(self) -> None:
         """Release the directory (files stay for the next instance). Later calls miss."""

@@ -295,7 +295,7 @@ class BlockCache:
 
     def stats(self) -> dict:
         """{"ram": tier, "disk": tier (only with a directory), "mounts": {label: counters}};
-        tier: bytes, blocks, limit, hits, misses, evictions, corrupt (disk: write_errors);
+        tier: bytes, blocks, limit, hits, misses, evictions, corrupt (disk: write_errors, delete_errors);
         counters: bytes_from_store, bytes_from_cache (whole blocks, per get_block call;
         a caller that waited for another's fetch counts as served from cache)."""
         result = {"ram": self.ram.stats()}
