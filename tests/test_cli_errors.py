@@ -201,3 +201,16 @@ def test_cache_commands_with_nothing_mounted_say_so(tmp_path):
     env = dict(os.environ, UNIFS_RUN_DIR=str(tmp_path / "run"))
     for args in (("cache", "clear"), ("cache", "stats")):
         _one_line_error(unifs(*args, env=env), "no live unifs mounts")
+
+
+@pytest.mark.parametrize("where", ["parent", "itself"])
+def test_a_local_directory_holding_the_mount_point_is_refused(tmp_path, where):
+    # it showed itself inside itself without end; a lookup deep down waited on the daemon's
+    # own FUSE answer and the reader hung in D state, unkillable
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    url = f"file://{tmp_path if where == 'parent' else mp}"
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"mounts:\n  - path: /home\n    url: {url}\n    read_only: true\n"
+                   f"cache: {{dir: {tmp_path / 'c'}}}\nwrite: {{staging_dir: {tmp_path / 's'}}}\n")
+    _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "mount /home", "holds the mount point")

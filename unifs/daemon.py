@@ -78,6 +78,16 @@ def check_local_dirs(mountpoint: str, table: MountTable) -> None:
         if inside:
             raise UserError(f"{name} {d} is inside the unifs mount {max(inside, key=len)}: it must be a local "
                             "directory; choose one outside every unifs mount")
+    for m in table.mounts:
+        if m.url.split("://", 1)[0] in ("file", "local"):
+            from fsspec.implementations.local import LocalFileSystem
+
+            root = os.path.realpath(LocalFileSystem._strip_protocol(m.url))
+            if under(mp, root):
+                # it would show itself inside itself without end: a lookup deep down it
+                # waited on the daemon's own FUSE answer (a reader stuck in D state)
+                raise UserError(f"mount {m.path} ({m.url}): the directory holds the mount point {mountpoint}; "
+                                "choose a directory that does not contain it")
 
 
 def check_log_file(log_file: str) -> None:

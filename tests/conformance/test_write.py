@@ -365,3 +365,21 @@ def test_renames_of_names_with_glob_characters(mounter, wprovider, request):
 
 def test_renames_of_names_with_glob_characters_s3fs_client(mounter, _providers):
     _glob_renames(mounter, _providers("s3"), "confglob/s3fs", client="fsspec")
+
+
+@pytest.mark.parametrize("parent", ["file", "memory"])
+def test_a_file_in_a_directory_made_by_a_nested_mount_point_uploads(mounter, tmp_path, parent):
+    # /x exists only as the parent of /x/y: its new file stayed pending for ever ("not found"),
+    # close and fsync failed with EIO and `unifs umount` waited
+    (tmp_path / "root").mkdir()
+    url = f"file://{tmp_path / 'root'}" if parent == "file" else f"memory://nested-{tmp_path.name}"
+    mp = mounter.mount([{"path": "/", "url": url}, {"path": "/x/y", "url": f"memory://inner-{tmp_path.name}"}],
+                       inprocess=parent == "memory")
+    with open(mp / "x/f", "wb") as f:
+        f.write(b"data")
+        f.flush()
+        os.fsync(f.fileno())
+    assert (mp / "x/f").read_bytes() == b"data"
+    assert sorted(os.listdir(mp / "x")) == ["f", "y"]
+    if parent == "file":
+        assert (tmp_path / "root/x/f").read_bytes() == b"data"

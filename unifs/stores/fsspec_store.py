@@ -737,10 +737,13 @@ def _az_folder_blob(props) -> bool:
 
 
 def _atomic_local_copy(src: str, dst: str) -> None:
-    """Readers of a local directory never see a half-written file."""
+    """Readers of a local directory never see a half-written file. Its directory is made if
+    missing, as an object store's keys need none: a file created in a directory that exists
+    only as the parent of a nested mount point was never uploaded ("not found", for ever)."""
     import shutil
     import tempfile
 
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".unifs-", dir=os.path.dirname(dst))
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
