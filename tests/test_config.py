@@ -466,6 +466,21 @@ def test_an_azure_endpoint_option_adlfs_would_ignore_is_refused(name):
     assert "connection_string" in e.value.problems[0]
 
 
+@pytest.mark.parametrize("value,env,name", [("$S3_KEY", {}, "S3_KEY"), ("file://$DATA/x", {"DATA": "/d"}, "DATA")])
+def test_a_shell_style_reference_is_refused(value, env, name):
+    # `key: $S3_KEY` went to the store as that text: "config check" said OK, the mount 403
+    from unifs.config import parse_table
+    from unifs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_table(f"mounts:\n  - path: /a\n    url: s3://b\n    options: {{key: '{value}', secret: s}}\n", env=env)
+    assert len(e.value.problems) == 1 and f"write ${{{name}}}" in e.value.problems[0], e.value.problems
+    # a $ in a password stays text, and $$ is a $
+    t = parse_table("mounts:\n  - path: /a\n    url: s3://b\n    options: {key: 'pa$word', secret: '$$S3_KEY'}\n",
+                    env={})
+    assert t.mounts[0].options == {"key": "pa$word", "secret": "$S3_KEY"}
+
+
 def test_a_reference_inside_a_default_is_refused_not_kept_as_text():
     # `${X:-${PART}}` became the literal text "${PART}"
     from unifs.config import parse_table
@@ -476,3 +491,10 @@ def test_a_reference_inside_a_default_is_refused_not_kept_as_text():
     assert len(e.value.problems) == 1 and "'${' that is not a ${VAR}" in e.value.problems[0], e.value.problems
     t = parse_table("mounts:\n  - path: /a\n    url: 's3://b/${X:-a-b}/${Y:-}c'\n", env={})
     assert t.mounts[0].url == "s3://b/a-b/c"
+
+
+def test_an_unknown_option_is_not_suggested_as_itself():
+    from unifs.config import unknown_option_hint
+
+    assert "did you mean" not in unknown_option_hint("memory", "key")
+    assert "did you mean endpoint_url" in unknown_option_hint("s3", "endpoint_ur")

@@ -132,6 +132,7 @@ def _line_of(raw: Any, loc: tuple) -> Optional[int]:
 
 # a default holds no "${": `${X:-${Y}}` is not nested (it read as default "${Y" plus a "}")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:(?!\$\{)[^}])*))?\}|\$\$")
+_BARE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 class _Interpolation:
@@ -153,6 +154,11 @@ class _Interpolation:
                 self.problems.append((loc, "has a '${' that is not a ${VAR} or ${VAR:-default} reference "
                                            "(unclosed brace? write $$ for a literal $)"))
                 return node
+            bare = self._bare_reference(node)
+            if bare:
+                self.problems.append((loc, f"has a shell-style reference to {bare}, which unifs takes as text: "
+                                           f"write ${{{bare}}} for the environment variable (or $$ for a $)"))
+                return node
             whole = _VAR.fullmatch(node.strip())
             value = _VAR.sub(lambda m: self._value(m, loc), node)
             # credentials stay strings whatever they look like (a secret 0777123 is no number)
@@ -160,6 +166,16 @@ class _Interpolation:
                 return _typed(value)
             return value
         return node
+
+    def _bare_reference(self, node: str) -> Optional[str]:
+        """A shell-style $NAME, which unifs does not expand: the whole value (`key: $S3_KEY` went
+        to the store as that text, refused as a wrong key), or a name set in the environment
+        (`file://$HOME/data`). Other `$` stay text (a password `pa$word`)."""
+        rest = _VAR.sub("", node)
+        for m in _BARE.finditer(rest):
+            if m.group(0) == rest.strip() or m.group(1) in self.env:
+                return m.group(1)
+        return None
 
     def _value(self, m, loc):
         if m.group(0) == "$$":
@@ -573,6 +589,7 @@ def unknown_option_hint(scheme: str, name: str) -> str:
         known |= {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")}
     except Exception:  # noqa: BLE001 - only for a suggestion
         pass
+    known.discard(name)  # it was refused: "did you mean key?" for key helped nobody
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     client = cls_name.split(".")[0] or f"the {scheme}:// client"
     return f"options.{name} is not an option of {client}" + (f" (did you mean {close[0]}?)" if close else "")
