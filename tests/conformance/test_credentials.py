@@ -62,3 +62,22 @@ def test_unreachable_endpoints_fail_the_mount_at_once(mounter, tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1, res.stderr
         assert f"mount {path}" in lines[0] and f"cannot connect to 127.0.0.1:{port}" in lines[0]
+
+
+def test_s3_credentials_and_endpoint_from_the_environment(mounter, seaweed, tmp_path):
+    # an http:// AWS_ENDPOINT_URL failed every request of the obstore client ("builder error")
+    import os
+
+    seaweed.create_bucket("envcreds")
+    seaweed.put_many("envcreds", {"d/x": b"from the environment"})
+    cfg = mounter.write_table({"mounts": [{"path": "/e", "url": "s3://envcreds/d", "read_only": True}]})
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=seaweed.access_key, AWS_SECRET_ACCESS_KEY=seaweed.secret_key,
+               AWS_ENDPOINT_URL=seaweed.endpoint, AWS_REGION="us-east-1")
+    res = unifs("mount", str(mp), "--config", str(cfg), env=env)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert (mp / "e/x").read_bytes() == b"from the environment"
+    finally:
+        unifs("umount", str(mp), check=True)

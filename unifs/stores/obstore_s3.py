@@ -123,6 +123,9 @@ def _s3fs_for_unparseable_keys(method):
     return wrapper
 
 
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+
+
 def _ts(v) -> float:
     return v.timestamp() if isinstance(v, _dt.datetime) else 0.0
 
@@ -140,7 +143,13 @@ class ObstoreS3Store:
         bucket, _, prefix = rest.partition("/")
         self.bucket = bucket
         prefix = prefix.strip("/")
-        endpoint = str(config.get("endpoint", ""))
+        endpoint = str(config.get("endpoint") or "")
+        if not endpoint:
+            # the environment's endpoint, as botocore reads it: the client takes it too, but
+            # over http:// only with allow_http, which was false ("builder error")
+            endpoint = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), "")
+            if endpoint:
+                config = dict(config, endpoint=endpoint)
         self.endpoint = endpoint
         client_options = {"timeout": f"{int(timeout * 1000)}ms",
                           "connect_timeout": f"{int(connect_timeout * 1000)}ms",
