@@ -238,6 +238,13 @@ def test_a_broken_gcs_credentials_file_is_named(tmp_path):
     res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "service account key without 'private_key'" in res.stderr, res.stderr
+    # and one whose key is garbage blamed a missing 'refresh_token'
+    bad.write_text('{"type": "service_account", "client_email": "a@b.iam.gserviceaccount.com", "private_key": '
+                   '"-----BEGIN PRIVATE KEY-----\\nGARBAGE\\n-----END PRIVATE KEY-----\\n", "project_id": "p", '
+                   '"token_uri": "https://oauth2.googleapis.com/token"}')
+    res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "private_key cannot be read" in res.stderr and "refresh_token" not in res.stderr, res.stderr
     # token: cloud off Google Cloud was "cannot create the store client: ValueError: " and nothing
     cfg.write_text("mounts:\n  - path: /g\n    url: gs://bucket/x\n    options:\n      token: cloud\n"
                    "      endpoint_url: http://127.0.0.1:9\n")

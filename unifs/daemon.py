@@ -194,8 +194,9 @@ def _credentials_file_problem(entry, exc: Exception) -> Optional[str]:
                 info = json.load(f)
             if isinstance(info, dict) and info.get("type") == "service_account":
                 lacks = [k for k in ("private_key", "client_email") if not info.get(k)]
+                # both there: gcsfs could not use the key and went on to read it as a user's file
                 missing = f" (a service account key without {' and '.join(map(repr, lacks))})" if lacks \
-                    else missing
+                    else " (a service account key whose private_key cannot be read)"
         except (OSError, ValueError):
             pass
         return (f"options.token names a file that holds no usable credentials{missing}: give a "
