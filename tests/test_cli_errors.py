@@ -214,3 +214,17 @@ def test_a_local_directory_holding_the_mount_point_is_refused(tmp_path, where):
     cfg.write_text(f"mounts:\n  - path: /home\n    url: {url}\n    read_only: true\n"
                    f"cache: {{dir: {tmp_path / 'c'}}}\nwrite: {{staging_dir: {tmp_path / 's'}}}\n")
     _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "mount /home", "holds the mount point")
+
+
+def test_every_problem_of_a_table_is_one_prefixed_line(tmp_path):
+    # the s3 option problems came as one message: only its first line said "unifs: error:"
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mounts:\n  - path: /a\n    url: s3://x\n    options: {sas_token: x, my_token: y, credentials: z}\n")
+    res = unifs("config", "check", "-c", str(cfg))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 3 and all(ln.startswith("unifs: error: ") for ln in lines), lines
+    cfg.write_text("mounts:\n  - path: 5\n    url: memory://x\n    read_only: maybe\n")
+    res = unifs("config", "check", "-c", str(cfg))
+    assert "path: must be text" in res.stderr and "read_only: must be true or false" in res.stderr, res.stderr
+    cfg.write_text("mounts:\n  - path: /données\n    url: memory://x\n")
+    assert "/données" in unifs("config", "check", "-c", str(cfg), check=True).stdout

@@ -63,7 +63,7 @@ BAD = [
      ["bad.yaml:4:", "metadata_ttl", "duration"]),
     ("bucket missing", "mounts:\n  - path: /a\n    url: s3://\n", ["mounts[0] (/a).url", "bucket"]),
     ("not a url", "mounts:\n  - path: /a\n    url: just-a-path\n", ["mounts[0] (/a).url", "scheme"]),
-    ("bad bool", "mounts:\n  - path: /a\n    url: s3://b\n    read_only: maybe\n", ["read_only", "boolean"]),
+    ("bad bool", "mounts:\n  - path: /a\n    url: s3://b\n    read_only: maybe\n", ["read_only", "true or false"]),
     ("top level list", "- path: /a\n", ["bad.yaml:1:", "mapping"]),
     ("empty file", "", ["bad.yaml", "empty"]),
     ("bad store setting", "mounts:\n  - path: /a\n    url: s3://b\nstore:\n  retries: -1\n", ["store.retries"]),

@@ -281,11 +281,12 @@ def config_check(config_file):
     if config_file is not None and not config_file.strip():
         raise UserError("--config needs a file name (it was empty)")
     table, path = load_config(config_file)
-    problems = s3_option_problems(table, str(path))
+    label = "(standard input)" if str(path) == "-" else str(path)
+    problems = s3_option_problems(table, label)
     if problems:
-        raise UserError("\n".join(problems))
-    click.echo(f"# {path}: OK, {len(table.mounts)} mount(s)")
-    click.echo(yaml.safe_dump(describe_table(table), sort_keys=False).rstrip())
+        raise ConfigError(problems)
+    click.echo(f"# {label}: OK, {len(table.mounts)} mount(s)")
+    click.echo(yaml.safe_dump(describe_table(table), sort_keys=False, allow_unicode=True).rstrip())
 
 
 @main.command()

@@ -832,10 +832,18 @@ def _pydantic_problem(err: dict) -> tuple[tuple, str]:
         return loc, "must be a mapping of keys to values"
     if kind == "list_type":
         return loc, "must be a list"
+    if kind in _TYPE_WORDS:
+        return loc, f"must be {_TYPE_WORDS[kind]} (got {err.get('input')!r})"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return loc, msg
+
+
+# pydantic's "Input should be a valid string" and the like, in the table's own words
+_TYPE_WORDS = {"string_type": "text (quote it)", "bool_type": "true or false", "bool_parsing": "true or false",
+               "int_type": "a whole number", "int_parsing": "a whole number", "float_type": "a number",
+               "float_parsing": "a number"}
 
 
 def _suggest(key, err) -> str:
@@ -984,7 +992,7 @@ def read_config(path: Optional[str] = None) -> tuple[str, Path]:
 
 def parse_config(text: str, cfg_path: Path) -> MountTable:
     """parse_table of what read_config gave, its messages naming where it came from."""
-    return parse_table(text, "<stdin>" if str(cfg_path) == STDIN else str(cfg_path))
+    return parse_table(text, "(standard input)" if str(cfg_path) == STDIN else str(cfg_path))
 
 
 def load_config(path: Optional[str] = None) -> tuple[MountTable, Path]:
