@@ -699,6 +699,48 @@ def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_
             unifs("umount", "--force", str(mp))
 
 
+def test_a_file_whose_close_failed_as_the_daemon_stopped_is_uploaded_by_the_next(mounter, flaky, tmp_path):
+    # SIGTERM (systemd's stop) while a checkpoint's close() failed on a store down: its RELEASE
+    # never came, the file stayed "open" and was never uploaded, not after a restart either.
+    # A closed duplicate stands for the close whose release is still to come.
+    mp = tmp_path / "mnt-term"
+    cfg = _mount_bg(mounter, flaky, mp)
+    pid = _status(mp)["pid"]
+    try:
+        data, more = os.urandom(300_000), os.urandom(1000)
+        fd = os.open(mp / "c/ckpt.pt", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, data)
+        fd2 = os.open(mp / "c/half.log", os.O_WRONLY | os.O_CREAT)
+        os.write(fd2, more)
+        flaky.stop()
+        with pytest.raises(OSError) as e:
+            os.close(os.dup(fd))
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError):
+            os.close(os.dup(fd2))
+        os.write(fd2, b"written after its close: still being written")
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0,
+                        timeout=60)
+        for d in (fd, fd2):
+            try:
+                os.close(d)
+            except OSError:
+                pass
+        left = {p["path"]: p["state"] for p in _status(mp)["pending"]}
+        assert left == {"/c/ckpt.pt": "pending", "/c/half.log": "orphaned"}, left
+        if is_mounted(mp):
+            assert unifs("umount", str(mp)).returncode == 0
+        flaky.restart()
+        unifs("mount", str(mp), "--config", str(cfg), check=True)
+        assert wait_for(lambda: _in_store(flaky, "run/ckpt.pt") is not None, timeout=60)
+        assert sha256(_in_store(flaky, "run/ckpt.pt")) == sha256(data)
+        assert _in_store(flaky, "run/half.log") is None
+    finally:
+        if is_mounted(mp):
+            unifs("umount", "--force", str(mp))
+
+
 def test_force_unmount_of_a_hung_daemon_says_where_open_files_are_kept(mounter, flaky, tmp_path):
     mp = tmp_path / "mnt-hung"
     cfg = _mount_bg(mounter, flaky, mp)

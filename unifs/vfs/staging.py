@@ -8,7 +8,8 @@ restarted daemon can resume. Sidecar states:
 - "open": an application has the file open. A daemon that dies now leaves it
   as "orphaned": kept, listed, never uploaded by itself, because the
   application may have been half-way through writing it and an upload would
-  replace a good object with a torn one.
+  replace a good object with a torn one. A daemon that stops (not dies) counts a file its
+  application closed or fsynced, and did not change after, as closed (Writes.close).
 - "pending": closed (or fsynced) with changes the store does not have yet;
   uploaded in the background with backoff, also after a restart.
 - "failed": the store rejected the upload as such (a 4xx such as KeyTooLong): kept and
@@ -68,6 +69,7 @@ class StagedFile:
         self.upload_lock = threading.Lock()   # one upload (or rename/unlink) at a time
         self.gen = gen                        # bumped on every change
         self.uploaded_gen = 0
+        self.flushed_gen = -1  # gen at the application's last close() or fsync (Writes.flush)
         self.opens = 0  # writers, and the truncate(path) and rename calls that hold it
         self.readers = 0  # read-only handles reading it (Writes.attach, attach_reader)
         self.deleted = False
@@ -170,12 +172,13 @@ class StagedFile:
                 raise OSError(errno.EIO, "cannot record a change of the staged file", self.meta_path)
 
     # -- sidecar -----------------------------------------------------------------
-    def save(self) -> None:
+    def save(self, closed: bool = False) -> None:
+        """closed: recorded as closed although a handle is open (see Writes.close)."""
         # under the content lock: "clean" and recorded_clean must describe the same moment as
         # the data file, or a write landing between them is acknowledged without a sidecar
         # rewrite and a later recovery drops it
         with self.lock:
-            state = OPEN if self.opens > 0 else FAILED if self.rejected else PENDING
+            state = OPEN if self.opens > 0 and not closed else FAILED if self.rejected else PENDING
             self.area.write_sidecar(self, state)
 
     def drop_record(self, deleted: bool = False) -> None:

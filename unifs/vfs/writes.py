@@ -420,6 +420,7 @@ class Writes:
 
     def flush(self, st: StagedFile) -> None:
         """Upload if changed; EIO (data kept) if the store cannot take it."""
+        st.flushed_gen = st.gen  # the application's own close() or fsync: this content is meant
         if st.write_error:
             raise _err(st.write_error, st.path, "an earlier write to this file failed locally; "
                        "it is not uploaded (the store keeps its previous content)")
@@ -1240,10 +1241,13 @@ class Writes:
         self._fresh.shutdown(wait=False, cancel_futures=True)
         pending, still_open = [], []
         for st in self.all_staged():
+            # closed (or fsynced) by its application and unchanged since, its release not in
+            # yet: a close whose upload failed as the stop came was left "open", never uploaded
+            finished = st.opens > 0 and st.flushed_gen == st.gen
             if st.opens > 0 and st.dirty:
-                st.save()
+                st.save(closed=finished)
             if st.dirty and not st.deleted:
-                (still_open if st.opens > 0 else pending).append(st)
+                (still_open if st.opens > 0 and not finished else pending).append(st)
                 st.close_fd()
             else:
                 st.remove()  # nothing to recover (kept for readers, or unchanged): no stray data
