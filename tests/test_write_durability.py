@@ -282,6 +282,26 @@ def test_write_back_shows_progress_of_a_file_still_open(mounter, flaky):
     assert _in_store(flaky, "run/events.out.tfevents") == b"step 1\nstep 2\nstep 3\n"
 
 
+def test_write_back_shows_progress_of_a_log_written_without_pauses(mounter, flaky):
+    # a line every 0.3 s never gave the writer the 1 s pause write-back waited for: readers
+    # of the store saw nothing until the job ended (write_back 1s: at least every 6 s)
+    import time
+
+    mp = _mount(mounter, flaky)
+    seen = None
+    with open(mp / "c/train.log", "w") as f:
+        end = time.monotonic() + 20
+        step = 0
+        while time.monotonic() < end and not seen:
+            f.write(f"step {step} loss 0.{step:04d}\n")
+            f.flush()
+            step += 1
+            time.sleep(0.3)
+            seen = _in_store(flaky, "run/train.log")
+    assert seen and seen.startswith(b"step 0 loss 0.0000\n"), seen
+    assert _in_store(flaky, "run/train.log") == (mp / "c/train.log").read_bytes()
+
+
 def test_full_local_disk_gives_enospc_and_uploads_nothing(mounter, seaweed, dataset, tiny_staging):
     from conftest import SCRATCH
 

@@ -59,6 +59,10 @@ class _Hidden:
     # already on its way, removed the new object uploaded right after (seen under load)
     lock: threading.Lock = field(default_factory=threading.Lock)
 WRITE_BACK_QUIET = 1.0  # seconds without writes before a file still open is written back
+# a small new file written without pauses (a log line every step) is written back at least
+# every this many write_back intervals all the same: its readers saw nothing until the job ended
+WRITE_BACK_STREAM_FACTOR = 6
+WRITE_BACK_STREAM_MAX = 64 << 20  # bytes: bigger ones being streamed are checkpoints, not logs
 
 
 def _err(code: int, path: str, why: str = "") -> OSError:
@@ -592,8 +596,10 @@ class Writes:
                 # close/fsync, so a good previous version is never replaced by a partial one
                 mount, _ = self.fs.ns.resolve(st.path)
                 wb = mount.entry.write_back if mount is not None else 0
-                if wb <= 0 or st.replaces_object or now - st.last_write < WRITE_BACK_QUIET \
-                        or now - st.last_upload < wb or now < st.next_retry:
+                streamed = now - st.last_write < WRITE_BACK_QUIET
+                if streamed and st.size <= WRITE_BACK_STREAM_MAX:
+                    streamed = now - st.last_upload < wb * WRITE_BACK_STREAM_FACTOR
+                if wb <= 0 or st.replaces_object or streamed or now - st.last_upload < wb or now < st.next_retry:
                     continue
             self.pool.submit(self._background_upload, st)
 
