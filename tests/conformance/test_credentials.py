@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import unifs
 from unifs.devstores.azurite import ACCOUNT, connection_string
 
@@ -64,20 +66,27 @@ def test_unreachable_endpoints_fail_the_mount_at_once(mounter, tmp_path):
         assert f"mount {path}" in lines[0] and f"cannot connect to 127.0.0.1:{port}" in lines[0]
 
 
-def test_s3_credentials_and_endpoint_from_the_environment(mounter, seaweed, tmp_path):
-    # an http:// AWS_ENDPOINT_URL failed every request of the obstore client ("builder error")
+@pytest.mark.parametrize("var", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"])
+def test_s3_credentials_and_endpoint_from_the_environment(mounter, seaweed, tmp_path, var):
+    # an http:// AWS_ENDPOINT_URL failed every request of the obstore client ("builder error");
+    # with AWS_ENDPOINT, which botocore does not read, a directory rename (listed through s3fs)
+    # went to AWS
     import os
 
     seaweed.create_bucket("envcreds")
-    seaweed.put_many("envcreds", {"d/x": b"from the environment"})
-    cfg = mounter.write_table({"mounts": [{"path": "/e", "url": "s3://envcreds/d", "read_only": True}]})
+    seaweed.put_many("envcreds", {f"{var}/d/x": b"from the environment"})
+    cfg = mounter.write_table({"mounts": [{"path": "/e", "url": f"s3://envcreds/{var}"}],
+                               "write": {"staging_dir": str(tmp_path / "st")}})
     mp = tmp_path / "mp"
     mp.mkdir()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=seaweed.access_key, AWS_SECRET_ACCESS_KEY=seaweed.secret_key,
-               AWS_ENDPOINT_URL=seaweed.endpoint, AWS_REGION="us-east-1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=seaweed.access_key, AWS_SECRET_ACCESS_KEY=seaweed.secret_key,
+               AWS_REGION="us-east-1", **{var: seaweed.endpoint})
     res = unifs("mount", str(mp), "--config", str(cfg), env=env)
     assert res.returncode == 0, res.stderr
     try:
-        assert (mp / "e/x").read_bytes() == b"from the environment"
+        assert (mp / "e/d/x").read_bytes() == b"from the environment"
+        os.rename(mp / "e/d", mp / "e/d2")
+        assert (mp / "e/d2/x").read_bytes() == b"from the environment"
     finally:
         unifs("umount", str(mp), check=True)

@@ -19,14 +19,15 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
                   retries=settings.retries)
     from unifs.stores.fsspec_store import FsspecStore
 
+    options = _with_env_endpoint(entry.options) if scheme in ("s3", "s3a") else entry.options
     if scheme in ("s3", "s3a") and entry.client in ("auto", "obstore"):
         from unifs.stores.obstore_s3 import ObstoreS3Store, map_s3_options, s3fs_options
 
-        cfg = map_s3_options(entry.options)
+        cfg = map_s3_options(options)
         if cfg is not None:
             log.debug("mount %s: S3 data path through obstore", entry.path)
             return ObstoreS3Store(entry.url, cfg, **common,
-                                  fallback=lambda: FsspecStore(entry.url, s3fs_options(entry.options), **common))
+                                  fallback=lambda: FsspecStore(entry.url, s3fs_options(options), **common))
         if entry.client == "obstore":
             from unifs.stores.obstore_s3 import unmappable_s3_option
 
@@ -38,4 +39,19 @@ def open_store(entry: MountEntry, settings: StoreSettings) -> Store:
         from unifs.stores.http_store import HttpStore
 
         return HttpStore(entry.url, entry.options, **common)
-    return FsspecStore(entry.url, entry.options, **common)
+    return FsspecStore(entry.url, options, **common)
+
+
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+
+
+def _with_env_endpoint(options: dict) -> dict:
+    """An S3 endpoint from the environment, given to every client alike: obstore refused an
+    http:// one it read itself (no allow_http: "builder error"), and botocore, behind the
+    listings of directory renames, knows no AWS_ENDPOINT and went to AWS instead."""
+    import os
+
+    if options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url"):
+        return options
+    found = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    return dict(options, endpoint_url=found) if found else options

@@ -104,8 +104,8 @@ def _map_s3_options(options: dict[str, Any]) -> tuple[Optional[dict[str, Any]], 
             cfg["secret_access_key"] = v
         else:
             return None, f"client_kwargs.{k}"
-    if "endpoint" in cfg:
-        cfg.setdefault("region", "us-east-1")
+    if "endpoint" in cfg:  # S3-compatible servers mostly ignore it; the signature needs one
+        cfg.setdefault("region", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     return cfg, None
 
 
@@ -121,9 +121,6 @@ def _s3fs_for_unparseable_keys(method):
                 raise
             return getattr(fallback, method.__name__)(*args, **kwargs)
     return wrapper
-
-
-_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 
 
 def _ts(v) -> float:
@@ -143,13 +140,7 @@ class ObstoreS3Store:
         bucket, _, prefix = rest.partition("/")
         self.bucket = bucket
         prefix = prefix.strip("/")
-        endpoint = str(config.get("endpoint") or "")
-        if not endpoint:
-            # the environment's endpoint, as botocore reads it: the client takes it too, but
-            # over http:// only with allow_http, which was false ("builder error")
-            endpoint = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), "")
-            if endpoint:
-                config = dict(config, endpoint=endpoint)
+        endpoint = str(config.get("endpoint") or "")  # from the environment too (open_store)
         self.endpoint = endpoint
         client_options = {"timeout": f"{int(timeout * 1000)}ms",
                           "connect_timeout": f"{int(connect_timeout * 1000)}ms",
