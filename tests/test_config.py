@@ -466,7 +466,9 @@ def test_an_azure_endpoint_option_adlfs_would_ignore_is_refused(name):
     assert "connection_string" in e.value.problems[0]
 
 
-@pytest.mark.parametrize("value,env,name", [("$S3_KEY", {}, "S3_KEY"), ("file://$DATA/x", {"DATA": "/d"}, "DATA")])
+@pytest.mark.parametrize("value,env,name", [("$S3_KEY", {}, "S3_KEY"), ("file://$DATA/x", {"DATA": "/d"}, "DATA"),
+                                            ("${PFX:-$DATA/runs}", {"DATA": "/d"}, "DATA"),
+                                            ("${PFX:-$S3_KEY}", {}, "S3_KEY")])
 def test_a_shell_style_reference_is_refused(value, env, name):
     # `key: $S3_KEY` went to the store as that text: "config check" said OK, the mount 403
     from unifs.config import parse_table
@@ -479,6 +481,8 @@ def test_a_shell_style_reference_is_refused(value, env, name):
     t = parse_table("mounts:\n  - path: /a\n    url: s3://b\n    options: {key: 'pa$word', secret: '$$S3_KEY'}\n",
                     env={})
     assert t.mounts[0].options == {"key": "pa$word", "secret": "$S3_KEY"}
+    t = parse_table("mounts:\n  - path: /a\n    url: s3://b\n    options: {key: '${A:-x}$B', secret: s}\n", env={})
+    assert t.mounts[0].options["key"] == "x$B"  # not the whole value, not a set variable: text
 
 
 def test_a_reference_inside_a_default_is_refused_not_kept_as_text():

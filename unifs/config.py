@@ -171,10 +171,12 @@ class _Interpolation:
         """A shell-style $NAME, which unifs does not expand: the whole value (`key: $S3_KEY` went
         to the store as that text, refused as a wrong key), or a name set in the environment
         (`file://$HOME/data`). Other `$` stay text (a password `pa$word`)."""
-        rest = _VAR.sub("", node)
-        for m in _BARE.finditer(rest):
-            if m.group(0) == rest.strip() or m.group(1) in self.env:
-                return m.group(1)
+        # outside the references, and in their defaults (the shell expands `${X:-$HOME/runs}`)
+        parts = [(_VAR.sub("", node), node)] + [(d, d) for d in (m.group(2) for m in _VAR.finditer(node)) if d]
+        for text, whole in parts:
+            for m in _BARE.finditer(text):
+                if m.group(0) == whole.strip() or m.group(1) in self.env:
+                    return m.group(1)
         return None
 
     def _value(self, m, loc):
