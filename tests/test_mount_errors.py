@@ -244,7 +244,8 @@ def test_a_broken_gcs_credentials_file_is_named(tmp_path):
                    '"token_uri": "https://oauth2.googleapis.com/token"}')
     res = unifs("mount", str(tmp_path / "mp"), "--config", str(cfg))
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "private_key cannot be read" in res.stderr and "refresh_token" not in res.stderr, res.stderr
+    assert "service account key google-auth refuses" in res.stderr and "refresh_token" not in res.stderr, res.stderr
+    assert "GARBAGE" not in res.stderr
     # token: cloud off Google Cloud was "cannot create the store client: ValueError: " and nothing
     cfg.write_text("mounts:\n  - path: /g\n    url: gs://bucket/x\n    options:\n      token: cloud\n"
                    "      endpoint_url: http://127.0.0.1:9\n")

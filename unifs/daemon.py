@@ -180,6 +180,19 @@ def _libfuse_major() -> int:
     return mfusepy.fuse_version_major
 
 
+def _service_account_problem(info: dict) -> str:
+    """What google-auth says of a service account key (a field it misses, a key it cannot
+    read), in one line."""
+    try:
+        from google.oauth2 import service_account
+
+        service_account.Credentials.from_service_account_info(info)
+    except Exception as e:  # noqa: BLE001 - only for the message
+        text = " ".join(str(e).split()) or type(e).__name__
+        return text[:200]
+    return "it was not accepted"
+
+
 def _credentials_file_problem(entry, exc: Exception) -> Optional[str]:
     """gcsfs reads a credentials file named by `token` and fails with a bare KeyError on the
     field it misses ("KeyError: 'refresh_token'")."""
@@ -196,7 +209,7 @@ def _credentials_file_problem(entry, exc: Exception) -> Optional[str]:
                 lacks = [k for k in ("private_key", "client_email") if not info.get(k)]
                 # both there: gcsfs could not use the key and went on to read it as a user's file
                 missing = f" (a service account key without {' and '.join(map(repr, lacks))})" if lacks \
-                    else " (a service account key whose private_key cannot be read)"
+                    else f" (a service account key google-auth refuses: {_service_account_problem(info)})"
         except (OSError, ValueError):
             pass
         return (f"options.token names a file that holds no usable credentials{missing}: give a "
