@@ -203,17 +203,19 @@ def test_cache_commands_with_nothing_mounted_say_so(tmp_path):
         _one_line_error(unifs(*args, env=env), "no live unifs mounts")
 
 
-@pytest.mark.parametrize("where", ["parent", "itself"])
+@pytest.mark.parametrize("where", ["parent", "itself", "inside"])
 def test_a_local_directory_holding_the_mount_point_is_refused(tmp_path, where):
-    # it showed itself inside itself without end; a lookup deep down waited on the daemon's
-    # own FUSE answer and the reader hung in D state, unkillable
+    # it showed itself inside itself without end (or the mount hid it from the daemon): a
+    # lookup waited on the daemon's own FUSE answer and the reader hung in D state, unkillable
     mp = tmp_path / "mnt"
     mp.mkdir()
-    url = f"file://{tmp_path if where == 'parent' else mp}"
+    (mp / "sub").mkdir()
+    url = f"file://{ {'parent': tmp_path, 'itself': mp, 'inside': mp / 'sub'}[where]}"
     cfg = tmp_path / "m.yaml"
     cfg.write_text(f"mounts:\n  - path: /home\n    url: {url}\n    read_only: true\n"
                    f"cache: {{dir: {tmp_path / 'c'}}}\nwrite: {{staging_dir: {tmp_path / 's'}}}\n")
-    _one_line_error(unifs("mount", str(mp), "-c", str(cfg)), "mount /home", "holds the mount point")
+    res = unifs("mount", str(mp), "-c", str(cfg), "-o", "nonempty")
+    _one_line_error(res, "mount /home", "inside the mount point" if where == "inside" else "holds the mount point")
 
 
 def test_every_problem_of_a_table_is_one_prefixed_line(tmp_path):

@@ -83,11 +83,15 @@ def check_local_dirs(mountpoint: str, table: MountTable) -> None:
             from fsspec.implementations.local import LocalFileSystem
 
             root = os.path.realpath(LocalFileSystem._strip_protocol(m.url))
+            # holding the mount point it would show itself inside itself without end, inside it
+            # the mount hides it from the daemon: either way a lookup waited on the daemon's own
+            # FUSE answer (a reader stuck in D state, unkillable)
             if under(mp, root):
-                # it would show itself inside itself without end: a lookup deep down it
-                # waited on the daemon's own FUSE answer (a reader stuck in D state)
                 raise UserError(f"mount {m.path} ({m.url}): the directory holds the mount point {mountpoint}; "
                                 "choose a directory that does not contain it")
+            if under(root, mp):
+                raise UserError(f"mount {m.path} ({m.url}): the directory is inside the mount point {mountpoint}; "
+                                "the mount would hide it: choose a directory outside it")
 
 
 def check_log_file(log_file: str) -> None:
