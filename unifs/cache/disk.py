@@ -208,6 +208,7 @@ class DiskTier:
         self._outside = 0
         self._hits = self._misses = self._evictions = self._corrupt = self._write_errors = 0
         self._delete_errors = 0
+        self._last_delete_error = ""
         self._disk_full = 0
         self._closed = False
         self._remake_lock = threading.Lock()
@@ -513,10 +514,10 @@ class DiskTier:
             self._outside += size
         return blocks
 
-    def _delete(self, doomed: List[Tuple[BlockId, int]]) -> Optional[OSError]:
-        """Returns the first error of files that could not be removed (a read-only or failing
-        disk). They are forgotten all the same: still counted, their bytes and busy ids stayed
-        for good, and the tier kept nothing more until a restart."""
+    def _delete(self, doomed: List[Tuple[BlockId, int]]) -> None:
+        """Files that cannot be removed (a read-only or failing disk) are forgotten all the
+        same, counted in stats (`delete_problem`): still counted as held, their bytes and busy
+        ids stayed for good, and the tier kept nothing more until a restart."""
         failed = [e for e in (_unlink(self._path(bid)) for bid, _ in doomed) if e is not None]
         with self._lock:
             for bid, size in doomed:
@@ -524,12 +525,15 @@ class DiskTier:
                 self._outside -= size
             first = not self._delete_errors and bool(failed)
             self._delete_errors += len(failed)
-        if not failed:
-            return None
+            if failed:
+                self._last_delete_error = f"{failed[0].strerror}: {failed[0].filename}"
         if first:  # a failing disk would otherwise log once per block
             log.warning("cannot remove cache block files (further errors counted in stats): %s", failed[0])
-        return OSError(failed[0].errno, f"{len(failed)} cached block file(s) could not be removed "
-                                        f"({failed[0].strerror})", failed[0].filename)
+
+    def delete_problem(self) -> Tuple[int, str]:
+        """Block files that could not be removed so far, and the last one's error."""
+        with self._lock:
+            return self._delete_errors, self._last_delete_error
 
     def _remove_locked(self, bids: List[BlockId]) -> List[Tuple[BlockId, int]]:
         return self._doom_locked([(bid, self._index.remove(bid)[1]) for bid in bids])
@@ -546,9 +550,7 @@ class DiskTier:
         """Delete blocks in `store` (None: all stores) under `key_prefix`; return how many."""
         with self._lock:
             doomed = self._remove_locked(self._index.matching(store, key_prefix))
-        failed = self._delete(doomed)
-        if failed is not None:
-            raise failed
+        self._delete(doomed)
         return len(doomed)
 
     # ------------------------------------------------------------------ the rest

@@ -284,6 +284,10 @@ class BlockCache:
         if self.disk is not None:
             self.disk.drop_object(store, key, keep_version)
 
+    def delete_problem(self) -> tuple:
+        """(block files the disk tier could not remove so far, the last one's error)."""
+        return self.disk.delete_problem() if self.disk is not None else (0, "")
+
     def clear(self, store: Optional[str] = None, key_prefix: Optional[str] = None) -> None:
         """Drop blocks in `store` (None: every store) under `key_prefix` (None: every key)."""
         self.flush(store, key_prefix=key_prefix)

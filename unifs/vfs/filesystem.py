@@ -813,6 +813,7 @@ class FileSystem:
         touched = 0
         with self._lock:
             self._failed.clear()
+        undeletable = self.cache.delete_problem()[0] if self.cache is not None else 0
         if self.cache is not None:
             for m in self.ns.mounts:
                 if under(m.path, path):
@@ -841,6 +842,13 @@ class FileSystem:
         if self.kernel_invalidate is not None:
             for p in sorted(known, key=len, reverse=True):
                 self.kernel_invalidate(p)
+        if self.cache is not None:
+            # said once all is dropped (a failure part-way left later mounts and the metadata
+            # uncleared); the blocks themselves are forgotten, their files stay on the disk
+            count, last = self.cache.delete_problem()
+            if count > undeletable:
+                raise OSError(errno.EIO, f"{count - undeletable} cached block file(s) could not be removed "
+                                         f"({last}); their blocks are dropped all the same")
         return touched
 
     # -- bookkeeping after changes -------------------------------------------------
