@@ -844,8 +844,8 @@ def _pydantic_problem(err: dict) -> tuple[tuple, str]:
 
 # pydantic's "Input should be a valid string" and the like, in the table's own words
 _TYPE_WORDS = {"string_type": "text (quote it)", "bool_type": "true or false", "bool_parsing": "true or false",
-               "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
-               "float_parsing": "a number"}
+               "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+               "float_type": "a number", "float_parsing": "a number"}
 
 
 def _suggest(key, err) -> str:

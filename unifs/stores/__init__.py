@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from unifs.config import MountEntry, StoreSettings
 from unifs.errors import UserError
@@ -49,8 +50,6 @@ def _with_env_endpoint(options: dict) -> dict:
     """An S3 endpoint from the environment, given to every client alike: obstore refused an
     http:// one it read itself (no allow_http: "builder error"), and botocore, behind the
     listings of directory renames, knows no AWS_ENDPOINT and went to AWS instead."""
-    import os
-
     if options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url"):
         return options
     found = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)

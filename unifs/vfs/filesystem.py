@@ -176,9 +176,14 @@ class FileSystem:
         return attr
 
     def _kept_dir_or_enoent(self, path: str, mount: Mount) -> Attr:
-        if self.writes.keeps_below(path):
-            return Attr.directory(mount.read_only)
-        raise _err(errno.ENOENT, path)
+        attr = self._kept_dir(path, mount)
+        if attr is None:
+            raise _err(errno.ENOENT, path)
+        return attr
+
+    def _kept_dir(self, path: str, mount: Mount) -> Optional[Attr]:
+        """A name the store does not have is still a directory while the daemon keeps one below it."""
+        return Attr.directory(mount.read_only) if self.writes.keeps_below(path) else None
 
     def asked_store_lately(self, path: str, within: float = 2.0) -> bool:
         """The store said "no such name" to a lookup of path within the last `within` seconds
@@ -193,7 +198,7 @@ class FileSystem:
         if local is not None:
             return local
         attr = self._lookup(path, mount, key)
-        return Attr.directory(mount.read_only) if attr is None and self.writes.keeps_below(path) else attr
+        return attr if attr is not None else self._kept_dir(path, mount)
 
     def _lookup(self, path: str, mount: Mount, key: str, flag_change: bool = True) -> Optional[Attr]:
         """A name that is both an object and a prefix ("a" and "a/b") is a directory, as in a

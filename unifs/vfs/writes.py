@@ -241,7 +241,7 @@ class Writes:
             raise _err(errno.EROFS, path)
         if not mount.store.has_dirs and len(_b(_full_key(mount, key))) > MAX_KEY_BYTES:
             raise _err(errno.ENAMETOOLONG, path, f"the store's keys are at most {MAX_KEY_BYTES} bytes")
-        if len(posixpath.basename(path).encode("utf-8", "surrogateescape")) > NAME_MAX:
+        if len(_b(posixpath.basename(path))) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG, path, f"file names are at most {NAME_MAX} bytes")
         if self.fs.ns.is_virtual_dir(path) and key == "" and not self.fs.ns.is_mount_point(path):
             raise _err(errno.EROFS, path)
