@@ -10,6 +10,7 @@ the upstream are rewritten to the proxy, so resumable GCS uploads keep coming th
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,6 +136,11 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def upstream_port(options: dict) -> int:
+    """The port of the local store an entry's options point at (endpoint or connection string)."""
+    return int(re.search(r"127\.0\.0\.1:(\d+)", str(options)).group(1))
 
 
 def via(options: dict, upstream: int, proxy: int) -> dict:

@@ -297,12 +297,11 @@ def test_warmup_loads_a_file_the_page_cache_still_holds(mounter, objects, tmp_pa
 
 def test_warmup_fails_on_a_directory_it_cannot_list(mounter, seaweed, objects, tmp_path):
     # os.walk skipped a directory whose listing failed (EIO): "warmed 0 file(s)", exit 0
-    import re
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
 
     def rule(method, path, headers):
         return 503 if method == "GET" and "list-type" in path and "bulk" in path else None
@@ -345,14 +344,13 @@ def test_warmup_warns_of_a_mount_with_cache_none(mounter, objects, tmp_path):
 
 def test_warmup_warns_first_and_stops_on_ctrl_c(mounter, seaweed, objects, tmp_path):
     # the warning came after all the reads, and Ctrl-C waited for every queued file
-    import re
     import signal
     import sys
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     # slow GETs: on a loaded machine the warmup must still be running when Ctrl-C comes
     with FaultProxy(upstream, delays={"GET": 1.0}) as proxy:
         mp = _mount(mounter, tmp_path, cache={"mode": "ram", "ram": "8MiB"}, options=dict(

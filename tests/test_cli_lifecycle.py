@@ -450,14 +450,13 @@ def test_allow_other_lets_other_users_read_but_not_change(mounter, dataset, tmp_
 def test_two_mounts_of_one_point_at_once_do_not_stack(mounter, dataset, tmp_path):
     # both passed the "already mounted" check while the store was slow to answer, and both
     # mounted: stacked mounts sharing one state file and staging directory
-    import re
     import subprocess
     import sys
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     with FaultProxy(upstream, get_delay=1.5) as proxy:
         entry = mounter.s3_entry("/data", f"s3://{BUCKET}")
         entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))
@@ -481,11 +480,10 @@ def test_two_mounts_of_one_point_at_once_do_not_stack(mounter, dataset, tmp_path
 def test_a_lazily_unmounted_daemon_ending_while_the_next_one_starts(mounter, dataset, tmp_path):
     # the next daemon writes its state file only once mounted: an old daemon ending before that
     # took the shared log (and control socket) for its own and removed them
-    import re
     import subprocess
     import sys
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
     from unifs.mountinfo import log_file, state_file
 
     mp = tmp_path / "mp"
@@ -497,7 +495,7 @@ def test_a_lazily_unmounted_daemon_ending_while_the_next_one_starts(mounter, dat
     held = open(mp / "data/images/class_0/img_00000.jpg", "rb")
     unifs("umount", "--lazy", str(mp), check=True)
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     with FaultProxy(upstream, get_delay=2.0) as proxy:  # the next mount's store checks take seconds
         entry = mounter.s3_entry("/data", f"s3://{BUCKET}", read_only=True)
         entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))

@@ -257,16 +257,15 @@ def test_a_broken_gcs_credentials_file_is_named(tmp_path):
 def test_a_failed_lookup_is_not_asked_of_the_store_again_at_once(mounter, dataset, tmp_path):
     # the kernel follows a failed revalidation of a name it knew with a fresh lookup: with the
     # store down a stat of a known file took two rounds of timeouts and retries
-    import re
     import threading
     import time
 
     from conftest import SCRATCH
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     mounter.seaweed.put_many(SCRATCH, {"lookup-twice/f": b"1"})
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     broken = threading.Event()
 
     def rule(method, path, headers):

@@ -169,16 +169,15 @@ def test_many_readers_wait_on_the_store_at_once(mounter, seaweed):
     """A store far away: every GET takes a while, and 32 programs read different files. The
     mount must let more than 10 of them wait on the store at the same time (libfuse 3 serves at
     most 10 requests at once unless told otherwise)."""
-    import re
     from concurrent.futures import ThreadPoolExecutor
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     from conftest import SCRATCH
 
     seaweed.put_many(SCRATCH, {f"slow/f{i:03d}": str(i).encode() * 100 for i in range(64)})
     opts = seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     with FaultProxy(upstream, get_delay=0.3) as proxy:
         entry = {"path": "/s", "url": f"s3://{SCRATCH}/slow", "read_only": True, "prefetch": False,
                  "options": dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))}

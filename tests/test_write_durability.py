@@ -71,6 +71,12 @@ def _status(mp) -> dict:
     return rows[0]
 
 
+def _stop_daemon(pid: int, sig: int, timeout: float = 10.0) -> None:
+    os.kill(pid, sig)
+    assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0,
+                    timeout=timeout)
+
+
 def _in_store(server, key):
     """The object's bytes, or None while it is absent or the store cannot serve it yet (a
     SeaweedFS just restarted, or a background upload of the key in progress, can answer 500)."""
@@ -146,8 +152,7 @@ def test_killed_daemon_resumes_pending_uploads(mounter, flaky, tmp_path):
         os.write(held, b"partial")
         _write_across_outage(mp / "c/model.keras", data, flaky)
         pid = _status(mp)["pid"]
-        os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        _stop_daemon(pid, signal.SIGKILL)
         left = {p["path"]: p["state"] for p in _status(mp)["pending"]}
         assert left == {"/c/model.keras": "pending", "/c/held.log": "orphaned"}, left
         res = unifs("umount", str(mp))  # the stale mount of the dead daemon
@@ -544,8 +549,7 @@ def test_an_append_made_while_the_store_was_down_stays_unchecked_across_a_daemon
             with open(mp / "c/app.log", "a") as f:
                 f.write("mine\n")
         pid = _status(mp)["pid"]
-        os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        _stop_daemon(pid, signal.SIGKILL)
         unifs("umount", str(mp))
         flaky.restart()
         unifs("mount", str(mp), "--config", str(cfg), check=True)
@@ -700,8 +704,7 @@ def test_a_daemon_stopped_after_an_upload_but_before_the_release_keeps_no_stale_
         os.write(fd_changed, changed)
         os.fsync(fd_changed)
         os.write(fd_changed, b"more")  # not in the store: must be kept
-        os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0)
+        _stop_daemon(pid, signal.SIGKILL)
         for fd in (fd_done, fd_changed):
             try:
                 os.close(fd)
@@ -739,9 +742,7 @@ def test_a_file_whose_close_failed_as_the_daemon_stopped_is_uploaded_by_the_next
         with pytest.raises(OSError):
             os.close(os.dup(fd2))
         os.write(fd2, b"written after its close: still being written")
-        os.kill(pid, signal.SIGTERM)
-        assert wait_for(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0,
-                        timeout=60)
+        _stop_daemon(pid, signal.SIGTERM, timeout=60)
         for d in (fd, fd2):
             try:
                 os.close(d)
@@ -796,17 +797,16 @@ def test_a_rejected_upload_cleared_by_hand_then_written_again_uploads(mounter, s
     # design.md: a rejected ("failed") staged file stays until the user deletes its .data and
     # .json. Deleted while the daemon ran, the daemon kept serving the deleted copy and took
     # new writes into it: `echo > f` returned 0 and nothing reached the store, ever
-    import re
 
     from conftest import SCRATCH
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     reject = {"on": True}
 
     def rule(method, path, headers):
         return 400 if reject["on"] and method in ("PUT", "POST") and "rejectme" in path else None
     opts = seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     with FaultProxy(upstream, rule=rule) as proxy:
         entry = mounter.s3_entry("/c", f"s3://{SCRATCH}/rejects")
         entry["options"] = dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))

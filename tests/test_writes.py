@@ -576,13 +576,12 @@ def test_a_file_unlinked_while_open_stays_gone_after_its_last_close(rw, seaweed)
 def test_a_name_reused_while_its_unlinked_object_is_being_deleted(mounter, seaweed, dataset):
     # the last close of a file unlinked while open deletes its object; a new file of the same
     # name written meanwhile was uploaded first and then deleted by that slower DELETE: gone
-    import re
     import time
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     # obstore deletes with a POST ?delete (DeleteObjects); small uploads are one PUT
     with FaultProxy(upstream, delays={"POST": 1.5, "DELETE": 1.5}) as proxy:
         entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/reuse")
@@ -669,12 +668,11 @@ def test_files_appended_to_while_their_directory_is_listed_keep_every_byte(mount
 def test_a_directory_rename_the_store_breaks_off_shows_both_halves_at_once(mounter, dataset):
     # after a directory rename failed half-way the mount listed every name under the old
     # directory (reads of the moved ones: ESTALE) and the new one was ENOENT, until the TTL
-    import re
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
 
     def rule(method, path, headers):  # the copy of one object fails, every time
         return 403 if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} \
@@ -703,12 +701,11 @@ def test_a_directory_rename_the_store_breaks_off_shows_both_halves_at_once(mount
 def test_a_file_being_written_goes_back_with_a_directory_rename_the_store_breaks_off(mounter, dataset):
     # it stayed under the new name, which so existed after the failed `mv`: a second `mv`
     # moved the directory into it, one level down
-    import re
 
-    from faultproxy import FaultProxy, via
+    from faultproxy import FaultProxy, via, upstream_port
 
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     broken = threading.Event()
 
     def rule(method, path, headers):
@@ -739,12 +736,11 @@ def test_a_file_being_written_goes_back_with_a_directory_rename_the_store_breaks
 def test_a_directory_rename_stops_at_the_first_move_the_store_fails(mounter, dataset):
     # every move went on after one had failed, each with the store's full timeout and retries:
     # 300 objects on a hung store kept `mv` (and a FUSE thread) busy for 404 s, 75 min with defaults
-    import re
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     broken = threading.Event()
 
     def rule(method, path, headers):
@@ -770,12 +766,11 @@ def test_a_directory_rename_the_store_breaks_off_is_undone(mounter, dataset, lan
     # stopping at the first failed move left part of the tree under the new name: `mv` then
     # moved the rest into it, one level down, and exited 0 (a store that hung for 12 s).
     # landed: the failed copy was done in the store (its answer lost, as a timeout's)
-    import re
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     allowed = [10]
     lock = threading.Lock()
 
@@ -924,12 +919,11 @@ def test_files_created_in_a_known_directory_ask_the_store_nothing_before_their_u
     # each new file of a checkpoint directory cost a HEAD and a LIST (the kernel's lookup of
     # its name) besides its upload: the directory was made here, or listed, and the first
     # create dropped that listing
-    import re
 
-    from faultproxy import FaultProxy
+    from faultproxy import FaultProxy, upstream_port
 
     opts = mounter.seaweed.mount_options()
-    upstream = int(re.search(r":(\d+)", opts["endpoint_url"].split("//", 1)[1]).group(1))
+    upstream = upstream_port(opts)
     mounter.seaweed.put_many(SCRATCH, {"known/listed/old.txt": b"old"})
     with FaultProxy(upstream) as proxy:
         entry = mounter.s3_entry("/w", f"s3://{SCRATCH}/known", options=dict(

@@ -6,7 +6,6 @@ Each test starts its own emulator, since it stops it half-way."""
 from __future__ import annotations
 
 import errno
-import re
 import os
 
 import pytest
@@ -75,10 +74,10 @@ def test_a_store_trickling_its_answer_gives_eio_not_a_hang(mounter, _providers, 
     # each socket read got its answer within the timeout, so only a bound on the whole request
     # ends it: on GCS a 4 MiB block read at 64 KiB/s held the reader (and a FUSE thread) for a
     # minute per try, and finished, however slow
-    from faultproxy import FaultProxy, via
+    from faultproxy import FaultProxy, via, upstream_port
 
     provider = _providers(kind)
-    upstream = int(re.search(r"127\.0\.0\.1:(\d+)", str(provider.options())).group(1))
+    upstream = upstream_port(provider.options())
     provider.put_many({f"trickle/{kind}/big": os.urandom(12 << 20)})
     with FaultProxy(upstream) as proxy:
         entry = provider.entry("/t", f"trickle/{kind}")
@@ -95,10 +94,10 @@ def test_a_store_trickling_its_answer_gives_eio_not_a_hang(mounter, _providers, 
 def test_a_listing_of_many_pages_is_bounded_per_page_not_as_a_whole(mounter, _providers):
     # each page answered well within the timeout, but the whole paged listing was given one
     # timeout: a directory of 3,000 objects on GCS (3 pages) could never be listed
-    from faultproxy import FaultProxy, via
+    from faultproxy import FaultProxy, via, upstream_port
 
     provider = _providers("gcs")
-    upstream = int(re.search(r"127\.0\.0\.1:(\d+)", str(provider.options())).group(1))
+    upstream = upstream_port(provider.options())
     provider.put_many({f"pages/big/f{i:05d}": b"x" for i in range(3000)})
     with FaultProxy(upstream, get_delay=0.5) as proxy:
         entry = provider.entry("/p", "pages", read_only=True,

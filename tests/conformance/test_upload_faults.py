@@ -14,7 +14,7 @@ import re
 import pytest
 
 from conftest import sha256
-from faultproxy import FaultProxy, fail_once, via
+from faultproxy import FaultProxy, fail_once, via, upstream_port
 from unifs.stores.fsspec_store import FsspecStore
 
 MIB = 1 << 20
@@ -52,7 +52,7 @@ CASES = {
 def test_a_failed_part_is_sent_again_not_the_whole_upload(mounter, _providers, kind):
     provider = _providers(kind)
     size, pred = CASES[kind]
-    upstream = int(re.search(r"127\.0\.0\.1:(\d+)", str(provider.options())).group(1))
+    upstream = upstream_port(provider.options())
     data = os.urandom(size)
     with FaultProxy(upstream, fail_once(pred())) as proxy:
         entry = provider.entry("/w", f"upload-faults/{kind}")
