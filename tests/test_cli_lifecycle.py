@@ -57,6 +57,11 @@ def test_mount_status_umount(mounter, dataset, tmp_path):
     assert row["mounts"][0]["options"]["secret"] == "***"
     human = unifs("status", check=True).stdout
     assert str(mp) in human and mounter.seaweed.secret_key not in human
+    # seen from another run directory (another user, another UNIFS_RUN_DIR): it said "pid ?  config ?"
+    other = tmp_path / "other-run"
+    res = unifs("status", check=True, env=dict(os.environ, UNIFS_RUN_DIR=str(other)))
+    line = next(x for x in res.stdout.splitlines() if x.startswith(str(mp)))
+    assert "another run directory" in line and "?" not in line, res.stdout
     with open(row["log_file"]) as f:
         text = f.read()
     assert "FUSE threads: 10" in text  # a store on this host: libfuse's 10 FUSE threads

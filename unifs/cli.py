@@ -177,6 +177,11 @@ def status(as_json):
         click.echo("no unifs mounts")
         return
     for r in rows:
+        if r.get("other_run_dir"):
+            click.echo(f"{r['mountpoint']}  {r['state']}  started with another run directory (another user's, "
+                       "or another UNIFS_RUN_DIR): `unifs status` with that one shows its pid, table and "
+                       "uploads")
+            continue
         click.echo(f"{r['mountpoint']}  {r['state']}  pid {r['pid'] or '?'}  config {r['config'] or '?'}")
         for m in r["mounts"]:
             ro = "  (read-only)" if m.get("read_only") else ""

@@ -647,9 +647,11 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
 
 
 def _status_row(mp: str, st: dict, pid: Optional[int], state: str, pending: list) -> dict:
+    # no state: a daemon started with another run directory (another user's, or another
+    # UNIFS_RUN_DIR) keeps its pid, table and pending files there
     return {"mountpoint": mp, "pid": pid, "state": state, "config": st.get("config"),
             "log_file": st.get("log_file"), "mounts": st.get("mounts", []),
-            "staging_dir": st.get("staging_dir"), "pending": pending}
+            "staging_dir": st.get("staging_dir"), "pending": pending, "other_run_dir": not st}
 
 
 def status() -> list[dict]:
