@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import stat
@@ -22,6 +23,12 @@ PREFIX = "writes"
 
 def _store_bytes(seaweed, key: str) -> bytes:
     return bytes(obstore.get(seaweed.obstore(SCRATCH), key).bytes())
+
+
+def _open_handles(mp) -> int:
+    """Files the daemon at mp holds open: the kernel's release of a closed file comes after
+    close() returns, and an unlink, rename or truncate before it meets an open file."""
+    return json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]["open_handles"]
 
 
 def _store_keys(seaweed, prefix: str) -> set[str]:
@@ -162,7 +169,9 @@ def test_truncate_and_ftruncate(rw, seaweed):
     p = root / "t.bin"
     p.write_bytes(b"0123456789")
     os.truncate(p, 4)
-    assert _store_bytes(seaweed, f"{prefix}/t.bin") == b"0123"
+    # uploaded at once when nobody holds the file open; the kernel's release of the writer's
+    # handle comes after close() returns, and a truncate before it is uploaded in the background
+    assert wait_for(lambda: _store_bytes(seaweed, f"{prefix}/t.bin") == b"0123")
     assert p.read_bytes() == b"0123"
     with open(p, "r+b") as f:
         f.truncate(8)
@@ -182,7 +191,9 @@ def test_mkdir_rmdir_unlink(rw, seaweed):
     assert _errno_of(os.rmdir, root / "run1/ckpt.pt") == errno.ENOTDIR
     os.unlink(root / "run1/ckpt.pt")
     assert _errno_of(os.unlink, root / "run1/ckpt.pt") == errno.ENOENT
-    assert f"{prefix}/run1/ckpt.pt" not in _store_keys(seaweed, prefix)
+    # an unlink before the writer's release (which comes after close() returns) is an unlink
+    # of an open file: its object goes at that release
+    assert wait_for(lambda: f"{prefix}/run1/ckpt.pt" not in _store_keys(seaweed, prefix))
     os.rmdir(root / "run1")
     assert not (root / "run1").exists()
     assert "run1" not in os.listdir(root)
@@ -550,6 +561,7 @@ def test_unlink_and_rename_over_open_files_leave_no_hidden_objects(rw, seaweed):
     assert wait_for(lambda: (root / "t/sub/new").exists(), timeout=10)
     # a name that only looks like libfuse's, on a file nobody has open: a plain rename
     (root / "keep").write_bytes(b"precious")
+    assert wait_for(lambda: _open_handles(root.parent) == 0)  # the kernel's release comes after close()
     os.rename(root / "keep", root / ".fuse_hidden000000aa00000001")
     assert (root / ".fuse_hidden000000aa00000001").read_bytes() == b"precious"
     assert _store_bytes(seaweed, f"{prefix}/.fuse_hidden000000aa00000001") == b"precious"
@@ -625,7 +637,10 @@ def test_mknod_and_names_with_control_characters(rw, seaweed):
     o = seaweed.mount_options()
     fs = s3fs.S3FileSystem(key=o["key"], secret=o["secret"], endpoint_url=o["endpoint_url"],
                            skip_instance_cache=True)
-    assert set(fs.find(f"{SCRATCH}/{prefix}")) == {f"{SCRATCH}/{prefix}/plain", f"{SCRATCH}/{prefix}/tab\ty"}
+    want = {f"{SCRATCH}/{prefix}/plain", f"{SCRATCH}/{prefix}/tab\ty"}
+    # "new\nline" was unlinked right after its close: its object goes at the kernel's release
+    assert wait_for(lambda: fs.invalidate_cache() or set(fs.find(f"{SCRATCH}/{prefix}")) == want), \
+        fs.find(f"{SCRATCH}/{prefix}")
 
 
 def test_local_store_errors_are_immediate_and_exact(mounter, tmp_path):
@@ -831,7 +846,7 @@ def test_calls_racing_the_close_of_a_written_file_see_no_closed_descriptor(rw, s
         except OSError as e:
             errors.append(("truncate", i, e.errno))
     assert not errors, errors
-    assert _store_bytes(seaweed, f"{prefix}/t") == b"x" * 1149
+    assert wait_for(lambda: _store_bytes(seaweed, f"{prefix}/t") == b"x" * 1149)  # see test_truncate_and_ftruncate
 
     os.makedirs(root / "d")
     for n in range(3):
@@ -911,6 +926,7 @@ def test_truncate_by_path_while_a_writer_has_the_file_open_waits_for_its_close(r
         w.write(b"done")
     assert _store_bytes(seaweed, f"{prefix}/model.ckpt") == b"done" + b"GOOD" * 499
     # with nobody else writing, truncate(2) is a change of its own, uploaded at once
+    assert wait_for(lambda: _open_handles(root.parent) == 0)  # the kernel's release comes after close()
     os.truncate(root / "model.ckpt", 4)
     assert _store_bytes(seaweed, f"{prefix}/model.ckpt") == b"done"
 
