@@ -369,6 +369,60 @@ def test_a_hung_daemon_is_reported_and_force_unmounted(mounter, dataset, tmp_pat
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_daemon_waiting_on_a_stalled_store_is_busy_and_force_stops_it_cleanly(mounter, seaweed, tmp_path):
+    # every FUSE thread waiting out a store call: the daemon answered no statvfs within 3 s,
+    # so status said "hung", umount refused, and umount --force killed it (SIGKILL), leaving
+    # files its applications had closed orphaned instead of pending
+    import threading
+
+    from faultproxy import FaultProxy, upstream_port
+
+    from conftest import SCRATCH
+
+    seaweed.put_many(SCRATCH, {f"busy/f{i:03d}": b"x" * 3000 for i in range(40)})
+    opts = seaweed.mount_options()
+    upstream = upstream_port(opts)
+    with FaultProxy(upstream) as proxy:
+        entry = {"path": "/s", "url": f"s3://{SCRATCH}/busy", "read_only": True, "prefetch": False,
+                 "options": dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))}
+        cfg = mounter.write_table({"mounts": [entry], "store": {"timeout": "20s", "retries": 0}})
+        mp = tmp_path / "busy"
+        mp.mkdir()
+        unifs("mount", str(mp), "--config", str(cfg), check=True)
+        pid = next(s["pid"] for s in json.loads(unifs("status", "--json", check=True).stdout)
+                   if s["mountpoint"] == str(mp))
+        try:
+            names = sorted(os.listdir(mp / "s"))
+            proxy.get_delay = 60
+            errors = []
+
+            def read(name):
+                try:
+                    (mp / "s" / name).read_bytes()
+                except OSError as e:
+                    errors.append(e.errno)
+            readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in names]
+            for t in readers:
+                t.start()
+            assert wait_for(lambda: proxy.in_flight >= 10, timeout=10), proxy.in_flight
+            rows = json.loads(unifs("status", "--json", check=True, timeout=30).stdout)
+            assert next(r["state"] for r in rows if r["mountpoint"] == str(mp)) == "busy"
+            res = unifs("umount", "--force", str(mp), timeout=120)
+            assert res.returncode == 0 and "stopped its daemon" in res.stdout, (res.stdout, res.stderr)
+            assert "killed" not in res.stdout
+            assert not is_mounted(mp)
+            assert wait_for(lambda: not pid_alive(pid), timeout=60)
+            for t in readers:
+                t.join(60)
+            assert errors and set(errors) <= {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO}, errors
+        finally:
+            proxy.get_delay = 0
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            if is_mounted(mp):
+                unifs("umount", "--force", str(mp))
+
+
 @pytest.mark.parametrize("writable,mode", [(True, "ram"), (False, "ram"), (False, "tiered")])
 def test_remount_while_a_lazily_unmounted_daemon_still_serves(mounter, dataset, tmp_path, writable, mode):
     # `umount --lazy` detaches the mount; its daemon serves open files until they close. A new

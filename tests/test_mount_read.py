@@ -245,3 +245,49 @@ def test_a_file_is_not_a_terminal(data_mount, dataset):
         os.close(fd)
     with open(data_mount / "data/shards/big.bin", "rb") as f:  # buffered: the isatty check
         assert f.read(10) == dataset["big"][:10]
+
+
+def test_a_stalled_store_fails_the_readers_queued_behind_the_first_timeouts_at_once(mounter, seaweed):
+    """A store that stops answering (a stopped server, a link dropping packets): the FUSE threads
+    each wait out a read's timeouts and retries, and the kernel queues every other request
+    behind them. Before, each queued read then made its own attempts in turn (60 readers: 120
+    GETs, one round of timeouts per 10 of them, a cached file waiting behind all of them). Now,
+    once a read has timed out on every attempt, the others fail with EIO without asking, and
+    one read at a time tries the store again."""
+    from faultproxy import FaultProxy, upstream_port
+
+    from conftest import SCRATCH, wait_for
+
+    seaweed.put_many(SCRATCH, {f"stall/f{i:03d}": bytes([i]) * 5000 for i in range(61)})
+    opts = seaweed.mount_options()
+    upstream = upstream_port(opts)
+    gets = []
+
+    def count(method, path, headers):
+        if method == "GET" and "/stall/f" in path:
+            gets.append(path)
+    with FaultProxy(upstream, rule=count) as proxy:
+        entry = {"path": "/s", "url": f"s3://{SCRATCH}/stall", "read_only": True, "prefetch": False,
+                 "metadata_ttl": "10m",
+                 "options": dict(opts, endpoint_url=opts["endpoint_url"].replace(str(upstream), str(proxy.port)))}
+        mp = mounter.mount([entry], extra={"store": {"timeout": "1s", "retries": 1}})
+        names = sorted(os.listdir(mp / "s"))
+        assert (mp / "s" / names[0]).read_bytes() == bytes([0]) * 5000  # cached from now on
+        proxy.get_delay = 20  # every GET stalls
+        gets.clear()
+
+        def read(name):
+            try:
+                with open(mp / "s" / name, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                return e.errno
+        with ThreadPoolExecutor(60) as ex:
+            got = list(ex.map(read, names[1:]))
+        assert got == [errno.EIO] * 60, got
+        # each FUSE thread's first read: two attempts; then a try every second, one at a time
+        assert len(gets) < 60, len(gets)
+        assert (mp / "s" / names[0]).read_bytes() == bytes([0]) * 5000  # the cache answers at once
+        proxy.get_delay = 0
+        assert wait_for(lambda: read(names[1]) == bytes([1]) * 5000, timeout=30)
+        assert read(names[2]) == bytes([2]) * 5000

@@ -88,3 +88,77 @@ def test_a_rust_client_panic_is_a_refusal_not_a_crash():
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         call_store(3, "list s3://x", interrupted)
+
+
+def test_a_call_timing_out_on_every_attempt_makes_the_next_calls_fail_at_once():
+    import errno
+    import threading
+    import time
+
+    from unifs.errors import StoreStalled, StoreTimedOut
+    from unifs.stores.retry import Breaker
+
+    b = Breaker(window=0.3)
+    stalled = Flaky([StoreTimedOut("read a: timed out")] * 2)
+    with pytest.raises(StoreTimedOut):
+        call_store(1, "read a", stalled, 1, breaker=b)
+    assert stalled.calls == 2
+    never = Flaky([])
+    with pytest.raises(StoreStalled) as e:
+        call_store(3, "read b", never, 1, breaker=b)
+    assert never.calls == 0 and e.value.errno == errno.EIO and "read b" in e.value.strerror
+    # after the window one call tries the store; the others still fail at once meanwhile
+    time.sleep(0.35)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_success(v):
+        entered.set()
+        release.wait(5)
+        return v
+    t = threading.Thread(target=lambda: call_store(1, "probe", slow_success, 1, breaker=b))
+    t.start()
+    assert entered.wait(5)
+    with pytest.raises(StoreStalled):
+        call_store(1, "read c", never, 1, breaker=b)
+    release.set()
+    t.join()
+    assert call_store(1, "read d", never, 7, breaker=b) == 7  # the store answered: closed
+
+
+def test_an_answer_from_the_store_closes_the_breaker_and_other_failures_do_not_open_it():
+    from unifs.errors import StoreTimedOut
+    from unifs.stores.retry import Breaker
+
+    b = Breaker(window=0.05)
+    with pytest.raises(StoreUnavailable):  # refused at once (a stopped server): nothing queues
+        call_store(1, "read a", Flaky([StoreUnavailable("refused")] * 2), 1, breaker=b)
+    assert call_store(0, "read b", Flaky([]), 2, breaker=b) == 2
+    with pytest.raises(StoreTimedOut):
+        call_store(0, "read c", Flaky([StoreTimedOut("timed out")]), 1, breaker=b)
+    import time
+    time.sleep(0.06)
+    with pytest.raises(ObjectNotFound):  # the probe: the store answers, with a "no such object"
+        call_store(1, "read d", Flaky([ObjectNotFound("gone")]), 1, breaker=b)
+    assert call_store(0, "read e", Flaky([]), 3, breaker=b) == 3
+
+
+def test_a_retry_in_flight_stops_once_another_call_found_the_store_stalled():
+    from unifs.errors import StoreStalled, StoreTimedOut
+    from unifs.stores.retry import Breaker
+
+    b = Breaker(window=30)
+
+    class TripsMeanwhile:
+        calls = 0
+
+        def __call__(self, v):
+            self.calls += 1
+            if self.calls == 1:  # another call times out on all attempts during this one's first
+                with pytest.raises(StoreTimedOut):
+                    call_store(0, "other", Flaky([StoreTimedOut("timed out")]), 1, breaker=b)
+                raise StoreTimedOut("timed out")
+            return v
+    fn = TripsMeanwhile()
+    with pytest.raises(StoreStalled):
+        call_store(3, "read a", fn, 1, breaker=b)
+    assert fn.calls == 1

@@ -203,6 +203,9 @@ def status(as_json):
                        "exits after the last one closes")
         elif r["state"] == "stale":
             click.echo(f"  the daemon is gone: run 'unifs umount {r['mountpoint']}'")
+        elif r["state"] == "busy":
+            click.echo("  the daemon answers, but its file system requests wait on a store that does not "
+                       "answer (each store call gives up after store.timeout and its retries)")
         elif r["state"] == "hung":
             click.echo(f"  the daemon does not answer (stopped or stuck): 'unifs umount --force "
                        f"{r['mountpoint']}' aborts and unmounts it")

@@ -308,6 +308,7 @@ def serve(mountpoint: str, table: MountTable, config_path: Path, user_opts: dict
         control_path = str(mountinfo.state_file(mountpoint).with_suffix(".sock"))
         control = ControlServer(control_path, {
             "stats": lambda req: fs.stats(),
+            "ping": lambda req: {"pid": os.getpid()},
             "clear": lambda req: {"mounts": fs.clear_cache(req.get("path") or "/")},
         }).start()
         metrics_server = None
@@ -599,7 +600,13 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
                             "stops it" + (f"; files not yet uploaded stay in {staging}" if staging else ""))
         mountinfo.abort_connection(live)  # requests stuck in the daemon fail, so the unmount can go
         lazy = True
-    if staging and health == "live" and not force:
+    elif health == "busy" and force:
+        # its requests wait on a stalled store: they fail now, and the daemon, which still
+        # runs, stops as on SIGTERM (closed files recorded pending, not orphaned)
+        mountinfo.abort_connection(live)
+        lazy = True
+    stops = health == "busy" and force
+    if staging and health in ("live", "busy") and not force:
         try:
             wait_for_uploads(staging, progress)
         except KeyboardInterrupt:
@@ -620,7 +627,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             raise UserError(f"{mountpoint} is busy (files open or a shell inside it); close them, "
                             "or use 'unifs umount --lazy' to detach now")
         raise UserError(f"unmounting {mountpoint} failed: {why_line}")
-    if pid and mountinfo.pid_alive(pid) and not (lazy and not stale):
+    if pid and mountinfo.pid_alive(pid) and (not (lazy and not stale) or stops):
         # (a lazy detach leaves the daemon serving the files still open; it exits after them)
         end = time.monotonic() + timeout
         while mountinfo.pid_alive(pid) and time.monotonic() < end:
@@ -629,7 +636,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
             os.kill(pid, signal.SIGTERM)
     if health == "hung" and force and pid and mountinfo.pid_alive(pid):
         os.kill(pid, signal.SIGKILL)  # stopped or stuck: SIGTERM would not be seen
-    if lazy and not stale and health != "hung" and pid and mountinfo.pid_alive(pid):
+    if lazy and not stale and health != "hung" and not stops and pid and mountinfo.pid_alive(pid):
         # still serving its open files, and retires its state itself when it exits: `unifs
         # status` lists it as detached (it showed "unmounted, pid ?" while it ran on)
         mountinfo.write_state(mountpoint, {**(state or {}), "mountpoint": mountpoint, "detached": True})
@@ -637,8 +644,11 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         retire_state(mountpoint)
     report = f"unmounted {mountpoint}" + (" (stale mount of a dead daemon)" if stale else "") + \
         (f" (aborted the connection of its hung daemon, pid {pid}, and killed it)" if health == "hung" and force
-         else f" (detached; its daemon, pid {pid}, does not answer)" if health == "hung" else "")
-    gone = stale or (health == "hung" and force)  # its open files will never be uploaded now
+         else f" (detached; its daemon, pid {pid}, does not answer)" if health == "hung"
+         else f" (its requests waited on a store that does not answer: aborted them and stopped its daemon, "
+              f"pid {pid})" if stops else "")
+    # its open files will never be uploaded now
+    gone = stale or (health == "hung" and force) or (stops and not mountinfo.pid_alive(pid))
     left = pending_files(staging, daemon_dead=gone) if staging else []
     if left:
         report += (f"; {len(left)} file(s) not in the store are kept in {staging} "

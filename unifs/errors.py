@@ -56,6 +56,10 @@ class StoreTimedOut(StoreUnavailable):
     """No answer within the call's timeout."""
 
 
+class StoreStalled(StoreTimedOut):
+    """Not tried: another call of the same store timed out on every attempt a moment ago."""
+
+
 class StoreRejected(StoreError):
     """A failure no retry can fix (bad option, unparseable key): EIO at once."""
 

@@ -135,8 +135,9 @@ HUNG_AFTER_S = 3.0
 
 
 def probe(mountpoint: str, timeout: float = HUNG_AFTER_S) -> str:
-    """"live", "stale" (the daemon is gone) or "hung" (alive, but no answer within timeout:
-    stopped, deadlocked, or stuck on something). Never blocks longer than timeout."""
+    """"live", "stale" (the daemon is gone), "busy" (its file system requests wait, on a
+    stalled store, but the daemon answers on its control socket) or "hung" (no answer at
+    all: stopped, deadlocked). Never blocks longer than timeout + CONTROL_PING_S."""
     state = read_state(mountpoint)
     if state and state.get("pid") and not pid_alive(state["pid"]):  # pid None: a record of files left
         return "stale"
@@ -153,7 +154,29 @@ def probe(mountpoint: str, timeout: float = HUNG_AFTER_S) -> str:
     t = threading.Thread(target=ask, name="unifs-probe", daemon=True)
     t.start()
     t.join(timeout)
-    return box[0] if box else "hung"
+    if box:
+        return box[0]
+    # every FUSE thread may be waiting out a store call's timeouts and retries: a daemon that
+    # answers otherwise is working, and stopping it as hung (SIGKILL) left the files its
+    # applications had closed orphaned instead of pending
+    return "busy" if _control_answers(mountpoint) else "hung"
+
+
+CONTROL_PING_S = 2.0
+
+
+def _control_answers(mountpoint: str) -> bool:
+    from unifs import control
+    from unifs.errors import UserError
+
+    sock = state_file(mountpoint).with_suffix(".sock")
+    if not sock.exists():
+        return False
+    try:
+        control.request(str(sock), "ping", timeout=CONTROL_PING_S)
+        return True
+    except (UserError, ValueError):
+        return False
 
 
 def is_stale(mountpoint: str) -> bool:

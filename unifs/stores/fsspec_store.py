@@ -18,7 +18,7 @@ from unifs.errors import ObjectNotFound, object_root_error
 from unifs.paths import under
 from unifs.stores.base import Listing, ObjectInfo, not_utf8
 from unifs.stores.probe import probe_endpoint
-from unifs.stores.retry import backoff_s, call_store, call_store_first, is_transient
+from unifs.stores.retry import backoff_s, breaker_for, call_store, call_store_first, is_transient
 
 log = logging.getLogger("unifs.store")
 
@@ -237,6 +237,8 @@ class FsspecStore:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
+        # a local file system does not stall the way a store behind a network does
+        self.breaker = None if self.scheme in _LOCAL_SCHEMES else breaker_for(timeout)
         self._gcs = None
         self._async = bool(getattr(self.fs, "async_impl", False))
         if self._async and getattr(self.fs, "loop", None) is not None:
@@ -282,14 +284,14 @@ class FsspecStore:
         return self.timeout * LIST_PAGES_BOUND
 
     def _call(self, what: str, fn, *args, _timeout: Optional[float] = None, _retries: Optional[int] = None,
-              _first: bool = False, **kwargs):
+              _first: bool = False, _breaker: bool = True, **kwargs):
         if self._async:
             # fsspec's sync() takes the timeout itself: a dead store cannot hang a reader.
             kwargs["timeout"] = _timeout or self.timeout
         retries = self.retries if _retries is None else _retries
         if _first:
             return call_store_first(retries, what, _timeout or self.timeout, fn, *args, **kwargs)
-        return call_store(retries, what, fn, *args, **kwargs)
+        return call_store(retries, what, fn, *args, breaker=self.breaker if _breaker else None, **kwargs)
 
     # -- Store protocol ----------------------------------------------------
     def check(self) -> None:
@@ -581,8 +583,10 @@ class FsspecStore:
                 extra = {f"retry_{k}": self.retries for k in ("total", "connect", "read", "status")}
             # gcsfs and the Azure SDK retry each request of an upload (a chunk, a block) themselves;
             # starting the whole upload again is the last resort, once
+            # not through the breaker: an upload slower than its bound is no sign of a stalled
+            # store, and must not fail the reads; the background uploader has its own backoff
             self._call(f"upload {key}", self.fs.put_file, local_path, path, _timeout=limit,
-                       _retries=min(self.retries, 1), **extra)
+                       _retries=min(self.retries, 1), _breaker=False, **extra)
         info = self.head(key)
         if info is None:
             raise ObjectNotFound(f"upload {key}: the store does not show the object after the upload")

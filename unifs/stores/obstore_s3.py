@@ -21,7 +21,7 @@ from obstore.store import S3Store
 from unifs.errors import ObjectNotFound, StoreRejected, object_root_error
 from unifs.stores.base import Listing, ObjectInfo, not_utf8
 from unifs.stores.probe import probe_endpoint
-from unifs.stores.retry import call_store, call_store_first
+from unifs.stores.retry import breaker_for, call_store, call_store_first
 
 log = logging.getLogger("unifs.store")
 
@@ -165,13 +165,14 @@ class ObstoreS3Store:
         self.retries = retries
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.breaker = breaker_for(timeout)  # uploads (put_file) do not go through it
 
     def _bucket_store(self):
         """The reading client without the prefix: it can name the prefix itself (check)."""
         return S3Store(self.bucket, **self._read_args)
 
     def _call(self, what, fn, *args, **kwargs):
-        return call_store(self.retries, what, fn, *args, **kwargs)
+        return call_store(self.retries, what, fn, *args, breaker=self.breaker, **kwargs)
 
     def _via_fallback(self, exc: Exception):
         text = f"{type(exc.__cause__).__name__} {exc.__cause__ or exc}".lower()

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
+from typing import Optional
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from unifs.stores.errormap import normalise
-from unifs.errors import (AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreTimedOut,
-                          StoreUnavailable)
+from unifs.errors import (AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreRejected, StoreStalled,
+                          StoreTimedOut, StoreUnavailable)
 
 log = logging.getLogger("unifs.store")
 
-_FINAL = (ObjectNotFound, AccessDenied, ObjectChanged, StoreRejected, FileNotFoundError, PermissionError,
+_FINAL = (ObjectNotFound, AccessDenied, ObjectChanged, StoreRejected, StoreStalled, FileNotFoundError, PermissionError,
           IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
 
@@ -36,9 +39,75 @@ def backoff_s(attempt: int) -> float:
     return min(5.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-def call_store(retries: int, what: str, fn, *args, **kwargs):
+class Breaker:
+    """Fails a store's calls at once for a while after one of them timed out on every attempt.
+    libfuse runs a few threads (10 for a store on this host) and the kernel hands them requests
+    in order: with the store stalled (a stopped server, a link dropping packets) each thread
+    waited out its call's timeouts and retries, and every request behind them, even one the
+    cache could answer, waited for as many rounds as there were readers ahead of it (81 s for a
+    cached file behind 60 readers, with 5 s timeouts). After the window one call at a time tries
+    the store again; any answer from the store closes the breaker."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self._until = 0.0  # 0: closed
+        self._probing = False
+        self.trips = 0
+        self._why = ""
+        self._lock = threading.Lock()
+
+    def check(self, what: str) -> None:
+        if not self._until:
+            return
+        with self._lock:
+            if not self._until:
+                return
+            if time.monotonic() >= self._until and not self._probing:
+                self._probing = True  # this call finds out whether the store is back
+                return
+            raise StoreStalled(f"{what}: not tried, the store did not answer a moment ago ({self._why})")
+
+    def stop_retrying(self, what: str, trips: int) -> None:
+        """Between the attempts of a call: another call found the store stalled meanwhile."""
+        if self.trips != trips and self._until and time.monotonic() < self._until:
+            raise StoreStalled(f"{what}: not tried again, the store did not answer a moment ago ({self._why})")
+
+    def trip(self, exc: BaseException) -> None:
+        with self._lock:
+            self.trips += 1
+            self._until = time.monotonic() + self.window
+            self._probing = False
+            self._why = getattr(exc, "strerror", None) or str(exc)
+
+    def reset(self) -> None:
+        if self._until:
+            with self._lock:
+                self._until, self._probing = 0.0, False
+
+
+def breaker_for(timeout: float) -> Breaker:
+    """A stalled store is asked again after its timeout (at most 30 s), by one call."""
+    return Breaker(max(1.0, min(timeout, 30.0)))
+
+
+def call_store(retries: int, what: str, fn, *args, breaker: Optional[Breaker] = None, **kwargs):
     """fn(*args, **kwargs) with the backend's exceptions normalised and transient ones retried."""
-    return _attempts(retries, what, _transient, fn, args, kwargs)
+    if breaker is None:
+        return _attempts(retries, what, _transient, fn, args, kwargs)
+    breaker.check(what)
+    trips = breaker.trips
+    try:
+        out = _attempts(retries, what, _transient, fn, args, kwargs, (breaker, trips))
+    except StoreStalled:
+        raise
+    except StoreTimedOut as e:
+        breaker.trip(e)
+        raise
+    except BaseException:
+        breaker.reset()  # the store answered (a refusal, no such object): it is not stalled
+        raise
+    breaker.reset()
+    return out
 
 
 def call_store_first(retries: int, what: str, timeout_s: float, fn, *args, **kwargs):
@@ -56,7 +125,7 @@ def _transient_but_no_timeout(exc: BaseException) -> bool:
     return _transient(exc) and not isinstance(exc, StoreTimedOut)
 
 
-def _attempts(retries: int, what: str, transient, fn, args, kwargs):
+def _attempts(retries: int, what: str, transient, fn, args, kwargs, breaker: Optional[tuple] = None):
     # The first attempt runs without tenacity: its per-call setup cost about as much Python time
     # as a cached small read (cold small files make one call each); failures go through it.
     try:
@@ -72,6 +141,8 @@ def _attempts(retries: int, what: str, transient, fn, args, kwargs):
         with attempt:
             if failed:  # the attempt made above, counted and waited for by tenacity
                 raise failed.pop()
+            if breaker is not None:
+                breaker[0].stop_retrying(what, breaker[1])
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
