@@ -993,3 +993,30 @@ def test_mkdir_of_a_name_removed_while_a_file_under_it_is_open(rw, seaweed):
             os.unlink(root / "g")
             os.mkdir(root / "g")
     assert os.path.isdir(root / "g") and os.listdir(root / "out") == []
+
+
+@pytest.mark.parametrize("how", ["touch", "O_EXCL", "O_CREAT and ftruncate"])
+def test_a_name_removed_while_open_and_made_again_empty_is_empty(rw, seaweed, how):
+    # rm f; touch f, while a reader held f: the old content came back (in the mount after the
+    # TTL, and in the store for good): the empty new file was taken for one not meant to
+    # replace an object another client had put there
+    root, prefix = rw
+    (root / "f").write_bytes(b"OLDCONTENT")
+    reader = open(root / "f", "rb")
+    try:
+        assert reader.read() == b"OLDCONTENT"
+        os.unlink(root / "f")
+        if how == "touch":
+            subprocess.run(["touch", str(root / "f")], check=True)
+        elif how == "O_EXCL":
+            os.close(os.open(root / "f", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644))
+        else:
+            fd = os.open(root / "f", os.O_RDWR | os.O_CREAT, 0o644)
+            os.ftruncate(fd, 0)
+            os.close(fd)
+        assert os.stat(root / "f").st_size == 0
+    finally:
+        reader.close()
+    assert wait_for(lambda: _store_bytes(seaweed, f"{prefix}/f") == b""), _store_bytes(seaweed, f"{prefix}/f")
+    unifs("cache", "clear", str(root), check=True)
+    assert (root / "f").read_bytes() == b""

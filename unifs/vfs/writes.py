@@ -314,9 +314,14 @@ class Writes:
         (`>>`, 'a', touch, O_CREAT alone: it was replaced by the few bytes written), and
         O_EXCL fails on it; so those ask the store once. Returns (file, created)."""
         checked = unreachable = False
+        # a name removed through this mount while its file was open: the object still under it
+        # is that file's, deleted for the user, and goes when this one is uploaded (`rm f;
+        # touch f` kept its old content: the empty new file was taken for one not meant to
+        # replace an object another client had put there)
+        removed_here = self.is_tombstoned(path)
         if not truncate or exclusive:  # O_EXCL|O_TRUNC too: filelock's SoftFileLock opens so
             mount, key = self.writable(path)
-            if key and path not in self._staged and not self.is_tombstoned(path):
+            if key and path not in self._staged and not removed_here:
                 try:
                     info = mount.store.head(key)
                     checked = True
@@ -338,7 +343,7 @@ class Writes:
                     self.fs.changed(path, None)
                     return self.open(path, truncate=False), False
         st = self.create(path, truncate)
-        st.checked_absent = checked
+        st.checked_absent = checked or removed_here
         st.unchecked_create = unreachable and not truncate
         return st, True
 
