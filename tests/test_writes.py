@@ -1020,3 +1020,19 @@ def test_a_name_removed_while_open_and_made_again_empty_is_empty(rw, seaweed, ho
     assert wait_for(lambda: _store_bytes(seaweed, f"{prefix}/f") == b""), _store_bytes(seaweed, f"{prefix}/f")
     unifs("cache", "clear", str(root), check=True)
     assert (root / "f").read_bytes() == b""
+
+
+def test_a_new_file_renamed_over_another_and_removed_while_open_leaves_neither(rw, seaweed):
+    # the replaced file's object stayed in the store and came back at the writer's close
+    root, prefix = rw
+    (root / "f").write_bytes(b"OLD")
+    h = os.open(root / "g", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(h, b"NEW")
+        os.rename(root / "g", root / "f")
+        os.unlink(root / "f")
+    finally:
+        os.close(h)
+    assert wait_for(lambda: not _store_keys(seaweed, f"{prefix}/")), _store_keys(seaweed, f"{prefix}/")
+    unifs("cache", "clear", str(root), check=True)
+    assert os.listdir(root) == []

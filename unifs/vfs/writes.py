@@ -905,7 +905,7 @@ class Writes:
         else:
             if dst is not None and dst.is_dir:
                 raise _err(errno.EISDIR, new)
-            self._rename_file(m1, old, k1, new, k2)
+            self._rename_file(m1, old, k1, new, k2, over=dst is not None)
         self._keep_parent(m1, old)
         self.fs.changed(old, None, subtree=src.is_dir)
         self.fs.changed(new, None, subtree=src.is_dir)
@@ -1033,7 +1033,8 @@ class Writes:
             if t in incoming:
                 self._revive(t)
 
-    def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str) -> None:
+    def _rename_file(self, mount: Mount, old: str, k1: str, new: str, k2: str, over: bool = False) -> None:
+        """over: onto an existing file, whose object a staged file renamed there now stands for."""
         self._drop_staged(new)  # a file renamed over one still open: the open one is unlinked
         st = self._staged.get(old)
         if st is None:
@@ -1055,6 +1056,10 @@ class Writes:
                     return  # closed and uploaded meanwhile (the kernel's release comes after close()
                     # returns, so often after the rename began): moved in the store, nothing staged
                 self._staged[new] = st
+                if over:
+                    # the object under the new name is replaced by this file's upload, or deleted
+                    # with it if it is removed first (it came back at the last close)
+                    st.replaces_object = True
             st.save()
 
     def _rename_dir(self, mount: Mount, old: str, k1: str, new: str, k2: str, onto: bool = False) -> None:
