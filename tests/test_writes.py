@@ -1036,3 +1036,23 @@ def test_a_new_file_renamed_over_another_and_removed_while_open_leaves_neither(r
     assert wait_for(lambda: not _store_keys(seaweed, f"{prefix}/")), _store_keys(seaweed, f"{prefix}/")
     unifs("cache", "clear", str(root), check=True)
     assert os.listdir(root) == []
+
+
+def test_a_directory_renamed_with_an_emptied_directory_in_it_leaves_nothing_behind(rw, seaweed):
+    # SeaweedFS keeps an emptied prefix as a directory: the old tree stayed listed (with the
+    # emptied one in it), mkdir of its name said EEXIST and `mv b a` moved b into it
+    root, prefix = rw
+    os.makedirs(root / "a/e")
+    (root / "a/e/x").write_bytes(b"x")
+    (root / "a/y").write_bytes(b"y")
+    os.unlink(root / "a/e/x")
+    os.rename(root / "a", root / "b")
+    assert sorted(os.listdir(root)) == ["b"]
+    assert sorted(os.listdir(root / "b")) == ["e", "y"]
+    unifs("cache", "clear", str(root), check=True)
+    assert sorted(os.listdir(root)) == ["b"]
+    os.rename(root / "b", root / "a")
+    assert sorted(os.listdir(root)) == ["a"]
+    assert (root / "a/y").read_bytes() == b"y"
+    assert {k for k in _store_keys(seaweed, f"{prefix}/") if not k.endswith("/")} >= {f"{prefix}/a/y"}
+    assert not [k for k in _store_keys(seaweed, f"{prefix}/") if k.startswith(f"{prefix}/b")]

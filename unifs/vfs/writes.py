@@ -1127,8 +1127,10 @@ class Writes:
                 raise self.fs.store_error(failure, old) from None
             raise failure
         # stores that keep emptied prefixes as directories (SeaweedFS, MinIO) would still list
-        # them, and markers would too
-        for d in _dirs_from(k1, keys):
+        # them, and markers would too; so would an emptied directory below, kept by the daemon
+        # and moved, which no key names (the old tree stayed listed, and `mv b a` moved b into it)
+        emptied = [k1 + d[len(old):] + "/" for d in kept if d != old]
+        for d in _dirs_from(k1, list(keys) + emptied):
             self._store(old, mount.store.remove_dir, d)
 
     def _unrename_staged(self, mount: Mount, renamed: list) -> None:
