@@ -1056,3 +1056,21 @@ def test_a_directory_renamed_with_an_emptied_directory_in_it_leaves_nothing_behi
     assert (root / "a/y").read_bytes() == b"y"
     assert {k for k in _store_keys(seaweed, f"{prefix}/") if not k.endswith("/")} >= {f"{prefix}/a/y"}
     assert not [k for k in _store_keys(seaweed, f"{prefix}/") if k.startswith(f"{prefix}/b")]
+
+
+@pytest.mark.parametrize("size,length,offset", [(1 << 20, 4096, 0), (387_847, 66_452, 20_389)])
+def test_readers_open_across_a_truncate_by_path_read_the_truncated_file(rw, seaweed, size, length, offset):
+    # `truncate -s` while another process had the file open for reading: its reads failed
+    # (ESTALE once the truncated file was uploaded); a writer's ftruncate already worked
+    root, prefix = rw
+    data = os.urandom(size)
+    (root / "f").write_bytes(data)
+    fd = os.open(root / "f", os.O_RDONLY)
+    try:
+        os.truncate(root / "f", length)
+        assert os.pread(fd, 100, offset) == data[offset:offset + 100]
+        assert os.fstat(fd).st_size == length
+        assert os.pread(fd, 100, length - 50) == data[length - 50:length]
+    finally:
+        os.close(fd)
+    assert wait_for(lambda: _store_bytes(seaweed, f"{prefix}/f") == data[:length])

@@ -704,7 +704,12 @@ class FileSystem:
             return
         if handle is not None and handle.writable:
             handle.changed = True
-        self.writes.truncate(path, length, handle.staged if handle is not None else None)
+        if handle is not None:
+            self.writes.truncate(path, length, handle.staged)
+        else:
+            # truncate(2) by path: readers open on the stored version read the truncated copy,
+            # as after a writer's ftruncate (they got ESTALE once it was uploaded)
+            self.writes.truncate(path, length, None, opened=lambda st: self._readers_follow(path, st))
 
     def release(self, fh: int) -> None:
         with self._lock:

@@ -663,7 +663,8 @@ class Writes:
             log.info("resuming %d pending upload(s) from an earlier run", n)
         return n
 
-    def truncate(self, path: str, length: int, st: Optional[StagedFile]) -> None:
+    def truncate(self, path: str, length: int, st: Optional[StagedFile], opened=None) -> None:
+        """opened(staged file): called once truncate(path) has opened it, before it changes."""
         if st is not None:  # an open handle's: held open by it
             self.writable(path)
             st.truncate(length)
@@ -673,6 +674,8 @@ class Writes:
         # with "writes lost" logged)
         st = self.open(path, truncate=False)
         try:
+            if opened is not None:
+                opened(st)
             st.truncate(length)
             if st.opens == 1:
                 # a change of its own; while a writer has the file open, its close uploads
