@@ -1074,3 +1074,25 @@ def test_readers_open_across_a_truncate_by_path_read_the_truncated_file(rw, seaw
     finally:
         os.close(fd)
     assert wait_for(lambda: _store_bytes(seaweed, f"{prefix}/f") == data[:length])
+
+
+def test_a_replaced_file_still_open_follows_its_directory_rename(rw, seaweed):
+    # libfuse names the replaced file (hidden while open) below the directory's new path:
+    # fstat of it said ENOENT after the rename
+    root, prefix = rw
+    os.makedirs(root / "e")
+    (root / "e/a").write_bytes(b"1" * 10)
+    h = os.open(root / "e/a", os.O_RDWR)
+    try:
+        (root / "e/t").write_bytes(b"2" * 20)
+        os.replace(root / "e/t", root / "e/a")
+        os.rename(root / "e", root / "e2")
+        os.pwrite(h, b"z" * 3000, 0)
+        assert os.fstat(h).st_size == 3000
+        assert os.pread(h, 5, 0) == b"zzzzz"
+    finally:
+        os.close(h)
+    assert (root / "e2/a").read_bytes() == b"2" * 20
+    assert wait_for(lambda: {k for k in _store_keys(seaweed, f"{prefix}/") if not k.endswith("/")}
+                    == {f"{prefix}/e2/a"}), _store_keys(seaweed, f"{prefix}/")
+    assert _store_bytes(seaweed, f"{prefix}/e2/a") == b"2" * 20

@@ -1020,6 +1020,17 @@ class Writes:
                 self._tombstones[nt] = hn
                 if t in self._hid_at:
                     self._hid_at[nt] = self._hid_at.pop(t)
+            # hidden files whose name was taken again (a rename over an open file): no
+            # tombstone leads to them, and libfuse names them below the new path from now on
+            # (fstat of the still-open replaced file said ENOENT)
+            for hn in [hn for hn in self._hidden if under(hn, old)]:
+                h = self._hidden.pop(hn)
+                nh = new + hn[len(old):]
+                if under(h.old, old):
+                    h.old = new + h.old[len(old):]
+                if h.staged is not None and h.staged.path == hn:
+                    h.staged.path = nh
+                self._hidden[nh] = h
 
     def _revive_replaced(self, mount: Mount, old: str, new: str, k1: str) -> None:
         """Names unlinked while open below the destination of a directory rename that the
@@ -1069,7 +1080,7 @@ class Writes:
         """onto: over an existing (empty) directory, which a failed rename leaves in place."""
         if not mount.store.has_dirs and len(_b(k2)) > len(_b(k1)):
             self._keys_below_fit(mount, old, new, k1, k2)
-        if self._tombstones:
+        if self._tombstones or self._hidden:
             self._revive_replaced(mount, old, new, k1)
             self._carry_hidden(old, new, k1, k2)
         # staged files first: their uploads must not land under the old name afterwards
