@@ -104,3 +104,42 @@ def test_a_listing_of_many_pages_is_bounded_per_page_not_as_a_whole(mounter, _pr
                                options=via(provider.options(), upstream, proxy.port))
         mp = mounter.mount([entry], extra={"store": {"timeout": "1s", "connect_timeout": "1s", "retries": 1}})
         assert len(os.listdir(mp / "p/big")) == 3000
+
+
+def test_a_stalled_store_fails_queued_readers_at_once(mounter, doomed):
+    """A store that stops answering (not one that refuses connections): once a read has timed
+    out on every attempt, the readers queued behind it fail with EIO without asking the store,
+    and a cached file still reads (tests/test_mount_read.py has the S3 count of GETs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faultproxy import FaultProxy, upstream_port, via
+
+    url, server = doomed
+    server.put_many("gone", {f"stall/f{i:03d}": bytes([i]) * 3000 for i in range(41)})
+    opts = server.mount_options()
+    upstream = upstream_port(opts)
+    gets = []
+
+    def count(method, path, headers):
+        if method == "GET" and "stall" in path and "f0" in path:
+            gets.append(path)
+    with FaultProxy(upstream, rule=count) as proxy:
+        mp = mounter.mount([{"path": "/g", "url": url, "read_only": True, "prefetch": False, "metadata_ttl": "10m",
+                             "options": via(opts, upstream, proxy.port)}],
+                           extra={"store": {"timeout": "1s", "connect_timeout": "1s", "retries": 1}})
+        names = sorted(os.listdir(mp / "g/stall"))
+        assert (mp / "g/stall" / names[0]).read_bytes() == bytes([0]) * 3000
+        proxy.get_delay = 20
+        gets.clear()
+
+        def read(name):
+            try:
+                return (mp / "g/stall" / name).read_bytes()
+            except OSError as e:
+                return e.errno
+        with ThreadPoolExecutor(40) as ex:
+            got = list(ex.map(read, names[1:]))
+        assert got == [errno.EIO] * 40, got
+        assert len(gets) < 40, len(gets)  # each reader asking in turn: 80 and more
+        assert (mp / "g/stall" / names[0]).read_bytes() == bytes([0]) * 3000
+        proxy.get_delay = 0
