@@ -86,8 +86,9 @@ class Breaker:
 
 
 def breaker_for(timeout: float) -> Breaker:
-    """A stalled store is asked again after its timeout (at most 30 s), by one call."""
-    return Breaker(max(1.0, min(timeout, 30.0)))
+    """A stalled store is asked again after its timeout, at most 5 s, by one call: only that
+    call's FUSE thread waits on it, and a store back from an outage is used again soon."""
+    return Breaker(max(1.0, min(timeout, 5.0)))
 
 
 def call_store(retries: int, what: str, fn, *args, breaker: Optional[Breaker] = None, **kwargs):
