@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import signal
@@ -49,6 +50,11 @@ def unifs(*args, env=None, check=False, timeout=120, cwd=None) -> subprocess.Com
     if check and res.returncode != 0:
         raise AssertionError(f"unifs {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res
+
+
+def cache_stats(mp) -> dict:
+    """`unifs cache stats --json` of the daemon at mp."""
+    return json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]
 
 
 def is_mounted(mp) -> bool:

@@ -4,7 +4,6 @@ one fetch per block for concurrent readers, read-ahead within its budget."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -13,7 +12,7 @@ import time
 import obstore
 import pytest
 
-from conftest import SCRATCH, is_mounted, sha256, unifs, wait_for
+from conftest import SCRATCH, cache_stats, is_mounted, sha256, unifs, wait_for
 
 MiB = 1 << 20
 
@@ -24,9 +23,7 @@ def drop_page_cache():
         f.write("3\n")
 
 
-def stats(mp) -> dict:
-    res = unifs("cache", "stats", "--json", str(mp), check=True)
-    return json.loads(res.stdout)[str(mp)]
+stats = cache_stats
 
 
 def gets(mp, mount="/c") -> int:

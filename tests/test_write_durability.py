@@ -16,7 +16,7 @@ import time
 import obstore
 import pytest
 
-from conftest import is_mounted, sha256, unifs, wait_for
+from conftest import cache_stats, is_mounted, sha256, unifs, wait_for
 from unifs.devstores.seaweed import SeaweedS3
 
 BUCKET = "ckpt"
@@ -616,7 +616,7 @@ def test_a_disk_cache_gives_room_to_staged_writes(mounter, seaweed, dataset, tmp
                                             "disk": "1GiB", "block_size": "1MiB"}})
         with open(mp / "data/shards/big.bin", "rb") as f:
             assert f.read() == dataset["big"]  # 110 MiB through a 48 MiB file system
-        stats = json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]
+        stats = cache_stats(mp)
         assert stats["cache"]["disk"]["limit"] < 48 << 20
         data = os.urandom(20 << 20)
         with open(mp / "c/ckpt.bin", "wb") as f:

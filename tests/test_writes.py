@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import stat
@@ -16,7 +15,7 @@ import time
 import obstore
 import pytest
 
-from conftest import SCRATCH, assert_every_change_is_erofs, errno_of as _errno_of, sha256, unifs, wait_for
+from conftest import SCRATCH, assert_every_change_is_erofs, cache_stats, errno_of as _errno_of, sha256, unifs, wait_for
 
 PREFIX = "writes"
 
@@ -28,7 +27,7 @@ def _store_bytes(seaweed, key: str) -> bytes:
 def _open_handles(mp) -> int:
     """Files the daemon at mp holds open: the kernel's release of a closed file comes after
     close() returns, and an unlink, rename or truncate before it meets an open file."""
-    return json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]["open_handles"]
+    return cache_stats(mp)["open_handles"]
 
 
 def _store_keys(seaweed, prefix: str) -> set[str]:

@@ -593,19 +593,16 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     health = mountinfo.probe(mountpoint)  # "stale" also when the state's daemon is gone
     stale = health == "stale"
     staging = (state or {}).get("staging_dir")
-    if health == "hung" and (force or not lazy):
-        if not force:
-            raise UserError(f"the daemon of {mountpoint} (pid {pid}) does not answer; 'unifs umount --force "
-                            f"{mountpoint}' aborts its FUSE connection (open files get errors), unmounts and "
-                            "stops it" + (f"; files not yet uploaded stay in {staging}" if staging else ""))
+    if health == "hung" and not force and not lazy:
+        raise UserError(f"the daemon of {mountpoint} (pid {pid}) does not answer; 'unifs umount --force "
+                        f"{mountpoint}' aborts its FUSE connection (open files get errors), unmounts and "
+                        "stops it" + (f"; files not yet uploaded stay in {staging}" if staging else ""))
+    # a busy daemon's requests wait on a stalled store: they fail too, and the daemon, which
+    # still runs, stops as on SIGTERM (closed files recorded pending, not orphaned)
+    stops = health == "busy" and force
+    if force and health in ("hung", "busy"):
         mountinfo.abort_connection(live)  # requests stuck in the daemon fail, so the unmount can go
         lazy = True
-    elif health == "busy" and force:
-        # its requests wait on a stalled store: they fail now, and the daemon, which still
-        # runs, stops as on SIGTERM (closed files recorded pending, not orphaned)
-        mountinfo.abort_connection(live)
-        lazy = True
-    stops = health == "busy" and force
     if staging and health in ("live", "busy") and not force:
         try:
             wait_for_uploads(staging, progress)

@@ -169,11 +169,8 @@ def _control_answers(mountpoint: str) -> bool:
     from unifs import control
     from unifs.errors import UserError
 
-    sock = state_file(mountpoint).with_suffix(".sock")
-    if not sock.exists():
-        return False
     try:
-        control.request(str(sock), "ping", timeout=CONTROL_PING_S)
+        control.request(str(state_file(mountpoint).with_suffix(".sock")), "ping", timeout=CONTROL_PING_S)
         return True
     except (UserError, ValueError):
         return False

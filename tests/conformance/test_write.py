@@ -4,13 +4,12 @@ mount writes, a second, fresh mount of the same store reads back byte for byte."
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 
 import pytest
 
-from conftest import errno_of, sha256, unifs, wait_for
+from conftest import cache_stats, errno_of, sha256, wait_for
 
 WRITABLE = ["s3", "gcs", "azure", "file", "memory"]
 
@@ -76,8 +75,7 @@ def test_second_read_comes_from_the_cache(mounter, wprovider, expected):
         return [sha256(p.read_bytes()) for p in files]
 
     def store_gets():
-        out = json.loads(unifs("cache", "stats", "--json", str(mp), check=True).stdout)[str(mp)]
-        return out["store_reads"].get("/store", {"gets": 0})["gets"]
+        return cache_stats(mp)["store_reads"].get("/store", {"gets": 0})["gets"]
     first = read()
     n = store_gets()
     assert n > 0

@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -56,15 +56,16 @@ class Breaker:
         self._why = ""
         self._lock = threading.Lock()
 
-    def check(self, what: str) -> None:
+    def check(self, what: str) -> int:
+        """Raises StoreStalled while open; else the trips so far, for stop_retrying."""
         if not self._until:
-            return
+            return self.trips
         with self._lock:
             if not self._until:
-                return
+                return self.trips
             if time.monotonic() >= self._until and not self._probing:
                 self._probing = True  # this call finds out whether the store is back
-                return
+                return self.trips
             raise StoreStalled(f"{what}: not tried, the store did not answer a moment ago ({self._why})")
 
     def stop_retrying(self, what: str, trips: int) -> None:
@@ -95,10 +96,10 @@ def call_store(retries: int, what: str, fn, *args, breaker: Optional[Breaker] = 
     """fn(*args, **kwargs) with the backend's exceptions normalised and transient ones retried."""
     if breaker is None:
         return _attempts(retries, what, _transient, fn, args, kwargs)
-    breaker.check(what)
-    trips = breaker.trips
+    trips = breaker.check(what)
     try:
-        out = _attempts(retries, what, _transient, fn, args, kwargs, (breaker, trips))
+        out = _attempts(retries, what, _transient, fn, args, kwargs,
+                        before_retry=lambda: breaker.stop_retrying(what, trips))
     except StoreStalled:
         raise
     except StoreTimedOut as e:
@@ -126,7 +127,8 @@ def _transient_but_no_timeout(exc: BaseException) -> bool:
     return _transient(exc) and not isinstance(exc, StoreTimedOut)
 
 
-def _attempts(retries: int, what: str, transient, fn, args, kwargs, breaker: Optional[tuple] = None):
+def _attempts(retries: int, what: str, transient, fn, args, kwargs,
+              before_retry: Optional[Callable[[], None]] = None):
     # The first attempt runs without tenacity: its per-call setup cost about as much Python time
     # as a cached small read (cold small files make one call each); failures go through it.
     try:
@@ -142,8 +144,8 @@ def _attempts(retries: int, what: str, transient, fn, args, kwargs, breaker: Opt
         with attempt:
             if failed:  # the attempt made above, counted and waited for by tenacity
                 raise failed.pop()
-            if breaker is not None:
-                breaker[0].stop_retrying(what, breaker[1])
+            if before_retry is not None:
+                before_retry()
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
